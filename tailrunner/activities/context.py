@@ -1,0 +1,66 @@
+"""``ActivityContext``: what an activity knows about the run it is in."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from ulid import ULID
+
+from tailrunner.journal.api import JournalApi
+from tailrunner.model import AggregateRef
+
+Checkpoint = Callable[[ULID | None], Awaitable[None]]
+
+
+async def _no_checkpoint(tail: ULID | None) -> None:
+    return None
+
+
+@dataclass(slots=True, kw_only=True)
+class ActivityContext:
+    """Handed to every activity run.
+
+    :ivar activity: the activity's registered name.
+    :ivar aggregate: the aggregate this run follows.
+    :ivar engine: ``"lazy"``, ``"eager"`` or ``"cron"``.
+    :ivar attempt: 1 for the first run at this tail, counting up while runs fail.
+    :ivar journal: the journal, for activities that append (commands, workflow events).
+    :ivar log: a structlog logger bound to activity, aggregate and engine.
+    """
+
+    activity: str
+    aggregate: AggregateRef
+    engine: str
+    attempt: int
+    journal: JournalApi
+    log: Any = field(default=None)
+    _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
+    _tail: ULID | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.log is None:
+            self.log = structlog.get_logger("tailrunner.activity").bind(
+                activity=self.activity,
+                aggregate_type=self.aggregate.type,
+                aggregate_id=str(self.aggregate.id),
+                engine=self.engine,
+            )
+
+    @property
+    def tail(self) -> ULID | None:
+        """The newest tail of this run: the start tail, or the last checkpoint."""
+        return self._tail
+
+    async def checkpoint(self, tail: ULID | None) -> None:
+        """Record that every event up to ``tail`` is handled.
+
+        The engine stores it at once, and resumes from it when the run ends
+        without a tail of its own: cancellation, or an exception other than
+        the outcomes. A long-running watch (eager engine) should checkpoint
+        after each event it handles, so that a restart does not replay them.
+        """
+        self._tail = tail
+        await self._checkpoint(tail)

@@ -1,0 +1,1 @@
+"""The ``tailrunner`` command line."""

@@ -1,0 +1,1 @@
+"""Engines decide when activities run: lazy, eager and cron."""

@@ -1,0 +1,82 @@
+"""The exceptions tailrunner raises.
+
+::
+
+    TailrunnerError
+    ├── InvalidArgument        bad input; ``field`` names it (ids, event types, sizes)
+    ├── ConfigError            a bad config key or value; the message names key and value
+    ├── PluginError            a plugin failed to load or returned no activity
+    ├── JournalError           talking to the journal failed
+    │   ├── TailMismatch       Append's expected tail is not the aggregate's head
+    │   ├── AggregateTypeMismatch  an append names another type than the aggregate has
+    │   ├── JournalUnavailable the journal cannot be reached (retryable)
+    │   └── StreamCancelled    a call ended with gRPC CANCELLED: a stop, not a failure
+    └── StoreError             a journal or tail store cannot be opened or failed
+
+gRPC and database errors are mapped to these where they enter tailrunner
+(``raise JournalUnavailable(...) from exc``), once, keeping the cause.
+Cancellation is never one of these: it propagates as the event loop's
+cancellation exception, and a gRPC ``CANCELLED`` status is treated as a stop.
+
+Activity outcomes (``SilentRetry``, ``SilentRetryAfter``, ``Failed``) are
+exceptions too, but they are part of the activity contract and live in
+:mod:`tailrunner.activities.outcomes`.
+"""
+
+from __future__ import annotations
+
+from ulid import ULID
+
+
+class TailrunnerError(Exception):
+    """Base of every error tailrunner raises on purpose."""
+
+
+class InvalidArgument(TailrunnerError, ValueError):
+    """Bad input. ``field`` names the offending field or option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ConfigError(TailrunnerError):
+    """A config key or value that tailrunner cannot use."""
+
+
+class PluginError(TailrunnerError):
+    """A plugin that failed to load, or returned something that is not an activity."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(f"plugin {plugin!r}: {message}")
+        self.plugin = plugin
+
+
+class JournalError(TailrunnerError):
+    """The journal refused a call or could not be reached."""
+
+
+class TailMismatch(JournalError):
+    """Append's expected tail was not the aggregate's head."""
+
+    def __init__(self, expected: ULID | None, actual: ULID | None) -> None:
+        super().__init__(f"expected tail {expected}, but the aggregate's head is {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class AggregateTypeMismatch(JournalError):
+    """An append named another aggregate type than the aggregate already has."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal could not be reached; worth retrying."""
+
+
+class StoreError(TailrunnerError):
+    """A store (journal or tails) could not be opened or failed."""
+
+
+class StreamCancelled(JournalError):
+    """A journal call ended with gRPC ``CANCELLED``: a stop, not a failure."""

@@ -1,0 +1,1 @@
+"""The event journal: a gRPC service over pluggable stores."""

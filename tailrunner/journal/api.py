@@ -1,0 +1,74 @@
+"""``JournalApi``: what the engines, the runner and activities need of a journal.
+
+:class:`~tailrunner.journal.client.JournalClient` implements it over gRPC;
+:mod:`tailrunner.testing` implements it with fakes for unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
+from uuid import UUID
+
+from ulid import ULID
+
+from tailrunner.model import (
+    AggregateInfo,
+    AggregateRef,
+    AppendResult,
+    EventBatch,
+    NewEvent,
+    SignalBatch,
+)
+
+
+class JournalApi(Protocol):
+    async def append(
+        self,
+        aggregate: AggregateRef,
+        events: Sequence[NewEvent],
+        *,
+        expected_tail: ULID | None = None,
+    ) -> AppendResult:
+        """Append events to one aggregate.
+
+        :raises TailMismatch: ``expected_tail`` is set and is not the head.
+        :raises InvalidArgument: the journal refused the input (names the field).
+        :raises JournalUnavailable: the journal cannot be reached.
+        """
+        ...
+
+    def events(
+        self,
+        aggregate_id: UUID,
+        *,
+        after: ULID | None = None,
+        watch: bool = False,
+        max_batch: int = 0,
+    ) -> AsyncGenerator[EventBatch, None]:
+        """Batches of the aggregate's events after ``after``.
+
+        Without ``watch`` the generator ends after the last event; with it,
+        it blocks for new events. Closing the generator cancels the call.
+
+        :raises JournalUnavailable: the journal cannot be reached or went away.
+        :raises StreamCancelled: the call was cancelled (a stop, not a failure).
+        """
+        ...
+
+    def signals(self, aggregate_types: Sequence[str] = ()) -> AsyncGenerator[SignalBatch, None]:
+        """The journal's "aggregate changed" signals; runs until closed or broken.
+
+        :raises JournalUnavailable: the journal cannot be reached or went away.
+        """
+        ...
+
+    async def list_aggregates(
+        self,
+        aggregate_type: str | None = None,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[AggregateInfo], str]:
+        """One page of aggregates and the token of the next ("" on the last page)."""
+        ...

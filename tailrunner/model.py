@@ -1,0 +1,109 @@
+"""Value objects shared by the journal, the engines and activities."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from ulid import ULID
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateRef:
+    """Which aggregate: its type (``"repo"``, ``"ping-registry"`` …) and id."""
+
+    type: str
+    id: UUID
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One event of an aggregate, as the journal stored it."""
+
+    id: ULID
+    #: The event before this one in the same aggregate; ``None`` for the first.
+    parent: ULID | None
+    aggregate_type: str
+    aggregate_id: UUID
+    type: str
+    data: bytes = b""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def aggregate(self) -> AggregateRef:
+        return AggregateRef(type=self.aggregate_type, id=self.aggregate_id)
+
+    def json(self) -> Any:
+        """The payload decoded as JSON.
+
+        :raises ValueError: when the payload is not JSON.
+        """
+        return json.loads(self.data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewEvent:
+    """An event to append; the journal gives it its id and parent."""
+
+    type: str
+    data: bytes = b""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventBatch:
+    """A batch of events from the journal's ``Events`` stream."""
+
+    events: tuple[Event, ...]
+    #: The reader has caught up; with ``watch`` the next read blocks.
+    will_block: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateInfo:
+    """What ``ListAggregates`` says of one aggregate."""
+
+    type: str
+    id: UUID
+    head: ULID | None
+    event_count: int
+
+    @property
+    def ref(self) -> AggregateRef:
+        return AggregateRef(type=self.type, id=self.id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Signal:
+    """The journal's hint that an aggregate changed: its new head."""
+
+    aggregate_type: str
+    aggregate_id: UUID
+    head: ULID | None
+
+    @property
+    def aggregate(self) -> AggregateRef:
+        return AggregateRef(type=self.aggregate_type, id=self.aggregate_id)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignalBatch:
+    """One message of the ``AggregateSignals`` stream."""
+
+    signals: tuple[Signal, ...]
+    #: The journal dropped signals: every aggregate must be re-checked.
+    resync: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendResult:
+    """What an append committed."""
+
+    tail: ULID
+    event_ids: tuple[ULID, ...]

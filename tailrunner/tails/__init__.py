@@ -1,0 +1,1 @@
+"""Tail stores: where each (activity, aggregate) remembers how far it got."""
