@@ -1,0 +1,30 @@
+"""The eager engine: one open watch stream per task.
+
+Each task's activity reads ``Events(watch=true)``, which blocks for new
+events. When the stream breaks or the activity returns, the engine re-opens
+it from the returned tail: at once after progress, after the retry backoff
+after an error, and never again after ``Done``. Eager tasks hold a stream
+for as long as they run, so the capacity limit must exceed the task count.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from tailrunner.engines.execute import RunResult
+from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.task import Task, TaskState
+
+
+class EagerEngine(Scheduler):
+    name: ClassVar[str] = "eager"
+    watch: ClassVar[bool] = True
+
+    def _after_eof(
+        self, task: Task, result: RunResult, now: float
+    ) -> tuple[TaskState, float | None]:
+        if result.progressed or task.signalled:
+            return TaskState.PENDING, None
+        # An activity that returns EOF without progress (say, at will_block)
+        # would spin on re-opening; give it the first backoff step instead.
+        return TaskState.SLEEPING, now + self._policy(task).initial

@@ -1,0 +1,92 @@
+"""A task: one activity following one aggregate, and the states it moves through."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+from ulid import ULID
+
+from tailrunner.model import AggregateRef
+
+if TYPE_CHECKING:
+    import anyio
+
+    from tailrunner.activities.decorator import Activity
+
+
+class TaskState(enum.StrEnum):
+    """Spin Cycle's vocabulary where it fits, plus the lazy engine's ``SLEEPING``.
+
+    ``PENDING``: ready to run, waiting for capacity. ``RUNNING``: its stream is
+    open. ``SLEEPING``: caught up, waiting for a signal, a tick or the backstop.
+    ``RETRY``: waiting for a retry time. ``COMPLETE``: returned ``Done``, never
+    runs again. ``STOPPED``: cancelled or stopped by an operator.
+    ``SUSPENDED``: reached its attempt limit or suspended by an operator;
+    waits for an operator to resume it.
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SLEEPING = "SLEEPING"
+    RETRY = "RETRY"
+    COMPLETE = "COMPLETE"
+    STOPPED = "STOPPED"
+    SUSPENDED = "SUSPENDED"
+
+
+#: States a task never leaves by itself.
+FINAL_STATES = frozenset({TaskState.COMPLETE, TaskState.STOPPED, TaskState.SUSPENDED})
+
+
+class Task:
+    """The engine's record of one (activity, aggregate).
+
+    A sleeping task is just this record: no coroutine, no stream. It is kept
+    small (``__slots__``) because the lazy engine holds very many of them.
+    """
+
+    __slots__ = (
+        "activity",
+        "aggregate",
+        "errors",
+        "failures",
+        "generation",
+        "last_error",
+        "recheck_at",
+        "runs",
+        "scope",
+        "signalled",
+        "state",
+        "tail",
+    )
+
+    def __init__(self, activity: Activity, aggregate: AggregateRef, tail: ULID | None) -> None:
+        self.activity = activity
+        self.aggregate = aggregate
+        self.tail = tail
+        self.state = TaskState.PENDING
+        #: Consecutive runs that did not end in EOF or Done: the backoff exponent.
+        self.failures = 0
+        #: Consecutive errors at the current tail: counted against max_attempts.
+        self.errors = 0
+        #: A signal came while the task ran: run again as soon as this run ends.
+        self.signalled = False
+        #: Bumped whenever the task's schedule changes, so stale timers are ignored.
+        self.generation = 0
+        #: Lazy engine: when a sleeping task is re-checked without a signal.
+        self.recheck_at = 0.0
+        self.runs = 0
+        self.last_error: str | None = None
+        #: The cancel scope of the current run, so that an operator can stop it.
+        self.scope: anyio.CancelScope | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.activity.name, str(self.aggregate.id))
+
+    def __repr__(self) -> str:
+        return (
+            f"Task({self.activity.name!r}, {self.aggregate}, state={self.state.value},"
+            f" tail={self.tail})"
+        )

@@ -1,0 +1,151 @@
+"""Shared fixtures for the engine conformance suite: a real journal on loopback."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+from ulid import ULID
+
+from tailrunner import Activity, ActivityContext, EventStream, activity
+from tailrunner.activities.outcomes import Outcome
+from tailrunner.engines.execute import RunResult
+from tailrunner.engines.factory import EngineOptions, build_engine
+from tailrunner.engines.retry import RetryPolicy
+from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.task import Task
+from tailrunner.model import AggregateRef, NewEvent
+from tailrunner.tails.memory import MemoryTailStore
+from tailrunner.testing import LoopbackJournal, loopback_journal
+
+ENGINES = ["lazy", "eager", "cron"]
+
+#: Fast settings so that no test waits longer than it must.
+FAST_RETRY = RetryPolicy(initial=0.02, multiplier=2.0, max_delay=1.0, jitter=0.0)
+CRON_INTERVAL = 0.05
+
+
+@pytest.fixture(params=ENGINES)
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def journal() -> AsyncIterator[LoopbackJournal]:
+    async with loopback_journal() as j:
+        yield j
+
+
+@dataclass
+class Call:
+    """One run of a scripted activity, as the activity saw it."""
+
+    tail: ULID | None
+    events: list[ULID] = field(default_factory=list)
+    started: float = 0.0
+
+
+@dataclass
+class Script:
+    """An activity whose behaviour per run is a list of steps, recording every call.
+
+    Each step is ``async (ctx, tail, stream, call) -> Outcome``; the last step
+    repeats. The default step reads the stream to the point where it catches
+    up and returns ``EOF`` of the last event.
+    """
+
+    steps: list[Callable[..., Awaitable[Outcome]]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def activity(self, name: str = "script", types: Sequence[str] = ("thing",)) -> Activity:
+        @activity(name=name, aggregate_types=types)
+        async def scripted(ctx: ActivityContext, tail: ULID | None, stream: EventStream) -> Outcome:
+            call = Call(tail=tail, started=time.monotonic())
+            self.calls.append(call)
+            step = self.steps[min(len(self.calls) - 1, len(self.steps) - 1)] if self.steps else None
+            try:
+                return await (step or read_to_eof)(ctx, tail, stream, call)
+            finally:
+                self._notify()
+
+        return scripted
+
+    def _notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checking after every run."""
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+    def seen(self) -> list[ULID]:
+        return [e for c in self.calls for e in c.events]
+
+
+async def read(stream: EventStream, call: Call, tail: ULID | None) -> ULID | None:
+    """Read until the reader catches up; record events; return the new tail."""
+    async for batch in stream.batches():
+        for event in batch.events:
+            call.events.append(event.id)
+            tail = event.id
+        if batch.will_block:
+            break
+    return tail
+
+
+async def read_to_eof(
+    ctx: ActivityContext, tail: ULID | None, stream: EventStream, call: Call
+) -> Outcome:
+    from tailrunner import EOF
+
+    return EOF(await read(stream, call, tail))
+
+
+def make_engine(
+    kind: str,
+    journal: LoopbackJournal,
+    activities: Sequence[Activity],
+    **options: Any,
+) -> Scheduler:
+    opts: dict[str, Any] = {"retry": FAST_RETRY, "interval": CRON_INTERVAL, "capacity": 100}
+    opts.update(options)
+    tails = opts.pop("tails", None) or MemoryTailStore()
+    return build_engine(
+        EngineOptions(kind=kind, **opts),
+        journal=journal.client,
+        tails=tails,
+        activities=activities,
+    )
+
+
+@asynccontextmanager
+async def running(engine: Scheduler) -> AsyncIterator[Scheduler]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.run)
+        yield engine
+        tg.cancel_scope.cancel()
+
+
+async def append(journal: LoopbackJournal, aggregate: AggregateRef, *types: str) -> list[ULID]:
+    result = await journal.client.append(aggregate, [NewEvent(type=t, data=b"{}") for t in types])
+    return list(result.event_ids)
+
+
+def new_aggregate(aggregate_type: str = "thing") -> AggregateRef:
+    return AggregateRef(type=aggregate_type, id=uuid.uuid4())
+
+
+def observed(engine: Scheduler) -> list[tuple[Task, RunResult]]:
+    """Every (task, result) the engine reports, in order."""
+    seen: list[tuple[Task, RunResult]] = []
+    engine.add_observer(lambda task, result: seen.append((task, result)))
+    return seen
