@@ -1,0 +1,128 @@
+"""``MemoryJournalStore``: events kept in dicts, gone with the process (tests, demos)."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from uuid import UUID
+
+from ulid import ULID
+
+from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
+from tailrunner.ids import next_ulids
+from tailrunner.journal.listeners import Listeners
+from tailrunner.journal.store import AppendListener
+from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
+
+_NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
+
+
+@dataclass(slots=True)
+class _Aggregate:
+    type: str
+    events: list[Event] = field(default_factory=list)
+    #: The events' ids as bytes, for bisecting (bytes order is ULID order).
+    keys: list[bytes] = field(default_factory=list)
+
+
+class MemoryJournalStore:
+    """A :class:`~tailrunner.journal.store.JournalStore` in memory.
+
+    Appends never await, so an append and its listeners run in one step of the
+    event loop: nothing interleaves with them.
+    """
+
+    def __init__(self) -> None:
+        self._aggregates: dict[UUID, _Aggregate] = {}
+        #: Aggregate ids as bytes, sorted, for ``list_aggregates``.
+        self._order: list[bytes] = []
+        self._listeners = Listeners()
+        self._closed = False
+
+    async def append(
+        self,
+        aggregate: AggregateRef,
+        events: Sequence[NewEvent],
+        *,
+        expected_tail: ULID | None,
+    ) -> AppendResult:
+        if self._closed:
+            raise StoreError("the memory journal store is closed")
+        if not events:
+            raise InvalidArgument("events", "an append needs at least one event")
+        state = self._aggregates.get(aggregate.id)
+        if state is not None and state.type != aggregate.type:
+            raise AggregateTypeMismatch(
+                f"aggregate {aggregate.id} has type {state.type!r}, not {aggregate.type!r}"
+            )
+        head = state.events[-1].id if state is not None and state.events else None
+        if expected_tail is not None and expected_tail != head:
+            raise TailMismatch(expected_tail, head)
+        ids = next_ulids(head, len(events))
+        if state is None:
+            state = _Aggregate(type=aggregate.type)
+            self._aggregates[aggregate.id] = state
+            bisect.insort(self._order, aggregate.id.bytes)
+        parent = head
+        for event_id, new in zip(ids, events, strict=True):
+            state.events.append(
+                Event(
+                    id=event_id,
+                    parent=parent,
+                    aggregate_type=aggregate.type,
+                    aggregate_id=aggregate.id,
+                    type=new.type,
+                    data=bytes(new.data),
+                    metadata=MappingProxyType(dict(new.metadata)) if new.metadata else _NO_METADATA,
+                )
+            )
+            state.keys.append(event_id.bytes)
+            parent = event_id
+        self._listeners.notify(aggregate, ids[-1])
+        return AppendResult(tail=ids[-1], event_ids=tuple(ids))
+
+    async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
+        if self._closed:
+            raise StoreError("the memory journal store is closed")
+        state = self._aggregates.get(aggregate_id)
+        if state is None:
+            return []
+        start = 0 if after is None else bisect.bisect_right(state.keys, after.bytes)
+        return state.events[start : start + limit]
+
+    async def head(self, aggregate_id: UUID) -> ULID | None:
+        state = self._aggregates.get(aggregate_id)
+        return state.events[-1].id if state is not None and state.events else None
+
+    async def list_aggregates(
+        self, aggregate_type: str | None, *, after_id: UUID | None, limit: int
+    ) -> list[AggregateInfo]:
+        if self._closed:
+            raise StoreError("the memory journal store is closed")
+        start = 0 if after_id is None else bisect.bisect_right(self._order, after_id.bytes)
+        found: list[AggregateInfo] = []
+        for key in itertools.islice(self._order, start, None):
+            if len(found) >= limit:
+                break
+            aggregate_id = UUID(bytes=key)
+            state = self._aggregates[aggregate_id]
+            if aggregate_type is not None and state.type != aggregate_type:
+                continue
+            found.append(
+                AggregateInfo(
+                    type=state.type,
+                    id=aggregate_id,
+                    head=state.events[-1].id if state.events else None,
+                    event_count=len(state.events),
+                )
+            )
+        return found
+
+    def add_listener(self, listener: AppendListener) -> None:
+        self._listeners.add(listener)
+
+    async def aclose(self) -> None:
+        self._closed = True
