@@ -1,0 +1,397 @@
+"""``SQLiteJournalStore``: the embedded default journal store.
+
+One database file in WAL mode. An append is one ``BEGIN IMMEDIATE``
+transaction on a dedicated write connection; reads go through a small pool of
+read-only connections, so they never wait for a write (WAL readers see the
+last commit). Every sqlite3 call runs in a worker thread, never on the event
+loop.
+
+Events are clustered by ``(aggregate_id, id)`` (a ``WITHOUT ROWID`` table), so
+reading an aggregate is one range scan of its primary key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar, get_args
+from uuid import UUID
+
+import anyio
+import anyio.to_thread
+import structlog
+from ulid import ULID
+
+from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
+from tailrunner.ids import next_ulids
+from tailrunner.journal.listeners import Listeners
+from tailrunner.journal.store import AppendListener
+from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
+
+log = structlog.get_logger(__name__)
+
+#: ``PRAGMA synchronous`` levels. ``FULL`` (the default) syncs the WAL on
+#: every commit, so an acknowledged append survives a power cut; ``NORMAL``
+#: survives a killed process but may lose the last commits on a power cut.
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
+
+_SCHEMA_VERSION = 1
+_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS aggregates (
+    id BLOB PRIMARY KEY,
+    type TEXT NOT NULL,
+    head BLOB NOT NULL,
+    event_count INTEGER NOT NULL
+) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS aggregates_by_type ON aggregates (type, id)",
+    """
+CREATE TABLE IF NOT EXISTS events (
+    aggregate_id BLOB NOT NULL,
+    id BLOB NOT NULL,
+    parent BLOB,
+    type TEXT NOT NULL,
+    data BLOB NOT NULL,
+    metadata TEXT,
+    PRIMARY KEY (aggregate_id, id)
+) WITHOUT ROWID""",
+)
+
+_SELECT_AGGREGATE = "SELECT type, head FROM aggregates WHERE id = ?"
+_SELECT_TYPE = "SELECT type FROM aggregates WHERE id = ?"
+_INSERT_EVENT = (
+    "INSERT INTO events (aggregate_id, id, parent, type, data, metadata) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_AGGREGATE = "INSERT INTO aggregates (id, type, head, event_count) VALUES (?, ?, ?, ?)"
+_UPDATE_AGGREGATE = "UPDATE aggregates SET head = ?, event_count = event_count + ? WHERE id = ?"
+# An empty blob sorts before every id, so ``after`` = b"" reads from epoch.
+_READ_EVENTS = (
+    "SELECT id, parent, type, data, metadata FROM events"
+    " WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
+)
+_LIST_ALL = "SELECT id, type, head, event_count FROM aggregates WHERE id > ? ORDER BY id LIMIT ?"
+_LIST_TYPE = (
+    "SELECT id, type, head, event_count FROM aggregates"
+    " WHERE type = ? AND id > ? ORDER BY id LIMIT ?"
+)
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+#: Aggregate types are immutable, so they are cached; bounded, and simply
+#: cleared when full (a miss costs one primary-key lookup).
+_TYPE_CACHE_SIZE = 65_536
+
+T = TypeVar("T")
+
+
+class SQLiteJournalStore:
+    """A :class:`~tailrunner.journal.store.JournalStore` in one SQLite file.
+
+    Open it with :meth:`open`; close it with :meth:`aclose`.
+    """
+
+    def __init__(self, path: str, writer: sqlite3.Connection, *, read_connections: int = 4) -> None:
+        """Use :meth:`open` instead: it creates the file and the schema."""
+        self._path = path
+        self._writer = writer
+        self._write_lock = anyio.Lock()
+        self._readers = _ReadPool(path, read_connections)
+        self._listeners = Listeners()
+        self._types: dict[bytes, str] = {}
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "FULL",
+        read_connections: int = 4,
+    ) -> SQLiteJournalStore:
+        """Open (and create if needed) the journal in the file at ``path``.
+
+        :param synchronous: the ``PRAGMA synchronous`` level of the writes.
+        :param read_connections: how many reads may run at once.
+        :raises InvalidArgument: an unknown ``synchronous`` level.
+        :raises StoreError: the file cannot be opened or is not a journal;
+            the message names the path and the reason.
+        """
+        if synchronous not in SYNCHRONOUS_LEVELS:
+            raise InvalidArgument(
+                "synchronous",
+                f"{synchronous!r} is not one of {', '.join(SYNCHRONOUS_LEVELS)}",
+            )
+        if read_connections < 1:
+            raise InvalidArgument("read_connections", "at least one read connection is needed")
+        name = os.fspath(path)
+        writer = await anyio.to_thread.run_sync(_open_writer, name, synchronous)
+        log.debug("opened", path=name, synchronous=synchronous)
+        return cls(name, writer, read_connections=read_connections)
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    async def append(
+        self,
+        aggregate: AggregateRef,
+        events: Sequence[NewEvent],
+        *,
+        expected_tail: ULID | None,
+    ) -> AppendResult:
+        if not events:
+            raise InvalidArgument("events", "an append needs at least one event")
+        async with self._write_lock:
+            self._check_open()
+            try:
+                ids = await anyio.to_thread.run_sync(
+                    _append, self._writer, aggregate, events, expected_tail
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"journal store {self._path}: append failed: {exc}") from exc
+            self._types[aggregate.id.bytes] = aggregate.type
+            # Still under the lock, so that listeners hear of commits in commit order.
+            self._listeners.notify(aggregate, ids[-1])
+        return AppendResult(tail=ids[-1], event_ids=tuple(ids))
+
+    async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
+        self._check_open()
+        key = aggregate_id.bytes
+        events, aggregate_type = await self._readers.run(
+            _read,
+            aggregate_id,
+            key,
+            self._types.get(key),
+            b"" if after is None else after.bytes,
+            limit,
+        )
+        if events and key not in self._types:
+            if len(self._types) >= _TYPE_CACHE_SIZE:
+                self._types.clear()
+            self._types[key] = aggregate_type
+        return events
+
+    async def head(self, aggregate_id: UUID) -> ULID | None:
+        self._check_open()
+        row = await self._readers.run(_fetchone, _SELECT_AGGREGATE, (aggregate_id.bytes,))
+        return None if row is None else ULID(row[1])
+
+    async def list_aggregates(
+        self, aggregate_type: str | None, *, after_id: UUID | None, limit: int
+    ) -> list[AggregateInfo]:
+        self._check_open()
+        after = b"" if after_id is None else after_id.bytes
+        if aggregate_type is None:
+            rows = await self._readers.run(_fetchall, _LIST_ALL, (after, limit))
+        else:
+            rows = await self._readers.run(_fetchall, _LIST_TYPE, (aggregate_type, after, limit))
+        return [
+            AggregateInfo(type=type_, id=UUID(bytes=id_), head=ULID(head), event_count=count)
+            for id_, type_, head, count in rows
+        ]
+
+    def add_listener(self, listener: AppendListener) -> None:
+        self._listeners.add(listener)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        async with self._write_lock:
+            await anyio.to_thread.run_sync(self._writer.close)
+        await self._readers.aclose()
+        log.debug("closed", path=self._path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"journal store {self._path} is closed")
+
+
+class _ReadPool:
+    """Up to ``size`` read-only connections, each used by one thread at a time."""
+
+    def __init__(self, path: str, size: int) -> None:
+        self._path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._limiter = anyio.CapacityLimiter(size)
+        self._closed = False
+
+    async def run(self, func: Callable[..., T], *args: object) -> T:
+        async with self._limiter:
+            idle = self._idle.pop() if self._idle else None
+            try:
+                conn, result = await anyio.to_thread.run_sync(
+                    _with_reader, self._path, idle, func, args
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"journal store {self._path}: read failed: {exc}") from exc
+            if self._closed:
+                conn.close()
+            else:
+                self._idle.append(conn)
+            return result
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await anyio.to_thread.run_sync(conn.close)
+
+
+def _with_reader(
+    path: str,
+    conn: sqlite3.Connection | None,
+    func: Callable[..., T],
+    args: tuple[object, ...],
+) -> tuple[sqlite3.Connection, T]:
+    fresh = conn is None
+    if conn is None:
+        conn = _connect(path)
+    try:
+        if fresh:
+            conn.execute("PRAGMA query_only = 1")
+        return conn, func(conn, *args)
+    except BaseException:
+        # A connection in an unknown state is not given back to the pool.
+        conn.close()
+        raise
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+
+def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
+    try:
+        conn = _connect(path)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"cannot open the journal store {path}: it needs a file that can use WAL"
+                f" (journal mode is {mode})"
+            )
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise StoreError(
+                f"cannot open the journal store {path}: schema version {version} is newer"
+                f" than this tailrunner's ({_SCHEMA_VERSION})"
+            )
+        if version < _SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            # Statement by statement: executescript() would commit on its own.
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _encode_metadata(metadata: Mapping[str, str]) -> str | None:
+    return json.dumps(dict(metadata), separators=(",", ":")) if metadata else None
+
+
+def _append(
+    conn: sqlite3.Connection,
+    aggregate: AggregateRef,
+    events: Sequence[NewEvent],
+    expected_tail: ULID | None,
+) -> list[ULID]:
+    key = aggregate.id.bytes
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute(_SELECT_AGGREGATE, (key,)).fetchone()
+        head: ULID | None = None
+        if row is not None:
+            if row[0] != aggregate.type:
+                raise AggregateTypeMismatch(
+                    f"aggregate {aggregate.id} has type {row[0]!r}, not {aggregate.type!r}"
+                )
+            head = ULID(row[1])
+        if expected_tail is not None and expected_tail != head:
+            raise TailMismatch(expected_tail, head)
+        ids = next_ulids(head, len(events))
+        raw = [i.bytes for i in ids]
+        parents = [None if head is None else head.bytes, *raw[:-1]]
+        conn.executemany(
+            _INSERT_EVENT,
+            [
+                (key, id_, parent, new.type, new.data, _encode_metadata(new.metadata))
+                for id_, parent, new in zip(raw, parents, events, strict=True)
+            ],
+        )
+        if row is None:
+            conn.execute(_INSERT_AGGREGATE, (key, aggregate.type, raw[-1], len(raw)))
+        else:
+            conn.execute(_UPDATE_AGGREGATE, (raw[-1], len(raw), key))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return ids
+
+
+def _read(  # noqa: PLR0917 (a worker-thread entry point: positional args only)
+    conn: sqlite3.Connection,
+    aggregate_id: UUID,
+    key: bytes,
+    aggregate_type: str | None,
+    after: bytes,
+    limit: int,
+) -> tuple[list[Event], str]:
+    rows = conn.execute(_READ_EVENTS, (key, after, limit)).fetchall()
+    if not rows:
+        return [], aggregate_type or ""
+    if aggregate_type is None:
+        (aggregate_type,) = conn.execute(_SELECT_TYPE, (key,)).fetchone()
+    # The hot path of every reader: locals, no per-row lookups beyond the needed.
+    ulid, event, loads, empty = ULID, Event, json.loads, _NO_METADATA
+    out: list[Event] = []
+    append = out.append
+    previous: ULID | None = None
+    previous_raw = b""
+    for id_, parent_raw, type_, data, metadata in rows:
+        event_id = ulid(id_)
+        if parent_raw is None:
+            parent = None
+        elif parent_raw == previous_raw:
+            parent = previous
+        else:
+            parent = ulid(parent_raw)
+        append(
+            event(
+                id=event_id,
+                parent=parent,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                type=type_,
+                data=data,
+                metadata=empty if metadata is None else loads(metadata),
+            )
+        )
+        previous, previous_raw = event_id, id_
+    return out, aggregate_type
+
+
+def _fetchone(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> Any:
+    return conn.execute(sql, params).fetchone()
+
+
+def _fetchall(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
