@@ -1,0 +1,227 @@
+"""``JournalServer``: the journal's grpc.aio server, and ``open_store`` for store URLs.
+
+The server carries the journal service, the gRPC health service (``SERVING``
+for ``""`` and ``tailrunner.v1.Journal``) and server reflection, so that
+``grpcurl`` and health probes work against it.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from types import TracebackType
+from typing import Self, cast
+
+import anyio
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tailrunner.errors import InvalidArgument
+from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
+from tailrunner.journal.memory import MemoryJournalStore
+from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE, JournalService, MiB
+from tailrunner.journal.sqlite import SYNCHRONOUS_LEVELS, SQLiteJournalStore, Synchronous
+from tailrunner.journal.store import JournalStore
+from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:7740"
+DEFAULT_STORE = "sqlite:///journal.db"
+SERVICE_NAME: str = journal_pb2.DESCRIPTOR.services_by_name["Journal"].full_name
+#: Seconds in-flight calls get to finish when the server stops.
+DEFAULT_GRACE = 5.0
+_STORE_URLS = "sqlite:///PATH (e.g. sqlite:///journal.db, sqlite:////var/lib/journal.db) or memory:"
+
+
+class JournalServer:
+    """The journal served over gRPC, on one address.
+
+    ::
+
+        async with JournalServer(store, listen="127.0.0.1:0") as server:
+            print(server.address)  # the bound port, not 0
+
+    Stopping ends in-flight ``Events`` watches and signal streams cleanly (the
+    client sees the normal end of the stream), then waits up to ``grace``
+    seconds for the other calls.
+    """
+
+    def __init__(
+        self,
+        store: JournalStore,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_pending_signals: int = DEFAULT_MAX_PENDING,
+        close_store: bool = False,
+    ) -> None:
+        """:param store: where the events are kept.
+        :param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
+        :param max_event_size: bytes of data and metadata allowed per event.
+        :param max_pending_signals: aggregates a slow signal reader may have
+            pending before it gets a resync instead.
+        :param close_store: close ``store`` when the server stops.
+        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
+        """
+        self._host, self._requested_port = _split_listen(listen)
+        self._listen = listen
+        self._store = store
+        self._hub = Hub(max_pending=max_pending_signals)
+        self._service = JournalService(store, self._hub, max_event_size=max_event_size)
+        store.add_listener(self._hub.notify)
+        self._max_event_size = max_event_size
+        self._close_store = close_store
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._port: int | None = None
+        self._stopped = False
+
+    @property
+    def store(self) -> JournalStore:
+        return self._store
+
+    @property
+    def hub(self) -> Hub:
+        """The in-process fan-out of appends (watchers, signal subscribers)."""
+        return self._hub
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``listen`` asked for port 0).
+
+        :raises RuntimeError: before :meth:`start`.
+        """
+        if self._port is None:
+            raise RuntimeError("the journal server is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` as bound, for clients to connect to."""
+        return f"{self._host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        :raises InvalidArgument: naming ``listen`` when the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError("the journal server was already started")
+        # Room for appends of several maximal events; one event over the limit
+        # must reach the service to be refused by name, not by gRPC.
+        max_request = max(4 * MiB, 4 * self._max_event_size + MiB)
+        server = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_request),
+                ("grpc.max_send_message_length", -1),
+            ]
+        )
+        journal_pb2_grpc.add_JournalServicer_to_server(self._service, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise InvalidArgument(
+                "listen", f"cannot listen on {self._listen}: the address is in use or not local"
+            ) from exc
+        await server.start()
+        for service in ("", SERVICE_NAME):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._server, self._health, self._port = server, health_servicer, cast(int, port)
+        log.info("listening", address=self.address)
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Stop serving: end watches and signal streams, let other calls finish.
+
+        Runs to completion even when the caller is being cancelled. Closes the
+        store too when the server was made with ``close_store=True``.
+
+        :param grace: seconds in-flight calls get before they are cancelled
+            (``None``: cancel them at once).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        with anyio.CancelScope(shield=True):
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            # Watches and signal streams return on their own: a clean end of stream.
+            self._hub.close()
+            if self._server is not None:
+                await self._server.stop(grace)
+            if self._close_store:
+                await self._store.aclose()
+        if self._port is not None:
+            log.info("stopped", address=self.address)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+async def open_store(url: str, *, synchronous: Synchronous | None = None) -> JournalStore:
+    """Open the journal store that ``url`` names.
+
+    - ``sqlite:///PATH``: SQLite, the embedded default. ``sqlite:///journal.db``
+      is relative to the working directory, ``sqlite:////var/lib/journal.db``
+      absolute. ``?synchronous=NORMAL`` (or ``OFF``, ``FULL``, ``EXTRA``)
+      sets the durability of writes; the default is ``FULL``.
+    - ``memory:``: in memory, gone with the process.
+
+    :param synchronous: overrides the URL's ``synchronous``.
+    :raises InvalidArgument: naming ``--store`` when ``url`` is none of these.
+    :raises StoreError: the store cannot be opened (the message names the path
+        and the reason).
+    """
+    if url in ("memory:", "memory://"):
+        return MemoryJournalStore()
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise InvalidArgument("--store", f"{url!r} is not a store URL: expected {_STORE_URLS}")
+    path, _, query = url[len(prefix) :].partition("?")
+    if not path:
+        raise InvalidArgument("--store", f"{url!r} names no file: expected {_STORE_URLS}")
+    level = "FULL"
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if key != "synchronous":
+            raise InvalidArgument(
+                "--store", f"unknown option {key!r} in {url!r}: the one option is synchronous"
+            )
+        level = value.upper()
+        if level not in SYNCHRONOUS_LEVELS:
+            raise InvalidArgument(
+                "--store",
+                f"synchronous={value!r} in {url!r}:"
+                f" expected one of {', '.join(SYNCHRONOUS_LEVELS)}",
+            )
+    return await SQLiteJournalStore.open(
+        urllib.parse.unquote(path), synchronous=synchronous or cast(Synchronous, level)
+    )
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise InvalidArgument(
+            "listen", f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:7740, [::1]:0, 0.0.0.0:7740)"
+        )
+    return host, int(port_text)

@@ -1,0 +1,303 @@
+"""``JournalService``: the grpc.aio servicer of ``tailrunner.v1.Journal``.
+
+It validates requests (``INVALID_ARGUMENT`` naming the field), calls the
+store, and maps the store's errors to gRPC status codes, here and only here.
+Watching and signals come from the :class:`~tailrunner.journal.hub.Hub`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import nullcontext
+from typing import NoReturn
+from uuid import UUID
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+from ulid import ULID
+
+from tailrunner.errors import (
+    AggregateTypeMismatch,
+    InvalidArgument,
+    StoreError,
+    TailMismatch,
+    TailrunnerError,
+)
+from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
+from tailrunner.journal.hub import Hub
+from tailrunner.journal.store import JournalStore
+from tailrunner.model import AggregateRef, Event, NewEvent, SignalBatch
+from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+MiB = 1024 * 1024
+#: The largest event (data and metadata together) an append may carry.
+DEFAULT_MAX_EVENT_SIZE = MiB
+#: Events per ``Events`` batch when the reader does not say (``max_batch`` = 0).
+DEFAULT_BATCH = 1000
+#: The most events per batch, whatever the reader asks for.
+MAX_BATCH = 10_000
+#: ``ListAggregates`` page size when the request says 0, and its cap.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+#: A batch is cut into messages of about this many bytes, well below the
+#: 4 MiB that gRPC clients accept by default.
+_MESSAGE_BUDGET = 2 * MiB
+#: A rough per-event overhead for the message budget (ids, type, framing).
+_EVENT_OVERHEAD = 96
+#: Signals per ``SignalsResponse`` message.
+_SIGNALS_PER_MESSAGE = 1000
+_PAGE_TOKEN_VERSION = 1
+
+
+class JournalService(journal_pb2_grpc.JournalServicer):
+    """Serves one :class:`~tailrunner.journal.store.JournalStore` over gRPC."""
+
+    def __init__(
+        self,
+        store: JournalStore,
+        hub: Hub,
+        *,
+        max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+    ) -> None:
+        """:param hub: must be registered as a listener of ``store``.
+        :param max_event_size: bytes of data and metadata allowed per event.
+        """
+        if max_event_size < 1:
+            raise InvalidArgument("max_event_size", "must be at least 1 byte")
+        self._store = store
+        self._hub = hub
+        self._max_event_size = max_event_size
+
+    async def Append(
+        self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext
+    ) -> journal_pb2.AppendResponse:
+        try:
+            aggregate, events, expected_tail = self._parse_append(request)
+            result = await self._store.append(aggregate, events, expected_tail=expected_tail)
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="Append")
+        return journal_pb2.AppendResponse(
+            tail=result.tail.bytes, event_ids=[event_id.bytes for event_id in result.event_ids]
+        )
+
+    async def Events(
+        self, request: journal_pb2.EventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[journal_pb2.EventsResponse]:
+        try:
+            aggregate_id = uuid_from_bytes(request.aggregate_id, field="aggregate_id")
+            cursor = ulid_from_bytes(request.after, field="after")
+        except InvalidArgument as exc:
+            await _abort(context, exc, rpc="Events")
+        limit = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
+        raw_id = request.aggregate_id
+        # Watch before the first read: an append committing after that read
+        # still wakes the watcher, so no event falls between read and wait.
+        with self._hub.watch(aggregate_id) if request.watch else nullcontext() as watcher:
+            caught_up = False
+            while True:
+                try:
+                    # One event more than the batch tells whether this batch catches up.
+                    events = await self._store.read(aggregate_id, after=cursor, limit=limit + 1)
+                except TailrunnerError as exc:
+                    await _abort(context, exc, rpc="Events")
+                more = len(events) > limit
+                if more:
+                    events = events[:limit]
+                if events:
+                    cursor = events[-1].id
+                    for response in _events_responses(events, raw_id, will_block=not more):
+                        yield response
+                    caught_up = caught_up or not more
+                elif watcher is not None and not caught_up:
+                    # An empty aggregate: tell the watcher it is caught up before blocking.
+                    yield journal_pb2.EventsResponse(will_block=True)
+                    caught_up = True
+                if more:
+                    continue
+                if watcher is None or not await watcher.wait():
+                    return
+
+    async def AggregateSignals(
+        self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[journal_pb2.SignalsResponse]:
+        types = list(request.aggregate_types)
+        for index, type_ in enumerate(types):
+            if not type_:
+                await _abort(
+                    context,
+                    InvalidArgument(f"aggregate_types[{index}]", "must not be empty"),
+                    rpc="AggregateSignals",
+                )
+        with self._hub.subscribe(types) as subscriber:
+            while True:
+                batch = await subscriber.take()
+                if batch is None:
+                    return
+                for response in _signals_responses(batch):
+                    yield response
+
+    async def ListAggregates(
+        self, request: journal_pb2.ListAggregatesRequest, context: grpc.aio.ServicerContext
+    ) -> journal_pb2.ListAggregatesResponse:
+        type_filter = request.aggregate_type
+        try:
+            if request.page_size < 0:
+                raise InvalidArgument("page_size", f"must not be negative, got {request.page_size}")
+            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            after_id = decode_page_token(request.page_token, type_filter)
+            found = await self._store.list_aggregates(
+                type_filter or None, after_id=after_id, limit=page_size + 1
+            )
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="ListAggregates")
+        page = found[:page_size]
+        response = journal_pb2.ListAggregatesResponse(
+            next_page_token=encode_page_token(page[-1].id, type_filter)
+            if len(found) > page_size
+            else ""
+        )
+        for info in page:
+            response.aggregates.add(
+                type=info.type,
+                id=info.id.bytes,
+                head=ulid_to_bytes(info.head),
+                event_count=info.event_count,
+            )
+        return response
+
+    def _parse_append(
+        self, request: journal_pb2.AppendRequest
+    ) -> tuple[AggregateRef, list[NewEvent], ULID | None]:
+        if not request.aggregate_type:
+            raise InvalidArgument("aggregate_type", "must not be empty")
+        aggregate = AggregateRef(
+            type=request.aggregate_type,
+            id=uuid_from_bytes(request.aggregate_id, field="aggregate_id"),
+        )
+        expected_tail = ulid_from_bytes(request.expected_tail, field="expected_tail")
+        if not request.events:
+            raise InvalidArgument("events", "an append needs at least one event")
+        events: list[NewEvent] = []
+        limit = self._max_event_size
+        for index, new in enumerate(request.events):
+            if not new.type:
+                raise InvalidArgument(f"events[{index}].type", "must not be empty")
+            size = len(new.data)
+            metadata = dict(new.metadata) if new.metadata else {}
+            for key, value in metadata.items():
+                size += len(key.encode()) + len(value.encode())
+            if size > limit:
+                raise InvalidArgument(
+                    f"events[{index}].data",
+                    f"the event is {size} bytes (data and metadata), over the limit of {limit}",
+                )
+            events.append(NewEvent(type=new.type, data=new.data, metadata=metadata))
+        return aggregate, events, expected_tail
+
+
+def encode_page_token(last_id: UUID, aggregate_type: str) -> str:
+    """The opaque token of the page after the aggregate ``last_id``.
+
+    It also records the type filter, so that a token is only used with the
+    filter that made it.
+    """
+    raw = bytes((_PAGE_TOKEN_VERSION,)) + last_id.bytes + aggregate_type.encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_page_token(token: str, aggregate_type: str) -> UUID | None:
+    """The last aggregate id of the previous page (``None`` for an empty token).
+
+    :raises InvalidArgument: naming ``page_token`` when the token is not one
+        this server made, or was made for another ``aggregate_type``.
+    """
+    if not token:
+        return None
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
+        made_for = raw[17:].decode()
+    except (binascii.Error, ValueError):
+        raise InvalidArgument("page_token", "not a page token of this journal") from None
+    if len(raw) < 17 or raw[0] != _PAGE_TOKEN_VERSION:
+        raise InvalidArgument("page_token", "not a page token of this journal")
+    if made_for != aggregate_type:
+        raise InvalidArgument(
+            "page_token",
+            f"made for aggregate_type {made_for!r}, not {aggregate_type!r}",
+        )
+    return UUID(bytes=raw[1:17])
+
+
+def _events_responses(
+    events: Sequence[Event], aggregate_id: bytes, *, will_block: bool
+) -> Iterator[journal_pb2.EventsResponse]:
+    # The hot path of every reader: one message per batch unless the batch
+    # is large in bytes; attributes set on messages made in place by add().
+    response = journal_pb2.EventsResponse()
+    add = response.events.add
+    size = 0
+    for event in events:
+        event_size = len(event.data) + _EVENT_OVERHEAD
+        if size and size + event_size > _MESSAGE_BUDGET:
+            yield response
+            response = journal_pb2.EventsResponse()
+            add = response.events.add
+            size = 0
+        size += event_size
+        message = add()
+        message.id = event.id.bytes
+        if event.parent is not None:
+            message.parent = event.parent.bytes
+        message.aggregate_type = event.aggregate_type
+        message.aggregate_id = aggregate_id
+        message.type = event.type
+        message.data = event.data
+        if event.metadata:
+            message.metadata.update(event.metadata)
+    response.will_block = will_block
+    yield response
+
+
+def _signals_responses(batch: SignalBatch) -> Iterator[journal_pb2.SignalsResponse]:
+    signals = batch.signals
+    for start in range(0, max(len(signals), 1), _SIGNALS_PER_MESSAGE):
+        response = journal_pb2.SignalsResponse(resync=batch.resync and start == 0)
+        for signal in signals[start : start + _SIGNALS_PER_MESSAGE]:
+            response.signals.add(
+                aggregate_type=signal.aggregate_type,
+                aggregate_id=signal.aggregate_id.bytes,
+                head=ulid_to_bytes(signal.head),
+            )
+        yield response
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
+    """End the call with the status that ``exc`` maps to (``context.abort`` raises)."""
+    if isinstance(exc, InvalidArgument):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    elif isinstance(exc, TailMismatch):
+        detail = any_pb2.Any()
+        detail.Pack(
+            journal_pb2.TailMismatch(
+                expected_tail=ulid_to_bytes(exc.expected), actual_tail=ulid_to_bytes(exc.actual)
+            )
+        )
+        status = status_pb2.Status(
+            code=code_pb2.FAILED_PRECONDITION, message=str(exc), details=[detail]
+        )
+        await context.abort_with_status(rpc_status.to_status(status))
+    elif isinstance(exc, AggregateTypeMismatch):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    elif isinstance(exc, StoreError):
+        log.error("store_failed", rpc=rpc, error=str(exc))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    log.error("call_failed", rpc=rpc, error=str(exc))
+    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+    raise AssertionError("context.abort returned")  # pragma: no cover
