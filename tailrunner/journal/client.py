@@ -1,0 +1,339 @@
+"""``JournalClient``: the :class:`~tailrunner.journal.api.JournalApi` over gRPC.
+
+gRPC errors are mapped to :mod:`tailrunner.errors` here, once:
+
+==========================================  =====================================
+status                                      raised
+==========================================  =====================================
+``INVALID_ARGUMENT``                        :class:`InvalidArgument` (its field)
+``FAILED_PRECONDITION`` + ``TailMismatch``  :class:`TailMismatch` (the actual tail)
+``FAILED_PRECONDITION`` (other)             :class:`AggregateTypeMismatch`
+``CANCELLED``                               :class:`StreamCancelled`
+``UNAVAILABLE``, ``DEADLINE_EXCEEDED`` …    :class:`JournalUnavailable`
+anything else                               :class:`JournalError`
+==========================================  =====================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Sequence
+from types import MappingProxyType, TracebackType
+from typing import Self
+from uuid import UUID
+
+import grpc
+import structlog
+from grpc_status import rpc_status
+from ulid import ULID
+
+from tailrunner.errors import (
+    AggregateTypeMismatch,
+    InvalidArgument,
+    JournalError,
+    JournalUnavailable,
+    StreamCancelled,
+    TailMismatch,
+)
+from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
+from tailrunner.model import (
+    AggregateInfo,
+    AggregateRef,
+    AppendResult,
+    Event,
+    EventBatch,
+    NewEvent,
+    Signal,
+    SignalBatch,
+)
+from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+#: Worth retrying: the journal is down, overloaded, or restarting.
+_UNAVAILABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+_NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
+_CHANNEL_OPTIONS = (
+    # The journal bounds its messages itself (events have a size limit).
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+)
+
+
+class JournalClient:
+    """A journal reached over gRPC; implements :class:`~tailrunner.journal.api.JournalApi`.
+
+    ::
+
+        async with JournalClient.connect("127.0.0.1:7740") as journal:
+            result = await journal.append(ref, [NewEvent(type="created")])
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout: float | None = None,
+        close_channel: bool = False,
+    ) -> None:
+        """Use a channel the caller made; :meth:`connect` makes one.
+
+        :param timeout: seconds for unary calls (``None``: no deadline).
+        :param close_channel: :meth:`aclose` closes ``channel`` too.
+        """
+        self._channel = channel
+        self._stub = journal_pb2_grpc.JournalStub(channel)
+        self._timeout = timeout
+        self._close_channel = close_channel
+
+    @classmethod
+    def connect(cls, address: str, *, timeout: float | None = None) -> JournalClient:
+        """A client of the journal at ``address`` (``HOST:PORT``).
+
+        The connection is made by the first call, which raises
+        :class:`~tailrunner.errors.JournalUnavailable` when nothing answers.
+        Call it with the event loop running.
+
+        :param timeout: seconds for unary calls (``None``: no deadline).
+        """
+        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        return cls(channel, timeout=timeout, close_channel=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel (when this client made it); open calls are cancelled."""
+        if self._close_channel:
+            await self._channel.close()
+
+    async def append(
+        self,
+        aggregate: AggregateRef,
+        events: Sequence[NewEvent],
+        *,
+        expected_tail: ULID | None = None,
+    ) -> AppendResult:
+        """Append events to one aggregate; all commit, or none.
+
+        :raises TailMismatch: ``expected_tail`` is set and is not the head;
+            ``actual`` is the head.
+        :raises AggregateTypeMismatch: the aggregate has another type.
+        :raises InvalidArgument: the journal refused the input (names the field).
+        :raises JournalUnavailable: the journal cannot be reached.
+        """
+        request = journal_pb2.AppendRequest(
+            aggregate_type=aggregate.type,
+            aggregate_id=aggregate.id.bytes,
+            expected_tail=ulid_to_bytes(expected_tail),
+        )
+        for event in events:
+            request.events.add(type=event.type, data=event.data, metadata=event.metadata)
+        try:
+            response = await self._stub.Append(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _map_error(exc, expected_tail=expected_tail) from exc
+        return AppendResult(
+            tail=ULID(response.tail), event_ids=tuple(ULID(raw) for raw in response.event_ids)
+        )
+
+    async def events(
+        self,
+        aggregate_id: UUID,
+        *,
+        after: ULID | None = None,
+        watch: bool = False,
+        max_batch: int = 0,
+    ) -> AsyncGenerator[EventBatch, None]:
+        """Batches of the aggregate's events after ``after``.
+
+        Without ``watch`` the generator ends after the last event; with it,
+        it blocks for new events, and ends when the journal shuts down.
+        Closing the generator cancels the call.
+
+        :param max_batch: the largest batch wanted (0: the journal's default).
+        :raises JournalUnavailable: the journal cannot be reached or went away.
+        :raises StreamCancelled: the call was cancelled (a stop, not a failure).
+        """
+        request = journal_pb2.EventsRequest(
+            aggregate_id=aggregate_id.bytes,
+            after=ulid_to_bytes(after),
+            watch=watch,
+            max_batch=max_batch,
+        )
+        call = self._stub.Events(request)
+        try:
+            async for response in call:
+                yield _event_batch(response, aggregate_id)
+        except grpc.aio.AioRpcError as exc:
+            raise _map_error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def signals(
+        self, aggregate_types: Sequence[str] = ()
+    ) -> AsyncGenerator[SignalBatch, None]:
+        """The journal's "aggregate changed" signals, coalesced per aggregate.
+
+        A batch with ``resync`` means signals were dropped: re-check every
+        aggregate. Runs until closed, or until the journal shuts down.
+
+        :param aggregate_types: only these types (all when empty).
+        :raises JournalUnavailable: the journal cannot be reached or went away.
+        """
+        call = self._stub.AggregateSignals(
+            journal_pb2.SignalsRequest(aggregate_types=list(aggregate_types))
+        )
+        try:
+            async for response in call:
+                yield SignalBatch(
+                    signals=tuple(
+                        Signal(
+                            aggregate_type=signal.aggregate_type,
+                            aggregate_id=UUID(bytes=signal.aggregate_id),
+                            head=ulid_from_bytes(signal.head, field="head"),
+                        )
+                        for signal in response.signals
+                    ),
+                    resync=response.resync,
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise _map_error(exc) from exc
+        finally:
+            call.cancel()
+
+    async def list_aggregates(
+        self,
+        aggregate_type: str | None = None,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[AggregateInfo], str]:
+        """One page of aggregates, ordered by id, and the next page's token ("" on the last).
+
+        :param page_size: 0 for the journal's default (100); at most 1000.
+        :raises InvalidArgument: a bad ``page_token`` or ``page_size``.
+        :raises JournalUnavailable: the journal cannot be reached.
+        """
+        request = journal_pb2.ListAggregatesRequest(
+            aggregate_type=aggregate_type or "", page_size=page_size, page_token=page_token
+        )
+        try:
+            response = await self._stub.ListAggregates(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _map_error(exc) from exc
+        infos = [
+            AggregateInfo(
+                type=item.type,
+                id=UUID(bytes=item.id),
+                head=ulid_from_bytes(item.head, field="head"),
+                event_count=item.event_count,
+            )
+            for item in response.aggregates
+        ]
+        return infos, response.next_page_token
+
+    async def aggregates(
+        self, aggregate_type: str | None = None, *, page_size: int = 0
+    ) -> AsyncGenerator[AggregateInfo, None]:
+        """Every aggregate (of ``aggregate_type``, or all), page after page, ordered by id."""
+        token = ""
+        while True:
+            infos, token = await self.list_aggregates(
+                aggregate_type, page_size=page_size, page_token=token
+            )
+            for info in infos:
+                yield info
+            if not token:
+                return
+
+
+def _event_batch(response: journal_pb2.EventsResponse, aggregate_id: UUID) -> EventBatch:
+    # The hot path of every reader: everything an event shares with the
+    # batch (aggregate, the previous id as parent) is made once.
+    messages = response.events
+    if not messages:
+        return EventBatch(events=(), will_block=response.will_block)
+    aggregate_type = messages[0].aggregate_type
+    ulid, event, empty = ULID, Event, _NO_METADATA
+    events: list[Event] = []
+    append = events.append
+    previous: ULID | None = None
+    previous_raw = b""
+    for message in messages:
+        raw = message.id
+        event_id = ulid(raw)
+        parent_raw = message.parent
+        if not parent_raw:
+            parent = None
+        elif parent_raw == previous_raw:
+            parent = previous
+        else:
+            parent = ulid(parent_raw)
+        metadata = message.metadata
+        append(
+            event(
+                id=event_id,
+                parent=parent,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                type=message.type,
+                data=message.data,
+                metadata=dict(metadata) if metadata else empty,
+            )
+        )
+        previous, previous_raw = event_id, raw
+    return EventBatch(events=tuple(events), will_block=response.will_block)
+
+
+def _map_error(exc: grpc.aio.AioRpcError, *, expected_tail: ULID | None = None) -> Exception:
+    """The tailrunner error for a failed call (raise it ``from exc``)."""
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        field, sep, reason = details.partition(": ")
+        return InvalidArgument(field, reason) if sep else InvalidArgument("request", details)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        mismatch = _tail_mismatch(exc)
+        if mismatch is not None:
+            return TailMismatch(
+                ulid_from_bytes(mismatch.expected_tail, field="expected_tail") or expected_tail,
+                ulid_from_bytes(mismatch.actual_tail, field="actual_tail"),
+            )
+        return AggregateTypeMismatch(details)
+    if code == grpc.StatusCode.CANCELLED:
+        return StreamCancelled(details or "the call was cancelled")
+    if code in _UNAVAILABLE:
+        return JournalUnavailable(f"{code.name}: {details}")
+    return JournalError(f"{code.name}: {details}")
+
+
+def _tail_mismatch(exc: grpc.aio.AioRpcError) -> journal_pb2.TailMismatch | None:
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(journal_pb2.TailMismatch.DESCRIPTOR):
+            mismatch = journal_pb2.TailMismatch()
+            detail.Unpack(mismatch)
+            return mismatch
+    return None
