@@ -1,0 +1,416 @@
+"""The journal from the command line: ``journal serve``, ``append``, ``events``, ``aggregates``.
+
+:data:`COMMANDS` is what :mod:`tailrunner.cli.main` registers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+import click
+import structlog
+from ulid import ULID
+
+from tailrunner.errors import (
+    InvalidArgument,
+    JournalError,
+    JournalUnavailable,
+    StoreError,
+    TailMismatch,
+)
+from tailrunner.ids import parse_ulid, parse_uuid
+from tailrunner.journal.client import JournalClient
+from tailrunner.journal.server import DEFAULT_LISTEN, DEFAULT_STORE, JournalServer, open_store
+from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
+from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: The journal's field names as the options of these commands.
+_OPTION_FOR_FIELD = {
+    "aggregate_type": "--type",
+    "aggregate_id": "--id",
+    "expected_tail": "--expect-tail",
+    "events[0].type": "--event-type",
+    "events[0].data": "--data",
+    "after": "--after",
+    "listen": "--listen",
+    "--store": "--store",
+}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"\s*(\d+)\s*([a-zA-Z]*)\s*")
+
+
+class _UUIDParam(click.ParamType[UUID]):
+    name = "UUID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
+        if isinstance(value, UUID):
+            return value
+        try:
+            return parse_uuid(str(value), field=_param_name(param))
+        except InvalidArgument as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+class _ULIDParam(click.ParamType[ULID]):
+    name = "ULID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ULID:
+        if isinstance(value, ULID):
+            return value
+        try:
+            return parse_ulid(str(value), field=_param_name(param))
+        except InvalidArgument as exc:
+            self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
+
+
+class _SizeParam(click.ParamType[int]):
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE.fullmatch(str(value))
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in _SIZE_UNITS or int(match.group(1)) < 1:
+            self.fail(
+                f"{value!r} is not a size: expected a positive number of bytes with an optional"
+                " unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. 1MiB or 65536",
+                param,
+                ctx,
+            )
+        return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+_journal_option = click.option(
+    "--journal",
+    "address",
+    metavar="HOST:PORT",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    envvar="TAILRUNNER_JOURNAL",
+    help="The journal to talk to (also $TAILRUNNER_JOURNAL).",
+)
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line instead of text."
+)
+
+
+@click.group("journal")
+def journal() -> None:
+    """The event journal: append-only event streams of aggregates, served over gRPC."""
+
+
+@journal.command("serve")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="Address to listen on; port 0 picks a free port (printed on start).",
+)
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="Where events are kept: sqlite:///PATH (relative; sqlite:////PATH is absolute,"
+    " ?synchronous=NORMAL trades power-cut durability for speed) or memory:.",
+)
+@click.option(
+    "--max-event-size",
+    type=_SizeParam(),
+    default=str(DEFAULT_MAX_EVENT_SIZE),
+    show_default="1MiB",
+    help="Largest event (data and metadata) an append may carry, e.g. 512KiB, 4MiB.",
+)
+def serve(listen: str, store_url: str, max_event_size: int) -> None:
+    """Serve the event journal over gRPC until SIGINT or SIGTERM.
+
+    Prints "listening on HOST:PORT" once it accepts calls. The gRPC health
+    service and server reflection are on, so grpcurl and health probes work.
+
+    \b
+    Examples:
+      tailrunner journal serve
+      tailrunner journal serve --store sqlite:////var/lib/tailrunner/journal.db
+      tailrunner journal serve --listen 127.0.0.1:0 --store memory:
+      grpcurl -plaintext 127.0.0.1:7740 list
+    """
+    _configure_logging(logging.INFO)
+    with _cli_errors(listen):
+        anyio.run(_serve, listen, store_url, max_event_size)
+
+
+async def _serve(listen: str, store_url: str, max_event_size: int) -> None:
+    store = await open_store(store_url)
+    try:
+        server = JournalServer(
+            store, listen=listen, max_event_size=max_event_size, close_store=True
+        )
+    except BaseException:
+        await store.aclose()
+        raise
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with server:
+            click.echo(f"listening on {server.address}")
+            sys.stdout.flush()
+            async for signum in signals:
+                log.info("stopping", signal=signal.Signals(signum).name)
+                break
+
+
+@click.command("append")
+@_journal_option
+@click.option("--type", "aggregate_type", required=True, metavar="TYPE", help="Aggregate type.")
+@click.option("--id", "aggregate_id", type=_UUIDParam(), required=True, help="Aggregate id.")
+@click.option("--event-type", required=True, metavar="TYPE", help="The event's type.")
+@click.option(
+    "--data",
+    metavar="JSON|@FILE",
+    default=None,
+    help="The event's payload: JSON text, or @FILE to send a file's bytes (@- for stdin).",
+)
+@click.option(
+    "--expect-tail",
+    type=_ULIDParam(),
+    default=None,
+    help="Append only if this is the aggregate's newest event id (optimistic concurrency).",
+)
+def append(
+    *,
+    address: str,
+    aggregate_type: str,
+    aggregate_id: UUID,
+    event_type: str,
+    data: str | None,
+    expect_tail: ULID | None,
+) -> None:
+    """Append one event to an aggregate and print the aggregate's new tail.
+
+    \b
+    Examples:
+      tailrunner append --type order --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
+          --event-type placed --data '{"sku": "a-1", "qty": 2}'
+      tailrunner append --type order --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
+          --event-type paid --data @payment.json --expect-tail 01J9Z3K4Q2V8X7W6T5R4P3N2M1
+    """
+    _configure_logging(logging.WARNING)
+    payload = _read_data(data)
+    ref = AggregateRef(type=aggregate_type, id=aggregate_id)
+
+    async def run(client: JournalClient) -> ULID:
+        result = await client.append(
+            ref, [NewEvent(type=event_type, data=payload)], expected_tail=expect_tail
+        )
+        return result.tail
+
+    click.echo(str(_with_client(address, run)))
+
+
+@click.command("events")
+@_journal_option
+@click.option("--id", "aggregate_id", type=_UUIDParam(), required=True, help="Aggregate id.")
+@click.option(
+    "--after", type=_ULIDParam(), default=None, help="Only events after this id (default: all)."
+)
+@click.option("--watch", is_flag=True, help="Keep printing new events as they are appended.")
+@_json_option
+def events(
+    address: str, aggregate_id: UUID, after: ULID | None, watch: bool, as_json: bool
+) -> None:
+    """Print an aggregate's events, one per line: ID, TYPE and DATA, tab-separated.
+
+    An aggregate without events prints nothing. With --json each line is an
+    object with id, parent, aggregate_type, aggregate_id, type, metadata and
+    data (the payload as JSON; a payload that is not JSON is in data_base64).
+
+    \b
+    Examples:
+      tailrunner events --id 7c9e6679-7425-40de-944b-e07fc1f90ae7
+      tailrunner events --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 --json --watch
+      tailrunner events --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 --after 01J9Z3K4Q2V8X7W6T5R4P3N2M1
+    """
+    _configure_logging(logging.WARNING)
+    render = _event_json if as_json else _event_text
+
+    async def run(client: JournalClient) -> None:
+        stream = client.events(aggregate_id, after=after, watch=watch)
+        try:
+            async for batch in stream:
+                if batch.events:
+                    click.echo("\n".join(render(event) for event in batch.events))
+        finally:
+            await stream.aclose()
+
+    try:
+        _with_client(address, run)
+    except KeyboardInterrupt:
+        # Ctrl-C ends a watch: the usual way out, not an error.
+        sys.exit(130)
+
+
+@click.command("aggregates")
+@_journal_option
+@click.option("--type", "aggregate_type", default=None, metavar="TYPE", help="Only this type.")
+@_json_option
+def aggregates(address: str, aggregate_type: str | None, as_json: bool) -> None:
+    """List aggregates, one per line: TYPE, ID, HEAD and EVENT COUNT, tab-separated.
+
+    \b
+    Examples:
+      tailrunner aggregates
+      tailrunner aggregates --type order --json
+    """
+    _configure_logging(logging.WARNING)
+
+    async def run(client: JournalClient) -> None:
+        async for info in client.aggregates(aggregate_type):
+            click.echo(_aggregate_json(info) if as_json else _aggregate_text(info))
+
+    _with_client(address, run)
+
+
+#: The commands :mod:`tailrunner.cli.main` registers.
+COMMANDS: list[click.Command] = [journal, append, events, aggregates]
+
+
+def _with_client(address: str, run: Callable[[JournalClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with JournalClient.connect(address) as client:
+            return await run(client)
+
+    with _cli_errors(address):
+        return anyio.run(main)
+
+
+@contextmanager
+def _cli_errors(address: str) -> Iterator[None]:
+    """Turn tailrunner's errors into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        option = _OPTION_FOR_FIELD.get(exc.field)
+        if option is None:
+            raise click.ClickException(str(exc)) from exc
+        raise click.BadParameter(exc.reason, param_hint=f"'{option}'") from exc
+    except TailMismatch as exc:
+        actual = exc.actual or "none (the aggregate has no events)"
+        raise click.ClickException(
+            f"--expect-tail {exc.expected} is not the aggregate's tail, which is {actual}"
+        ) from exc
+    except JournalUnavailable as exc:
+        raise click.ClickException(f"cannot reach the journal at {address}: {exc}") from exc
+    except (JournalError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _read_data(data: str | None) -> bytes:
+    if data is None:
+        return b""
+    if data.startswith("@"):
+        name = data[1:]
+        if name == "-":
+            return sys.stdin.buffer.read()
+        try:
+            return Path(name).read_bytes()
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot read {name}: {exc.strerror or exc}", param_hint="'--data'"
+            ) from exc
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"not JSON ({exc}); to send a file's bytes, use @FILE", param_hint="'--data'"
+        ) from exc
+    return data.encode()
+
+
+def _event_text(event: Event) -> str:
+    return f"{event.id}\t{event.type}\t{event.data.decode(errors='backslashreplace')}"
+
+
+def _event_json(event: Event) -> str:
+    record: dict[str, Any] = {
+        "id": str(event.id),
+        "parent": None if event.parent is None else str(event.parent),
+        "aggregate_type": event.aggregate_type,
+        "aggregate_id": str(event.aggregate_id),
+        "type": event.type,
+        "metadata": dict(event.metadata),
+        "data": None,
+    }
+    if event.data:
+        try:
+            record["data"] = json.loads(event.data)
+        except ValueError:
+            record["data_base64"] = base64.b64encode(event.data).decode("ascii")
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _aggregate_text(info: AggregateInfo) -> str:
+    return f"{info.type}\t{info.id}\t{info.head or '-'}\t{info.event_count}"
+
+
+def _aggregate_json(info: AggregateInfo) -> str:
+    return json.dumps(
+        {
+            "type": info.type,
+            "id": str(info.id),
+            "head": None if info.head is None else str(info.head),
+            "event_count": info.event_count,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _configure_logging(level: int) -> None:
+    """Logs go to stderr (stdout is the commands' output): console on a terminal, JSON otherwise."""
+    renderer: structlog.typing.Processor
+    if sys.stderr.isatty():
+        renderer = structlog.dev.ConsoleRenderer()
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.dict_tracebacks
+            if not sys.stderr.isatty()
+            else structlog.processors.StackInfoRenderer(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
