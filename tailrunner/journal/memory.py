@@ -62,25 +62,26 @@ class MemoryJournalStore:
         if expected_tail is not None and expected_tail != head:
             raise TailMismatch(expected_tail, head)
         ids = next_ulids(head, len(events))
+        # Build every event before changing anything: all commit, or none.
+        parents = [head, *ids[:-1]]
+        built = [
+            Event(
+                id=event_id,
+                parent=parent,
+                aggregate_type=aggregate.type,
+                aggregate_id=aggregate.id,
+                type=new.type,
+                data=bytes(new.data),
+                metadata=MappingProxyType(dict(new.metadata)) if new.metadata else _NO_METADATA,
+            )
+            for event_id, parent, new in zip(ids, parents, events, strict=True)
+        ]
         if state is None:
             state = _Aggregate(type=aggregate.type)
             self._aggregates[aggregate.id] = state
             bisect.insort(self._order, aggregate.id.bytes)
-        parent = head
-        for event_id, new in zip(ids, events, strict=True):
-            state.events.append(
-                Event(
-                    id=event_id,
-                    parent=parent,
-                    aggregate_type=aggregate.type,
-                    aggregate_id=aggregate.id,
-                    type=new.type,
-                    data=bytes(new.data),
-                    metadata=MappingProxyType(dict(new.metadata)) if new.metadata else _NO_METADATA,
-                )
-            )
-            state.keys.append(event_id.bytes)
-            parent = event_id
+        state.events.extend(built)
+        state.keys.extend(event_id.bytes for event_id in ids)
         self._listeners.notify(aggregate, ids[-1])
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
 

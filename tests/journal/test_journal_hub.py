@@ -1,0 +1,156 @@
+"""The hub: watchers woken in the same loop turn as the commit, coalescing signals, resync."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import anyio
+import pytest
+
+from tailrunner.journal.hub import Hub
+from tailrunner.journal.store import JournalStore
+from tailrunner.model import AggregateRef, NewEvent
+
+
+@pytest.fixture
+def hub(store: JournalStore) -> Hub:
+    hub = Hub(max_pending=10)
+    store.add_listener(hub.notify)
+    return hub
+
+
+async def test_watch_wakes_in_the_same_loop_turn_as_the_append(
+    store: JournalStore, hub: Hub, ref: AggregateRef
+) -> None:
+    with hub.watch(ref.id) as watcher:
+        assert not watcher.notified
+        result = await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+        # No await between the append's return and here: the store's listener
+        # set the watcher's event before append() returned, not a poller later.
+        assert watcher.notified
+        assert watcher.head == result.tail
+
+
+async def test_a_waiting_watcher_wakes_on_the_append(
+    store: JournalStore, hub: Hub, ref: AggregateRef
+) -> None:
+    woke = anyio.Event()
+    waiting = anyio.Event()
+
+    async def wait_for_append() -> None:
+        with hub.watch(ref.id) as watcher:
+            waiting.set()
+            assert await watcher.wait()
+            woke.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_append)
+            await waiting.wait()
+            assert not woke.is_set()
+            await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+            await woke.wait()
+
+
+async def test_an_append_between_watch_and_wait_is_not_lost(
+    store: JournalStore, hub: Hub, ref: AggregateRef
+) -> None:
+    with hub.watch(ref.id) as watcher:
+        await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+        with anyio.fail_after(5):
+            assert await watcher.wait()
+        assert not watcher.notified
+
+
+async def test_watchers_of_other_aggregates_are_not_woken(
+    store: JournalStore, hub: Hub, ref: AggregateRef
+) -> None:
+    with hub.watch(uuid4()) as other:
+        await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+        assert not other.notified
+
+
+async def test_signals_coalesce_to_the_newest_head_per_aggregate(
+    store: JournalStore, hub: Hub
+) -> None:
+    a = AggregateRef(type="order", id=uuid4())
+    b = AggregateRef(type="order", id=uuid4())
+    with hub.subscribe() as subscriber:
+        for _ in range(3):
+            last_a = await store.append(a, [NewEvent(type="x")], expected_tail=None)
+        last_b = await store.append(b, [NewEvent(type="x")], expected_tail=None)
+
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+
+    assert batch is not None
+    assert not batch.resync
+    assert {(s.aggregate_id, s.head) for s in batch.signals} == {
+        (a.id, last_a.tail),
+        (b.id, last_b.tail),
+    }
+
+
+async def test_signals_only_for_the_subscribed_types(store: JournalStore, hub: Hub) -> None:
+    order = AggregateRef(type="order", id=uuid4())
+    user = AggregateRef(type="user", id=uuid4())
+    with hub.subscribe(["user"]) as subscriber:
+        await store.append(order, [NewEvent(type="x")], expected_tail=None)
+        await store.append(user, [NewEvent(type="x")], expected_tail=None)
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+    assert batch is not None
+    assert [s.aggregate for s in batch.signals] == [user]
+
+
+async def test_a_reader_that_never_reads_gets_resync_instead_of_blocking_appends(
+    store: JournalStore, hub: Hub
+) -> None:
+    with hub.subscribe() as subscriber:
+        # More aggregates than the bound (10) while the subscriber takes nothing:
+        # every append completes.
+        with anyio.fail_after(10):
+            for _ in range(25):
+                await store.append(
+                    AggregateRef(type="order", id=uuid4()), [NewEvent(type="x")], expected_tail=None
+                )
+        assert subscriber.pending <= 10
+
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+        assert batch is not None
+        assert batch.resync
+
+        # After the resync, signals flow again.
+        ref = AggregateRef(type="order", id=uuid4())
+        result = await store.append(ref, [NewEvent(type="x")], expected_tail=None)
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+        assert batch is not None
+        assert not batch.resync
+        assert [(s.aggregate_id, s.head) for s in batch.signals] == [(ref.id, result.tail)]
+
+
+async def test_closing_the_hub_ends_watchers_and_subscribers(hub: Hub) -> None:
+    with hub.watch(uuid4()) as watcher, hub.subscribe() as subscriber:
+        hub.close()
+        with anyio.fail_after(5):
+            assert await watcher.wait() is False
+            assert await subscriber.take() is None
+    with hub.watch(uuid4()) as late:
+        assert late.closed
+
+
+async def test_wait_for_subscribers_returns_once_one_subscribes(hub: Hub) -> None:
+    async def subscribe_later(task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        with hub.subscribe():
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(subscribe_later)
+            await hub.wait_for_subscribers(1)
+            assert hub.subscriber_count == 1
+            tg.cancel_scope.cancel()
+    assert hub.subscriber_count == 0

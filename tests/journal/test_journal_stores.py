@@ -1,0 +1,298 @@
+"""The JournalStore contract, for every store (memory, SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import cast
+from uuid import UUID, uuid4
+
+import anyio
+import pytest
+from ulid import ULID
+
+from tailrunner.errors import (
+    AggregateTypeMismatch,
+    InvalidArgument,
+    StoreError,
+    TailMismatch,
+)
+from tailrunner.journal.memory import MemoryJournalStore
+from tailrunner.journal.server import open_store
+from tailrunner.journal.sqlite import SQLiteJournalStore
+from tailrunner.journal.store import JournalStore
+from tailrunner.model import AggregateRef, NewEvent
+
+
+async def test_append_then_read_round_trip(store: JournalStore, ref: AggregateRef) -> None:
+    first = await store.append(
+        ref,
+        [
+            NewEvent(type="placed", data=b'{"sku":"a-1"}', metadata={"by": "alice"}),
+            NewEvent(type="paid"),
+        ],
+        expected_tail=None,
+    )
+    second = await store.append(ref, [NewEvent(type="shipped")], expected_tail=first.tail)
+
+    events = await store.read(ref.id, after=None, limit=100)
+
+    assert [e.type for e in events] == ["placed", "paid", "shipped"]
+    assert [e.id for e in events] == [*first.event_ids, *second.event_ids]
+    assert [e.parent for e in events] == [None, events[0].id, events[1].id]
+    assert events[0].data == b'{"sku":"a-1"}'
+    assert dict(events[0].metadata) == {"by": "alice"}
+    assert dict(events[1].metadata) == {}
+    assert {(e.aggregate_type, e.aggregate_id) for e in events} == {(ref.type, ref.id)}
+    assert second.tail == events[-1].id
+    assert await store.head(ref.id) == second.tail
+
+
+async def test_read_after_and_limit_page_through_in_order(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    result = await store.append(
+        ref, [NewEvent(type=f"e{i}") for i in range(10)], expected_tail=None
+    )
+    ids = list(result.event_ids)
+
+    assert [e.id for e in await store.read(ref.id, after=ids[3], limit=4)] == ids[4:8]
+    assert [e.id for e in await store.read(ref.id, after=ids[7], limit=4)] == ids[8:]
+    assert await store.read(ref.id, after=ids[-1], limit=4) == []
+
+
+async def test_reading_an_unknown_aggregate_gives_no_events(store: JournalStore) -> None:
+    assert await store.read(uuid4(), after=None, limit=10) == []
+    assert await store.head(uuid4()) is None
+
+
+async def test_a_stale_expected_tail_is_refused_with_the_actual_tail(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    first = await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+    second = await store.append(ref, [NewEvent(type="b")], expected_tail=first.tail)
+
+    with pytest.raises(TailMismatch) as caught:
+        await store.append(ref, [NewEvent(type="c")], expected_tail=first.tail)
+
+    assert caught.value.expected == first.tail
+    assert caught.value.actual == second.tail
+    assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["a", "b"]
+
+
+async def test_an_expected_tail_on_an_empty_aggregate_is_a_mismatch(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    with pytest.raises(TailMismatch) as caught:
+        await store.append(ref, [NewEvent(type="a")], expected_tail=ULID.from_int(1))
+    assert caught.value.actual is None
+
+
+async def test_two_writers_racing_on_one_expected_tail_exactly_one_wins(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    start = await store.append(ref, [NewEvent(type="created")], expected_tail=None)
+    won: list[str] = []
+    lost: list[TailMismatch] = []
+
+    async def write(name: str) -> None:
+        try:
+            await store.append(ref, [NewEvent(type=name)], expected_tail=start.tail)
+        except TailMismatch as exc:
+            lost.append(exc)
+        else:
+            won.append(name)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, "a")
+            tg.start_soon(write, "b")
+
+    assert len(won) == 1
+    assert len(lost) == 1
+    events = await store.read(ref.id, after=None, limit=10)
+    assert [e.type for e in events] == ["created", won[0]]
+    assert lost[0].actual == events[-1].id
+
+
+async def test_an_aggregate_keeps_the_type_of_its_first_append(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+    with pytest.raises(AggregateTypeMismatch):
+        await store.append(
+            AggregateRef(type="other", id=ref.id), [NewEvent(type="b")], expected_tail=None
+        )
+
+
+async def test_an_append_that_fails_midway_commits_nothing(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    first = await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+    broken = NewEvent(type="broken", data=cast(bytes, object()))  # cannot be stored
+
+    with pytest.raises((StoreError, TypeError)):
+        await store.append(ref, [NewEvent(type="b"), broken], expected_tail=None)
+
+    assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["a"]
+    assert await store.head(ref.id) == first.tail
+    # The store is still usable after the failed append.
+    await store.append(ref, [NewEvent(type="c")], expected_tail=first.tail)
+
+
+async def test_an_append_needs_events(store: JournalStore, ref: AggregateRef) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await store.append(ref, [], expected_tail=None)
+    assert caught.value.field == "events"
+
+
+async def test_listeners_hear_each_commit_with_the_new_head(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    heard: list[tuple[AggregateRef, ULID]] = []
+    store.add_listener(lambda aggregate, head: heard.append((aggregate, head)))
+
+    first = await store.append(ref, [NewEvent(type="a"), NewEvent(type="b")], expected_tail=None)
+    with pytest.raises(TailMismatch):
+        await store.append(ref, [NewEvent(type="c")], expected_tail=ULID.from_int(1))
+
+    assert heard == [(ref, first.tail)]
+
+
+async def test_a_failing_listener_does_not_fail_the_append(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    def broken(aggregate: AggregateRef, head: ULID) -> None:
+        raise RuntimeError("listener bug")
+
+    heard: list[ULID] = []
+    store.add_listener(broken)
+    store.add_listener(lambda aggregate, head: heard.append(head))
+
+    result = await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+
+    assert heard == [result.tail]
+
+
+async def _create(store: JournalStore, count: int, type_: str) -> list[UUID]:
+    ids = []
+    for _ in range(count):
+        ref = AggregateRef(type=type_, id=uuid4())
+        await store.append(ref, [NewEvent(type="created")], expected_tail=None)
+        ids.append(ref.id)
+    return ids
+
+
+async def test_list_aggregates_pages_by_id_with_and_without_a_type(store: JournalStore) -> None:
+    orders = await _create(store, 7, "order")
+    users = await _create(store, 5, "user")
+
+    seen = []
+    after: UUID | None = None
+    while page := await store.list_aggregates(None, after_id=after, limit=3):
+        seen.extend(page)
+        after = page[-1].id
+    assert [info.id for info in seen] == sorted(orders + users, key=lambda i: i.bytes)
+    assert all(info.event_count == 1 and info.head is not None for info in seen)
+
+    only_users = await store.list_aggregates("user", after_id=None, limit=100)
+    assert [info.id for info in only_users] == sorted(users, key=lambda i: i.bytes)
+    assert {info.type for info in only_users} == {"user"}
+
+
+async def test_list_aggregates_counts_events_and_reports_the_head(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    result = await store.append(ref, [NewEvent(type="a"), NewEvent(type="b")], expected_tail=None)
+    result = await store.append(ref, [NewEvent(type="c")], expected_tail=result.tail)
+
+    [info] = await store.list_aggregates(None, after_id=None, limit=10)
+
+    assert (info.type, info.id, info.head, info.event_count) == (ref.type, ref.id, result.tail, 3)
+
+
+async def test_a_closed_store_refuses_appends(store: JournalStore, ref: AggregateRef) -> None:
+    await store.aclose()
+    with pytest.raises(StoreError):
+        await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+
+
+# SQLite only.
+
+
+async def test_sqlite_keeps_events_across_a_reopen(tmp_path: Path, ref: AggregateRef) -> None:
+    path = tmp_path / "journal.db"
+    store = await SQLiteJournalStore.open(path)
+    result = await store.append(
+        ref, [NewEvent(type="a", metadata={"k": "v"}), NewEvent(type="b")], expected_tail=None
+    )
+    await store.aclose()
+
+    reopened = await SQLiteJournalStore.open(path)
+    try:
+        events = await reopened.read(ref.id, after=None, limit=10)
+        assert [e.id for e in events] == list(result.event_ids)
+        assert dict(events[0].metadata) == {"k": "v"}
+        assert await reopened.head(ref.id) == result.tail
+    finally:
+        await reopened.aclose()
+
+
+async def test_sqlite_uses_wal_and_the_asked_synchronous_level(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    store = await SQLiteJournalStore.open(path, synchronous="NORMAL")
+    await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_sqlite_that_cannot_be_opened_names_the_path_and_the_reason(
+    tmp_path: Path,
+) -> None:
+    missing_dir = tmp_path / "no" / "such" / "dir" / "journal.db"
+    with pytest.raises(StoreError, match=r"no/such/dir/journal\.db: unable to open"):
+        await SQLiteJournalStore.open(missing_dir)
+
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_bytes(b"these are not the bytes of a database, " * 100)
+    with pytest.raises(StoreError, match=r"notes\.txt: file is not a database"):
+        await SQLiteJournalStore.open(not_a_db)
+
+
+async def test_open_store_understands_sqlite_and_memory_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    relative = await open_store("sqlite:///journal.db")
+    absolute = await open_store(f"sqlite:///{tmp_path / 'abs.db'}?synchronous=normal")
+    memory = await open_store("memory:")
+    try:
+        assert isinstance(relative, SQLiteJournalStore)
+        assert relative.path == "journal.db"  # relative to the working directory
+        assert (tmp_path / "journal.db").exists()
+        assert isinstance(absolute, SQLiteJournalStore)
+        assert (tmp_path / "abs.db").exists()
+        assert isinstance(memory, MemoryJournalStore)
+    finally:
+        for opened in (relative, absolute, memory):
+            await opened.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgres://localhost/journal", "sqlite://journal.db", "sqlite:///", "journal.db", ""],
+)
+async def test_open_store_refuses_other_urls_naming_the_option_and_what_is_allowed(
+    url: str,
+) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        await open_store(url)
+    assert caught.value.field == "--store"
+    assert "sqlite:///" in caught.value.reason
+    assert "memory:" in caught.value.reason
+
+
+async def test_open_store_refuses_an_unknown_synchronous_level(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="synchronous"):
+        await open_store(f"sqlite:///{tmp_path / 'j.db'}?synchronous=sometimes")
