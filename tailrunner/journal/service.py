@@ -11,7 +11,7 @@ import base64
 import binascii
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import nullcontext
-from typing import NoReturn
+from typing import NoReturn, Protocol, runtime_checkable
 from uuid import UUID
 
 import grpc
@@ -30,8 +30,9 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
 from tailrunner.journal.hub import Hub
+from tailrunner.journal.sqlite import RawEvent
 from tailrunner.journal.store import JournalStore
-from tailrunner.model import AggregateRef, Event, NewEvent, SignalBatch
+from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -56,6 +57,15 @@ _SIGNALS_PER_MESSAGE = 1000
 _PAGE_TOKEN_VERSION = 1
 
 
+@runtime_checkable
+class RawEventReader(Protocol):
+    """A store that can also read events as plain tuples (like SQLiteJournalStore)."""
+
+    async def read_raw(
+        self, aggregate_id: UUID, *, after: bytes, limit: int
+    ) -> tuple[str, list[RawEvent]]: ...
+
+
 class JournalService(journal_pb2_grpc.JournalServicer):
     """Serves one :class:`~tailrunner.journal.store.JournalStore` over gRPC."""
 
@@ -72,6 +82,8 @@ class JournalService(journal_pb2_grpc.JournalServicer):
         if max_event_size < 1:
             raise InvalidArgument("max_event_size", "must be at least 1 byte")
         self._store = store
+        # A store that hands out plain tuples spares the hot path one object per event.
+        self._raw_reader = store if isinstance(store, RawEventReader) else None
         self._hub = hub
         self._max_event_size = max_event_size
 
@@ -92,27 +104,24 @@ class JournalService(journal_pb2_grpc.JournalServicer):
     ) -> AsyncIterator[journal_pb2.EventsResponse]:
         try:
             aggregate_id = uuid_from_bytes(request.aggregate_id, field="aggregate_id")
-            cursor = ulid_from_bytes(request.after, field="after")
+            ulid_from_bytes(request.after, field="after")
         except InvalidArgument as exc:
             await _abort(context, exc, rpc="Events")
+        cursor: bytes = request.after
         limit = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
-        raw_id = request.aggregate_id
         # Watch before the first read: an append committing after that read
         # still wakes the watcher, so no event falls between read and wait.
         with self._hub.watch(aggregate_id) if request.watch else nullcontext() as watcher:
             caught_up = False
             while True:
                 try:
-                    # One event more than the batch tells whether this batch catches up.
-                    events = await self._store.read(aggregate_id, after=cursor, limit=limit + 1)
+                    responses, cursor, more = await self._read(
+                        aggregate_id, request.aggregate_id, cursor, limit
+                    )
                 except TailrunnerError as exc:
                     await _abort(context, exc, rpc="Events")
-                more = len(events) > limit
-                if more:
-                    events = events[:limit]
-                if events:
-                    cursor = events[-1].id
-                    for response in _events_responses(events, raw_id, will_block=not more):
+                if responses:
+                    for response in responses:
                         yield response
                     caught_up = caught_up or not more
                 elif watcher is not None and not caught_up:
@@ -123,6 +132,38 @@ class JournalService(journal_pb2_grpc.JournalServicer):
                     continue
                 if watcher is None or not await watcher.wait():
                     return
+
+    async def _read(
+        self, aggregate_id: UUID, raw_id: bytes, after: bytes, limit: int
+    ) -> tuple[list[journal_pb2.EventsResponse], bytes, bool]:
+        """The next batch as messages, the new cursor, and whether more events follow."""
+        # One event more than the batch tells whether this batch catches the reader up.
+        if self._raw_reader is not None:
+            aggregate_type, rows = await self._raw_reader.read_raw(
+                aggregate_id, after=after, limit=limit + 1
+            )
+        else:
+            events = await self._store.read(
+                aggregate_id, after=ULID(after) if after else None, limit=limit + 1
+            )
+            aggregate_type = events[0].aggregate_type if events else ""
+            rows = [
+                (
+                    e.id.bytes,
+                    None if e.parent is None else e.parent.bytes,
+                    e.type,
+                    e.data,
+                    e.metadata or None,
+                )
+                for e in events
+            ]
+        more = len(rows) > limit
+        if more:
+            rows = rows[:limit]
+        if not rows:
+            return [], after, False
+        responses = _events_responses(rows, aggregate_type, raw_id, will_block=not more)
+        return responses, rows[-1][0], more
 
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext
@@ -236,33 +277,35 @@ def decode_page_token(token: str, aggregate_type: str) -> UUID | None:
 
 
 def _events_responses(
-    events: Sequence[Event], aggregate_id: bytes, *, will_block: bool
-) -> Iterator[journal_pb2.EventsResponse]:
+    rows: Sequence[RawEvent], aggregate_type: str, aggregate_id: bytes, *, will_block: bool
+) -> list[journal_pb2.EventsResponse]:
     # The hot path of every reader: one message per batch unless the batch
     # is large in bytes; attributes set on messages made in place by add().
+    responses = []
     response = journal_pb2.EventsResponse()
     add = response.events.add
     size = 0
-    for event in events:
-        event_size = len(event.data) + _EVENT_OVERHEAD
+    for id_, parent, type_, data, metadata in rows:
+        event_size = len(data) + _EVENT_OVERHEAD
         if size and size + event_size > _MESSAGE_BUDGET:
-            yield response
+            responses.append(response)
             response = journal_pb2.EventsResponse()
             add = response.events.add
             size = 0
         size += event_size
         message = add()
-        message.id = event.id.bytes
-        if event.parent is not None:
-            message.parent = event.parent.bytes
-        message.aggregate_type = event.aggregate_type
+        message.id = id_
+        if parent is not None:
+            message.parent = parent
+        message.aggregate_type = aggregate_type
         message.aggregate_id = aggregate_id
-        message.type = event.type
-        message.data = event.data
-        if event.metadata:
-            message.metadata.update(event.metadata)
+        message.type = type_
+        message.data = data
+        if metadata:
+            message.metadata.update(metadata)
     response.will_block = will_block
-    yield response
+    responses.append(response)
+    return responses
 
 
 def _signals_responses(batch: SignalBatch) -> Iterator[journal_pb2.SignalsResponse]:
