@@ -7,8 +7,8 @@ until it is idle, returning the outcomes it produced).
 """
 
 from tailrunner.testing.harness import ActivityRun, run_activity
-from tailrunner.testing.streams import fake_stream, make_events
 from tailrunner.testing.loopback import LoopbackJournal, loopback_journal
+from tailrunner.testing.streams import fake_stream, make_events
 
 __all__ = [
     "ActivityRun",

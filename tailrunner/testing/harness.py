@@ -21,9 +21,7 @@ from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import TailStore
 
 #: States in which a task waits for something outside the engine.
-_IDLE = frozenset(
-    {TaskState.SLEEPING, TaskState.COMPLETE, TaskState.SUSPENDED, TaskState.STOPPED}
-)
+_IDLE = frozenset({TaskState.SLEEPING, TaskState.COMPLETE, TaskState.SUSPENDED, TaskState.STOPPED})
 
 
 @dataclass(slots=True)
@@ -82,7 +80,7 @@ async def run_activity(
     retry: RetryPolicy | None = None,
     max_runs: int = 100,
     stop_on_retry: bool = True,
-    timeout: float = 10.0,
+    time_limit: float = 10.0,
 ) -> ActivityRun:
     """Run ``activity`` on ``aggregate`` under ``engine`` until it is idle.
 
@@ -92,7 +90,7 @@ async def run_activity(
 
     :param retry: defaults to retries without delay, so tests stay fast.
     :param max_runs: stop after this many runs, idle or not.
-    :raises TimeoutError: when the activity is not idle within ``timeout`` seconds.
+    :raises TimeoutError: when the activity is not idle within ``time_limit`` seconds.
     """
     blocked = anyio.Event()
     watched = _IdleWatchJournal(journal, blocked)
@@ -114,14 +112,12 @@ async def run_activity(
 
     def observe(observed: Task, result: RunResult) -> None:
         run.results.append(result)
-        resting = observed.state in _IDLE or (
-            stop_on_retry and observed.state is TaskState.RETRY
-        )
+        resting = observed.state in _IDLE or (stop_on_retry and observed.state is TaskState.RETRY)
         if resting or len(run.results) >= max_runs:
             idle.set()
 
     scheduler.add_observer(observe)
-    with anyio.fail_after(timeout):
+    with anyio.fail_after(time_limit):
         async with anyio.create_task_group() as tg:
             await tg.start(scheduler.run)
 

@@ -36,8 +36,8 @@ class ScriptedSignals:
         self.connections += 1
         connected, self.connected = self.connected, anyio.Event()
         connected.set()
-        yield SignalBatch(signals=(), resync=True)  # as the journal does on every connect
-        async with receive:
+        with send, receive:
+            yield SignalBatch(signals=(), resync=True)  # as the journal does on every connect
             async for item in receive:
                 if isinstance(item, Exception):
                     raise item

@@ -23,12 +23,6 @@ from tailrunner.journal.store import JournalStore
 from tailrunner.model import AggregateRef
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    """grpc.aio runs on asyncio only."""
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JournalStore]:
     """Each store backend in turn."""
