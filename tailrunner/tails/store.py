@@ -3,18 +3,41 @@
 The engines write a task's record before they act on a run's outcome, so a
 restarted runner resumes from the stored tail (at-least-once: an event may be
 seen again after a crash, never skipped) and a completed task stays complete.
+
+Each run is also recorded (:class:`RunRecord`, Spin Cycle's job log); a store
+keeps the newest ``run_retention`` runs per task and drops older ones.
+
+Backends: :class:`~tailrunner.tails.memory.MemoryTailStore` (tests),
+:class:`~tailrunner.tails.sqlite.SQLiteTailStore` (the embedded default) and
+:class:`~tailrunner.tails.postgres.PostgresTailStore`;
+:func:`~tailrunner.tails.open.open_tail_store` opens one from a URL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 from ulid import ULID
 
+from tailrunner.errors import InvalidArgument
 from tailrunner.model import AggregateRef
+
+#: How many runs per task a store keeps unless told otherwise.
+DEFAULT_RUN_RETENTION = 100
+
+#: The values of :attr:`RunRecord.outcome`.
+RUN_OUTCOMES = frozenset(
+    {"done", "eof", "cancelled", "silent_retry", "retry_after", "error", "stopped"}
+)
+
+#: Where a page of :meth:`TailStore.query` ended: ``(updated_at, activity,
+#: aggregate_id)`` of its last record (see :func:`query_cursor`).
+QueryCursor = tuple[datetime, str, UUID]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +58,65 @@ class TailRecord:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunRecord:
+    """One run of a task: what it started from, what it came to."""
+
+    activity: str
+    aggregate: AggregateRef
+    #: The try number: 1 for the first run at a tail, counting up while runs fail.
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    tail_before: ULID | None
+    tail_after: ULID | None
+    events_seen: int = 0
+    #: One of :data:`RUN_OUTCOMES`.
+    outcome: str
+    #: The error text of a failed run (``"ValueError: bad event"``).
+    error: str | None = None
+
+
+def query_cursor(record: TailRecord) -> QueryCursor:
+    """The ``after`` argument of :meth:`TailStore.query` that pages on past ``record``."""
+    return (record.updated_at, record.activity, record.aggregate.id)
+
+
+def require_aware(value: datetime, *, field: str) -> datetime:
+    """Check that ``value`` names an instant (has a time zone); stores compare and sort them.
+
+    :raises InvalidArgument: naming ``field`` when ``value`` is naive.
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidArgument(field, f"{value.isoformat()} has no time zone")
+    return value
+
+
+def check_retention(run_retention: int) -> int:
+    """Validate a store's ``run_retention``.
+
+    :raises InvalidArgument: when it is below 1.
+    """
+    if run_retention < 1:
+        raise InvalidArgument("run_retention", f"{run_retention}: keep at least 1 run per task")
+    return run_retention
+
+
+def check_limit(limit: int) -> int:
+    """Validate the ``limit`` of a listing.
+
+    :raises InvalidArgument: when it is below 1.
+    """
+    if limit < 1:
+        raise InvalidArgument("limit", f"{limit}: must be at least 1")
+    return limit
+
+
+def state_filter(states: Collection[str]) -> tuple[str, ...]:
+    """The ``states`` argument of :meth:`TailStore.query` as a tuple; one string is one state."""
+    return (states,) if isinstance(states, str) else tuple(states)
+
+
 class TailStore(Protocol):
     async def load(self, activity: str) -> dict[UUID, TailRecord]:
         """Every record of ``activity``, by aggregate id."""
@@ -46,6 +128,60 @@ class TailStore(Protocol):
 
     async def save(self, record: TailRecord) -> None:
         """Store ``record``, replacing the task's previous one; durable when it returns."""
+        ...
+
+    async def record_run(self, run: RunRecord) -> None:
+        """Add ``run`` to its task's run log, dropping all but the newest ``run_retention``.
+
+        "Newest" is the order in which runs were recorded.
+        """
+        ...
+
+    async def list_runs(
+        self, activity: str, aggregate_id: UUID, *, limit: int = 100
+    ) -> list[RunRecord]:
+        """Up to ``limit`` recorded runs of one task, newest first.
+
+        :raises InvalidArgument: ``limit`` is below 1.
+        """
+        ...
+
+    async def query(
+        self,
+        activity: str | None = None,
+        states: Collection[str] = (),
+        limit: int = 100,
+        after: QueryCursor | None = None,
+    ) -> list[TailRecord]:
+        """Records for an operator's status view, most recently updated first.
+
+        Ties on ``updated_at`` are ordered by activity, then aggregate id
+        (bytes order), both descending.
+
+        :param activity: only this activity's records; ``None`` for all.
+        :param states: only records in one of these states; empty for all
+            (a single string is taken as one state, not as its letters).
+        :param limit: at most this many records.
+        :param after: the :func:`query_cursor` of the previous page's last
+            record, to get the page after it.
+        :raises InvalidArgument: ``limit`` is below 1.
+        """
+        ...
+
+    def transaction(self, record: TailRecord) -> AbstractAsyncContextManager[Any]:
+        """A database transaction that stores ``record`` when it commits (exactly-once effects).
+
+        ``async with store.transaction(record) as conn:`` yields the
+        backend's connection in an open transaction: a
+        :class:`sqlite3.Connection` (SQLite), a :class:`psycopg.AsyncConnection`
+        (PostgreSQL) or ``None`` (memory). The activity writes through it;
+        when the block ends normally ``record`` is saved in the same
+        transaction and everything commits together, durable when the block
+        exits. When the block raises (or is cancelled) nothing commits.
+
+        Keep the block short and do not call the same store inside it: it
+        holds a connection (SQLite: the store's only one, so other saves wait).
+        """
         ...
 
     async def aclose(self) -> None:
