@@ -1,0 +1,213 @@
+"""What only one backend does: opening files and servers, WAL, concurrent migrations, URLs."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import psycopg
+import pytest
+from psycopg import sql
+
+from tailrunner.errors import InvalidArgument, StoreError
+from tailrunner.model import AggregateRef
+from tailrunner.tails import postgres as postgres_store
+from tailrunner.tails.memory import MemoryTailStore
+from tailrunner.tails.open import open_tail_store
+from tailrunner.tails.postgres import PostgresTailStore, redact
+from tailrunner.tails.sqlite import SQLiteTailStore
+from tailrunner.tails.store import TailRecord
+
+
+def a_record() -> TailRecord:
+    return TailRecord(
+        activity="act",
+        aggregate=AggregateRef(type="thing", id=uuid.uuid4()),
+        tail=None,
+        state="PENDING",
+        updated_at=datetime.now(UTC),
+    )
+
+
+# -- SQLite ---------------------------------------------------------------------
+
+
+async def test_sqlite_store_uses_wal_and_syncs_fully_by_default(tmp_path: Path) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    await store.aclose()
+    with sqlite3.connect(tmp_path / "tails.db") as conn:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    conn.close()
+    assert mode == "wal"
+
+
+async def test_sqlite_file_in_a_missing_folder_is_refused_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-folder" / "tails.db"
+    with pytest.raises(StoreError) as info:
+        await SQLiteTailStore.open(path)
+    assert str(path) in str(info.value)
+    assert "unable to open database file" in str(info.value)
+
+
+async def test_sqlite_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tails.db"
+    path.write_bytes(b"this is not a database, just text " * 100)
+    with pytest.raises(StoreError) as info:
+        await SQLiteTailStore.open(path)
+    assert str(path) in str(info.value)
+    assert "not a database" in str(info.value)
+
+
+async def test_sqlite_store_refuses_an_unknown_synchronous_level(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await SQLiteTailStore.open(tmp_path / "tails.db", synchronous="SOMETIMES")  # type: ignore[arg-type]
+    assert info.value.field == "synchronous"
+
+
+async def test_sqlite_store_shares_a_file_with_another_component(tmp_path: Path) -> None:
+    # The journal's SQLite store keeps its version in PRAGMA user_version.
+    path = tmp_path / "shared.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 7")
+    conn.close()
+    store = await SQLiteTailStore.open(path)
+    await store.save(record := a_record())
+    await store.aclose()
+    store = await SQLiteTailStore.open(path)
+    try:
+        assert await store.get("act", record.aggregate.id) == record
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (7,)
+    conn.close()
+
+
+async def test_sqlite_transaction_that_ends_itself_saves_nothing(tmp_path: Path) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    try:
+        record = a_record()
+        with pytest.raises(StoreError, match="ended the transaction"):
+            async with store.transaction(record) as conn:
+                conn.execute("COMMIT")
+        assert await store.get("act", record.aggregate.id) is None
+        await store.save(record)  # and the store still works
+    finally:
+        await store.aclose()
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+async def test_unreachable_postgres_is_refused_naming_the_url_without_its_password() -> None:
+    # Port 1 on loopback: refused at once, no server needed.
+    url = "postgresql://someone:hunter2@127.0.0.1:1/test"
+    with pytest.raises(StoreError) as info:
+        await PostgresTailStore.open(url, connect_timeout=2)
+    message = str(info.value)
+    assert "postgresql://someone:***@127.0.0.1:1/test" in message
+    assert "hunter2" not in message
+    assert "refused" in message.lower()
+
+
+async def test_runners_opening_a_new_schema_at_once_migrate_it_once(
+    postgres_url: str, pg_schema: str
+) -> None:
+    stores: list[PostgresTailStore] = []
+
+    async def open_one() -> None:
+        stores.append(await PostgresTailStore.open(postgres_url, schema=pg_schema, pool_size=1))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(open_one)
+        record = a_record()
+        await stores[0].save(record)
+        assert await stores[-1].get("act", record.aggregate.id) == record
+    finally:
+        for store in stores:
+            await store.aclose()
+    with psycopg.connect(postgres_url) as conn:
+        query = sql.SQL("SELECT version FROM {}.tails_schema_version")
+        rows = conn.execute(query.format(sql.Identifier(pg_schema))).fetchall()
+    assert rows == [(len(postgres_store.MIGRATIONS),)]
+
+
+async def test_postgres_transaction_whose_writes_failed_commits_nothing(
+    postgres_url: str, pg_schema: str
+) -> None:
+    store = await PostgresTailStore.open(postgres_url, schema=pg_schema)
+    try:
+        record = a_record()
+        with pytest.raises(StoreError, match="INERROR; nothing was saved"):
+            async with store.transaction(record) as conn:
+                # The activity swallows its own error; the transaction is aborted.
+                with pytest.raises(psycopg.errors.UndefinedTable):
+                    await conn.execute("SELECT * FROM no_such_table")
+        assert await store.get("act", record.aggregate.id) is None
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:***@h:5432/db"),
+        (
+            "postgresql://u@h/db?password=secret&sslmode=require",
+            "postgresql://u@h/db?password=***&sslmode=require",
+        ),
+        ("postgres://h/db", "postgres://h/db"),
+        ("host=h password='a b' dbname=db", "host=h password=*** dbname=db"),
+    ],
+)
+def test_redact_hides_passwords(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+# -- open_tail_store --------------------------------------------------------------
+
+
+async def test_open_memory_store() -> None:
+    store = await open_tail_store("memory:")
+    assert isinstance(store, MemoryTailStore)
+    await store.aclose()
+
+
+async def test_open_sqlite_store_resolves_a_relative_path_against_base_dir(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "conf" / "state").mkdir(parents=True)
+    store = await open_tail_store("sqlite:///state/tails.db", base_dir=tmp_path / "conf")
+    assert isinstance(store, SQLiteTailStore)
+    await store.aclose()
+    assert store.path == str(tmp_path / "conf" / "state" / "tails.db")
+
+
+async def test_open_sqlite_store_takes_an_absolute_path(tmp_path: Path) -> None:
+    path = tmp_path / "tails.db"
+    store = await open_tail_store(f"sqlite:///{path}", base_dir=Path("/elsewhere"))
+    assert isinstance(store, SQLiteTailStore)
+    await store.aclose()
+    assert store.path == str(path)
+
+
+async def test_open_postgres_store(postgres_url: str, pg_schema: str) -> None:
+    store = await open_tail_store(postgres_url, postgres_schema=pg_schema, run_retention=5)
+    assert isinstance(store, PostgresTailStore)
+    assert store.schema == pg_schema
+    await store.aclose()
+
+
+@pytest.mark.parametrize("url", ["mysql://u:hunter2@h/db", "sqlite:///", "tails.db", "", "memory"])
+async def test_open_refuses_other_urls_naming_the_key_and_what_is_allowed(url: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await open_tail_store(url)
+    assert info.value.field == "tails.store"
+    assert "memory:, sqlite:///PATH" in str(info.value)
+    assert "postgresql://" in str(info.value)
+    assert "hunter2" not in str(info.value)
