@@ -193,8 +193,11 @@ class JournalClient:
     ) -> AsyncGenerator[SignalBatch, None]:
         """The journal's "aggregate changed" signals, coalesced per aggregate.
 
-        A batch with ``resync`` means signals were dropped: re-check every
-        aggregate. Runs until closed, or until the journal shuts down.
+        A batch with ``resync`` means: re-check every aggregate. The first
+        batch of every stream is one (appends before the stream began were
+        not signalled; all after it are); later ones mean signals were
+        dropped for a slow reader. Runs until closed, or until the journal
+        shuts down.
 
         :param aggregate_types: only these types (all when empty).
         :raises JournalUnavailable: the journal cannot be reached or went away.

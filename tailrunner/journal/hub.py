@@ -9,6 +9,8 @@ A subscriber's pending signals are a dict keyed by aggregate, so a reader that
 falls behind sees only the newest head of each aggregate. The dict is bounded:
 when a slow reader would make it grow past ``max_pending``, the hub drops it
 and owes that reader a resync instead. An append never waits for a reader.
+Every subscriber also starts owing a resync: it may have missed appends
+before it subscribed, and its first batch tells it so.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class Subscriber:
         self._types = aggregate_types
         self._max_pending = max_pending
         self._pending: dict[UUID, tuple[str, ULID]] = {}
-        self._resync = False
+        # Owed from the start: appends before the subscription were not seen.
+        self._resync = True
         self._closed = False
         self._event = anyio.Event()
 
@@ -148,7 +151,6 @@ class Hub:
         self._max_pending = max_pending
         self._watchers: dict[UUID, set[Watcher]] = {}
         self._subscribers: set[Subscriber] = set()
-        self._subscribers_changed: anyio.Event | None = None
         self._closed = False
 
     @property
@@ -195,26 +197,22 @@ class Hub:
 
     @contextmanager
     def subscribe(self, aggregate_types: Iterable[str] = ()) -> Iterator[Subscriber]:
-        """Receive signals for the given aggregate types (all when empty) within the block."""
+        """Receive signals for the given aggregate types (all when empty) within the block.
+
+        The first :meth:`Subscriber.take` gives a resync at once: whatever
+        happened before the subscription must be checked once; every append
+        from then on is signalled.
+        """
         subscriber = Subscriber(frozenset(aggregate_types), self._max_pending)
         if self._closed:
             subscriber._close()
             yield subscriber
             return
         self._subscribers.add(subscriber)
-        self._subscribers_did_change()
         try:
             yield subscriber
         finally:
             self._subscribers.discard(subscriber)
-            self._subscribers_did_change()
-
-    async def wait_for_subscribers(self, count: int = 1) -> None:
-        """Return once at least ``count`` subscribers are registered (for tests and probes)."""
-        while len(self._subscribers) < count:
-            if self._subscribers_changed is None:
-                self._subscribers_changed = anyio.Event()
-            await self._subscribers_changed.wait()
 
     def close(self) -> None:
         """Wake every watcher and subscriber for the last time: the journal is stopping."""
@@ -224,8 +222,3 @@ class Hub:
                 watcher._close()
         for subscriber in self._subscribers:
             subscriber._close()
-
-    def _subscribers_did_change(self) -> None:
-        changed, self._subscribers_changed = self._subscribers_changed, None
-        if changed is not None:
-            changed.set()

@@ -168,6 +168,8 @@ class JournalService(journal_pb2_grpc.JournalServicer):
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[journal_pb2.SignalsResponse]:
+        # The hub's first batch for a new subscriber is a resync: it tells the
+        # reader it is subscribed, and to check once what came before.
         types = list(request.aggregate_types)
         for index, type_ in enumerate(types):
             if not type_:

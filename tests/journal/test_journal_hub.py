@@ -7,9 +7,9 @@ from uuid import uuid4
 import anyio
 import pytest
 
-from tailrunner.journal.hub import Hub
+from tailrunner.journal.hub import Hub, Subscriber
 from tailrunner.journal.store import JournalStore
-from tailrunner.model import AggregateRef, NewEvent
+from tailrunner.model import AggregateRef, NewEvent, Signal, SignalBatch
 
 
 @pytest.fixture
@@ -17,6 +17,28 @@ def hub(store: JournalStore) -> Hub:
     hub = Hub(max_pending=10)
     store.add_listener(hub.notify)
     return hub
+
+
+async def _take_first_resync(subscriber: Subscriber) -> None:
+    with anyio.fail_after(5):
+        first = await subscriber.take()
+    assert first == SignalBatch(signals=(), resync=True)
+
+
+async def test_a_new_subscriber_first_gets_a_resync_covering_what_came_before(
+    store: JournalStore, hub: Hub, ref: AggregateRef
+) -> None:
+    await store.append(ref, [NewEvent(type="before")], expected_tail=None)
+    with hub.subscribe() as subscriber:
+        # Appends before the first take are covered by the resync it owes.
+        await store.append(ref, [NewEvent(type="meanwhile")], expected_tail=None)
+        await _take_first_resync(subscriber)
+        result = await store.append(ref, [NewEvent(type="after")], expected_tail=None)
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+    assert batch == SignalBatch(
+        signals=(Signal(aggregate_type=ref.type, aggregate_id=ref.id, head=result.tail),)
+    )
 
 
 async def test_watch_wakes_in_the_same_loop_turn_as_the_append(
@@ -76,6 +98,7 @@ async def test_signals_coalesce_to_the_newest_head_per_aggregate(
     a = AggregateRef(type="order", id=uuid4())
     b = AggregateRef(type="order", id=uuid4())
     with hub.subscribe() as subscriber:
+        await _take_first_resync(subscriber)
         for _ in range(3):
             last_a = await store.append(a, [NewEvent(type="x")], expected_tail=None)
         last_b = await store.append(b, [NewEvent(type="x")], expected_tail=None)
@@ -95,6 +118,7 @@ async def test_signals_only_for_the_subscribed_types(store: JournalStore, hub: H
     order = AggregateRef(type="order", id=uuid4())
     user = AggregateRef(type="user", id=uuid4())
     with hub.subscribe(["user"]) as subscriber:
+        await _take_first_resync(subscriber)
         await store.append(order, [NewEvent(type="x")], expected_tail=None)
         await store.append(user, [NewEvent(type="x")], expected_tail=None)
         with anyio.fail_after(5):
@@ -107,6 +131,7 @@ async def test_a_reader_that_never_reads_gets_resync_instead_of_blocking_appends
     store: JournalStore, hub: Hub
 ) -> None:
     with hub.subscribe() as subscriber:
+        await _take_first_resync(subscriber)
         # More aggregates than the bound (10) while the subscriber takes nothing:
         # every append completes.
         with anyio.fail_after(10):
@@ -139,18 +164,3 @@ async def test_closing_the_hub_ends_watchers_and_subscribers(hub: Hub) -> None:
             assert await subscriber.take() is None
     with hub.watch(uuid4()) as late:
         assert late.closed
-
-
-async def test_wait_for_subscribers_returns_once_one_subscribes(hub: Hub) -> None:
-    async def subscribe_later(task_status: anyio.abc.TaskStatus[None]) -> None:
-        task_status.started()
-        with hub.subscribe():
-            await anyio.sleep_forever()
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            await tg.start(subscribe_later)
-            await hub.wait_for_subscribers(1)
-            assert hub.subscriber_count == 1
-            tg.cancel_scope.cancel()
-    assert hub.subscriber_count == 0

@@ -428,7 +428,8 @@ async def test_signals_over_grpc_coalesce_per_aggregate(
     ):
         tg.start_soon(_collect_signals, client, send, [])
         with anyio.fail_after(10):
-            await signals_server.hub.wait_for_subscribers(1)
+            # The first batch (a resync) says the stream is subscribed.
+            assert (await receive.receive()).resync
             for _ in range(4):
                 last_a = await memory_store.append(a, [NewEvent(type="x")], expected_tail=None)
             last_b = await memory_store.append(b, [NewEvent(type="x")], expected_tail=None)
@@ -450,7 +451,7 @@ async def test_a_signal_reader_that_falls_behind_gets_resync_and_appends_never_w
     ):
         tg.start_soon(_collect_signals, client, send, ["order"])
         with anyio.fail_after(10):
-            await signals_server.hub.wait_for_subscribers(1)
+            assert (await receive.receive()).resync
             # Twenty aggregates against a bound of five, faster than the reader reads.
             for _ in range(20):
                 ref = AggregateRef(type="order", id=uuid4())
@@ -475,16 +476,12 @@ async def test_appends_complete_while_a_signal_reader_never_reads(
         stream = reader.signals()
         try:
             # Open the stream, then never read from it again.
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(anext, stream)
-                with anyio.fail_after(10):
-                    await server.hub.wait_for_subscribers(1)
-                    await client.append(AggregateRef(type="t", id=uuid4()), [NewEvent(type="x")])
-                    for _ in range(200):
-                        await client.append(
-                            AggregateRef(type="t", id=uuid4()),
-                            [NewEvent(type="x", data=b"." * 512)],
-                        )
+            with anyio.fail_after(10):
+                assert (await anext(stream)).resync
+                for _ in range(200):
+                    await client.append(
+                        AggregateRef(type="t", id=uuid4()), [NewEvent(type="x", data=b"." * 512)]
+                    )
         finally:
             await stream.aclose()
 
@@ -502,13 +499,14 @@ async def test_graceful_shutdown_ends_an_in_flight_watch_cleanly(ref: AggregateR
     async with server, JournalClient.connect(server.address) as client:
         await client.append(ref, [NewEvent(type="a")])
         watch = client.events(ref.id, watch=True)
+        signals = client.signals()
         with anyio.fail_after(10):
-            first = await anext(watch)
-            assert first.will_block
+            # Both streams are open and blocked on the server.
+            assert (await anext(watch)).will_block
+            assert (await anext(signals)).resync
             async with anyio.create_task_group() as tg:
                 tg.start_soon(drain, "watch", watch)
-                tg.start_soon(drain, "signals", client.signals())
-                await server.hub.wait_for_subscribers(1)
+                tg.start_soon(drain, "signals", signals)
                 # A long grace: the streams must end on their own, not be cut off.
                 await server.stop(grace=30)
 
