@@ -157,7 +157,7 @@ class SQLiteJournalStore:
                 )
             except sqlite3.Error as exc:
                 raise StoreError(f"journal store {self._path}: append failed: {exc}") from exc
-            self._types[aggregate.id.bytes] = aggregate.type
+            self._remember_type(aggregate.id.bytes, aggregate.type)
             # Still under the lock, so that listeners hear of commits in commit order.
             self._listeners.notify(aggregate, ids[-1])
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
@@ -222,9 +222,12 @@ class SQLiteJournalStore:
         if self._closed:
             return
         self._closed = True
-        async with self._write_lock:
-            await anyio.to_thread.run_sync(self._writer.close)
-        await self._readers.aclose()
+        # Closing finishes even when the caller is cancelled: a half-closed
+        # store would keep its file open.
+        with anyio.CancelScope(shield=True):
+            async with self._write_lock:
+                await anyio.to_thread.run_sync(self._writer.close)
+            await self._readers.aclose()
         log.debug("closed", path=self._path)
 
     def _remember_type(self, key: bytes, aggregate_type: str) -> None:
