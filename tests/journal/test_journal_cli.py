@@ -95,6 +95,14 @@ async def test_cli_round_trip_serve_append_events_aggregates(
     assert "stopped" in log
 
 
+async def test_cli_serve_stops_cleanly_on_sigint(serve_journal: ServeJournal) -> None:
+    async with serve_journal("memory:") as served:
+        served.process.send_signal(signal.SIGINT)
+        with anyio.fail_after(15):
+            assert await served.process.wait() == 0
+    assert "stopped" in served.log.read_text()
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
