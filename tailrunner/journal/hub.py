@@ -155,14 +155,17 @@ class Hub:
 
     @property
     def closed(self) -> bool:
+        """:meth:`close` was called: watches and subscriptions end at once."""
         return self._closed
 
     @property
     def subscriber_count(self) -> int:
+        """Open signal subscriptions (for status)."""
         return len(self._subscribers)
 
     @property
     def watcher_count(self) -> int:
+        """Open watches, over all aggregates (for status)."""
         return sum(len(watchers) for watchers in self._watchers.values())
 
     def notify(self, aggregate: AggregateRef, head: ULID) -> None:

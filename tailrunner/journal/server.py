@@ -80,6 +80,7 @@ class JournalServer:
 
     @property
     def store(self) -> JournalStore:
+        """The store the journal serves."""
         return self._store
 
     @property
