@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,15 @@ from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 
 Checkpoint = Callable[[ULID | None], Awaitable[None]]
+Transaction = Callable[[ULID | None], AbstractAsyncContextManager[Any]]
 
 
 async def _no_checkpoint(tail: ULID | None) -> None:
     return None
+
+
+def _no_transaction(tail: ULID | None) -> AbstractAsyncContextManager[Any]:
+    raise RuntimeError("this context has no tail store: transactions need an engine")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -38,6 +44,7 @@ class ActivityContext:
     journal: JournalApi
     log: Any = field(default=None)
     _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
+    _transaction: Transaction = field(default=_no_transaction, repr=False)
     _tail: ULID | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,3 +71,20 @@ class ActivityContext:
         """
         self._tail = tail
         await self._checkpoint(tail)
+
+    def transaction(self, tail: ULID | None) -> AbstractAsyncContextManager[Any]:
+        """A transaction of the tail store in which ``tail`` is saved: exactly-once effects.
+
+        ::
+
+            async with ctx.transaction(event.id) as conn:
+                conn.execute("INSERT INTO totals …")   # your write, same database
+
+        The activity's own writes through the yielded connection and the new
+        tail commit together, or neither does (an exception or cancellation
+        rolls both back). The connection is the store's: a
+        :class:`sqlite3.Connection` (SQLite) or a psycopg ``AsyncConnection``
+        (PostgreSQL); the memory store yields ``None``. On commit the tail
+        counts as checkpointed.
+        """
+        return self._transaction(tail)

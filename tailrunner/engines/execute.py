@@ -8,13 +8,15 @@ in one place; the engines differ only in what they do next.
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import grpc
+import structlog
 from ulid import ULID
 
 from tailrunner.activities.context import ActivityContext
@@ -24,8 +26,12 @@ from tailrunner.engines.task import Task
 from tailrunner.errors import StreamCancelled
 from tailrunner.journal.api import JournalApi
 
+log = structlog.get_logger(__name__)
+
 #: ``await saver(task, tail)`` stores a tail the activity checkpointed.
 CheckpointSaver = Callable[[Task, ULID | None], Awaitable[None]]
+#: ``async with opener(task, tail) as conn`` commits the activity's writes with ``tail``.
+TransactionOpener = Callable[[Task, ULID | None], AbstractAsyncContextManager[Any]]
 
 
 class OutcomeKind(enum.StrEnum):
@@ -76,6 +82,7 @@ async def run_once(
     engine: str,
     watch: bool,
     checkpoint: CheckpointSaver,
+    transaction: TransactionOpener | None = None,
 ) -> RunResult:
     """Run ``task``'s activity once from ``task.tail`` and classify the outcome.
 
@@ -90,6 +97,14 @@ async def run_once(
     async def save_checkpoint(tail: ULID | None) -> None:
         await checkpoint(task, tail)
 
+    @asynccontextmanager
+    async def in_transaction(tail: ULID | None) -> AsyncIterator[Any]:
+        if transaction is None:
+            raise RuntimeError("this engine offers no tail-store transactions")
+        async with transaction(task, tail) as conn:
+            yield conn
+        ctx._tail = tail  # committed: the tail counts as checkpointed
+
     ctx = ActivityContext(
         activity=task.activity.name,
         aggregate=task.aggregate,
@@ -97,6 +112,7 @@ async def run_once(
         attempt=task.errors + 1,
         journal=journal,
         _checkpoint=save_checkpoint,
+        _transaction=in_transaction,
         _tail=tail_before,
     )
     stream: EventStream | None = None
@@ -128,7 +144,10 @@ async def run_once(
     except anyio.get_cancelled_exc_class():
         # Shutdown or an operator stop: keep the tail, then let it through.
         with anyio.CancelScope(shield=True):
-            await checkpoint(task, ctx.tail)
+            try:
+                await checkpoint(task, ctx.tail)
+            except Exception as exc:
+                log.error("tail not saved on stop", error=str(exc), activity=task.activity.name)
         raise
     except SilentRetryAfter as exc:
         return result(OutcomeKind.RETRY_AFTER, exc.tail, when=exc.when)

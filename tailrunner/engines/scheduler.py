@@ -14,9 +14,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 from uuid import UUID
 
 import anyio
@@ -30,7 +32,7 @@ from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
-from tailrunner.tails.store import TailRecord, TailStore
+from tailrunner.tails.store import RunRecord, TailRecord, TailStore
 
 log = structlog.get_logger(__name__)
 
@@ -266,6 +268,7 @@ class Scheduler:
 
     async def _run_task(self, task: Task) -> None:
         name = task.activity.name
+        attempt = task.errors + 1
         try:
             with anyio.CancelScope() as scope:
                 task.scope = scope
@@ -275,6 +278,7 @@ class Scheduler:
                     engine=self.name,
                     watch=self.watch,
                     checkpoint=self._save_checkpoint,
+                    transaction=self._transaction,
                 )
         finally:
             task.scope = None
@@ -285,17 +289,56 @@ class Scheduler:
         if scope.cancelled_caught:
             # An operator stop: run_once already saved the checkpoint.
             self._set_state(task, TaskState.STOPPED)
-            await self._persist(task)
+            await self._store(task, None, attempt)
             log.info("stopped", **_fields(task))
             return
         state, due = self._decide(task, result)
         # The tail is stored before the outcome is acted on, so a restart
         # resumes from it: an event may be seen twice, never skipped.
-        await self._persist(task, state=state)
+        if not await self._store(task, result, attempt, state=state):
+            state = TaskState.RETRY
+            due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
         self._set_state(task, state, due)
         self._log(task, result, state, due)
         for observer in self._observers:
             observer(task, result)
+
+    async def _store(
+        self,
+        task: Task,
+        result: RunResult | None,
+        attempt: int,
+        *,
+        state: TaskState | None = None,
+    ) -> bool:
+        """Save the task's tail and the run record; ``False`` when the store failed.
+
+        A failed save must not be acted on as if it were durable: the caller
+        retries the task, which still resumes from ``task.tail`` in memory; a
+        crash before the next save replays from the stored tail (at-least-once).
+        """
+        record = self._tail_record(task, state=state)
+        now = datetime.now(UTC)
+        run = RunRecord(
+            activity=task.activity.name,
+            aggregate=task.aggregate,
+            attempt=attempt,
+            started_at=result.started_at if result else now,
+            finished_at=result.finished_at if result else now,
+            tail_before=result.tail_before if result else task.tail,
+            tail_after=task.tail,
+            events_seen=result.events_seen if result else 0,
+            outcome=result.kind.value if result else "stopped",
+            error=result.error_text if result else None,
+        )
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._tails.save(record)
+                await self._tails.record_run(run)
+        except Exception as exc:
+            log.error("tail store failed", error=f"{type(exc).__name__}: {exc}", **_fields(task))
+            return False
+        return True
 
     def _decide(self, task: Task, result: RunResult) -> NextState:
         now = anyio.current_time()
@@ -325,25 +368,33 @@ class Scheduler:
                 return TaskState.SUSPENDED, None
         return TaskState.RETRY, self._retry_due(now, policy.delay(task.failures))
 
-    async def _persist(self, task: Task, *, state: TaskState | None = None) -> None:
-        record = TailRecord(
+    def _tail_record(self, task: Task, *, state: TaskState | None = None) -> TailRecord:
+        state = state or task.state
+        return TailRecord(
             activity=task.activity.name,
             aggregate=task.aggregate,
             tail=task.tail,
-            state=(state or task.state).value,
+            state=state.value,
             attempts=task.errors,
             last_error=task.last_error,
-            completed=(state or task.state) is TaskState.COMPLETE,
+            completed=state is TaskState.COMPLETE,
             updated_at=datetime.now(UTC),
         )
-        with anyio.CancelScope(shield=True):
-            await self._tails.save(record)
 
     async def _save_checkpoint(self, task: Task, tail: ULID | None) -> None:
         if tail == task.tail:
             return
+        record = replace(self._tail_record(task), tail=tail)
+        with anyio.CancelScope(shield=True):
+            await self._tails.save(record)
         task.tail = tail
-        await self._persist(task)
+
+    @asynccontextmanager
+    async def _transaction(self, task: Task, tail: ULID | None) -> AsyncIterator[Any]:
+        record = replace(self._tail_record(task), tail=tail)
+        async with self._tails.transaction(record) as conn:
+            yield conn
+        task.tail = tail
 
     def _log(self, task: Task, result: RunResult, state: TaskState, due: float | None) -> None:
         fields = _fields(task)

@@ -42,6 +42,33 @@ async def journal() -> AsyncIterator[LoopbackJournal]:
         yield j
 
 
+class _Changes:
+    """Wakes waiters after every activity return and every engine transition."""
+
+    def __init__(self) -> None:
+        self._event: anyio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
+CHANGES = _Changes()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, re-checking after every run and state change."""
+    with anyio.fail_after(timeout):
+        while not predicate():
+            await CHANGES.wait()
+
+
 @dataclass
 class Call:
     """One run of a scripted activity, as the activity saw it."""
@@ -62,7 +89,6 @@ class Script:
 
     steps: list[Callable[..., Awaitable[Outcome]]] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
-    changed: anyio.Event = field(default_factory=anyio.Event)
 
     def activity(self, name: str = "script", types: Sequence[str] = ("thing",)) -> Activity:
         @activity(name=name, aggregate_types=types)
@@ -73,19 +99,13 @@ class Script:
             try:
                 return await (step or read_to_eof)(ctx, tail, stream, call)
             finally:
-                self._notify()
+                CHANGES.notify()
 
         return scripted
 
-    def _notify(self) -> None:
-        self.changed.set()
-        self.changed = anyio.Event()
-
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until ``predicate()`` holds, re-checking after every run."""
-        with anyio.fail_after(timeout):
-            while not predicate():
-                await self.changed.wait()
+        """Wait until ``predicate()`` holds, re-checking after every run and state change."""
+        await wait_until(predicate, timeout)
 
     def seen(self) -> list[ULID]:
         return [e for c in self.calls for e in c.events]
@@ -119,12 +139,14 @@ def make_engine(
     opts: dict[str, Any] = {"retry": FAST_RETRY, "interval": CRON_INTERVAL, "capacity": 100}
     opts.update(options)
     tails = opts.pop("tails", None) or MemoryTailStore()
-    return build_engine(
+    engine = build_engine(
         EngineOptions(kind=kind, **opts),
         journal=journal.client,
         tails=tails,
         activities=activities,
     )
+    engine.add_observer(lambda task, result: CHANGES.notify())
+    return engine
 
 
 @asynccontextmanager

@@ -13,7 +13,7 @@ from tailrunner.model import Signal, SignalBatch
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 
-from .conftest import FAST_RETRY, Script, append, new_aggregate, running
+from .conftest import CHANGES, FAST_RETRY, Script, append, new_aggregate, running
 
 
 class ScriptedSignals:
@@ -49,13 +49,15 @@ class ScriptedSignals:
 
 
 def lazy_engine(journal: object, script: Script, *, backstop: float = 60.0) -> LazyEngine:
-    return LazyEngine(
+    engine = LazyEngine(
         journal=journal,  # type: ignore[arg-type]
         tails=MemoryTailStore(),
         activities=[script.activity()],
         retry=FAST_RETRY,
         backstop=backstop,
     )
+    engine.add_observer(lambda task, result: CHANGES.notify())
+    return engine
 
 
 async def test_signal_wakes_a_sleeping_task(journal: LoopbackJournal) -> None:
