@@ -16,7 +16,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID
@@ -40,6 +40,16 @@ log = structlog.get_logger(__name__)
 RunObserver = Callable[[Task, RunResult], None]
 
 _Timer = tuple[float, int, Task, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An operator's request: the state to put a task in, and maybe a new tail."""
+
+    state: TaskState
+    replace_tail: bool = False
+    tail: ULID | None = None
+
 
 #: A task's next state, and the loop time of its timer if it waits for one.
 NextState = tuple[TaskState, float | None]
@@ -160,19 +170,43 @@ class Scheduler:
 
     # -- operator control (the seams for the runner's admin service) --------
 
-    def stop(self, task: Task) -> None:
-        """Cancel a running task, or keep a waiting one from running: ``STOPPED``."""
-        if task.scope is not None:
-            task.scope.cancel()
-        else:
-            self._set_state(task, TaskState.STOPPED)
+    async def stop(self, task: Task) -> None:
+        """Cancel a running task, or keep a waiting one from running: ``STOPPED``.
 
-    def resume(self, task: Task) -> None:
+        The state is stored, so a stopped task stays stopped after a restart.
+        """
+        await self._control(task, Control(TaskState.STOPPED))
+
+    async def suspend(self, task: Task) -> None:
+        """Like :meth:`stop`, but ``SUSPENDED``: set aside until an operator resumes it."""
+        await self._control(task, Control(TaskState.SUSPENDED))
+
+    async def resume(self, task: Task) -> None:
         """Run a stopped or suspended task again, with a fresh attempt count."""
         if task.state in (TaskState.STOPPED, TaskState.SUSPENDED):
+            await self._control(task, Control(TaskState.PENDING))
+
+    async def restart(self, task: Task, tail: ULID | None) -> None:
+        """Run the task again from ``tail`` (``None``: from the first event), even if complete."""
+        await self._control(task, Control(TaskState.PENDING, replace_tail=True, tail=tail))
+
+    async def _control(self, task: Task, control: Control) -> None:
+        if task.scope is not None:
+            # Running: the run applies the control when its cancellation lands.
+            task.control = control
+            task.scope.cancel()
+            return
+        self._apply_control(task, control)
+        await self._store(task, None, task.errors + 1)
+        log.info("controlled", state=task.state.value, **_fields(task))
+
+    def _apply_control(self, task: Task, control: Control) -> None:
+        if control.replace_tail:
+            task.tail = control.tail
+        if control.state is TaskState.PENDING:
             task.errors = task.failures = 0
             task.last_error = None
-            self._set_state(task, TaskState.PENDING)
+        self._set_state(task, control.state)
 
     # -- hooks for the engines ----------------------------------------------
 
@@ -287,10 +321,11 @@ class Scheduler:
             self._poke()
         task.runs += 1
         if scope.cancelled_caught:
-            # An operator stop: run_once already saved the checkpoint.
-            self._set_state(task, TaskState.STOPPED)
+            # An operator's control: run_once already saved the checkpoint.
+            control, task.control = task.control or Control(TaskState.STOPPED), None
+            self._apply_control(task, control)
             await self._store(task, None, attempt)
-            log.info("stopped", **_fields(task))
+            log.info("controlled", state=task.state.value, **_fields(task))
             return
         state, due = self._decide(task, result)
         # The tail is stored before the outcome is acted on, so a restart

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import anyio
 
     from tailrunner.activities.decorator import Activity
+    from tailrunner.engines.scheduler import Control
 
 
 class TaskState(enum.StrEnum):
@@ -49,6 +50,7 @@ class Task:
     __slots__ = (
         "activity",
         "aggregate",
+        "control",
         "errors",
         "failures",
         "generation",
@@ -80,6 +82,8 @@ class Task:
         self.last_error: str | None = None
         #: The cancel scope of the current run, so that an operator can stop it.
         self.scope: anyio.CancelScope | None = None
+        #: An operator's control waiting for the current run's cancellation to land.
+        self.control: Control | None = None
 
     @property
     def key(self) -> tuple[str, str]:

@@ -291,7 +291,7 @@ async def test_attempt_limit_suspends_only_the_poisoned_task(
         assert good.state is not TaskState.SUSPENDED
         runs_when_suspended = sum(1 for c in script.calls if c.tail is None) - 1
         # Resuming gives it fresh attempts (an operator fixed the cause).
-        engine.resume(bad)
+        await engine.resume(bad)
         await script.wait_for(lambda: bad.state is TaskState.SUSPENDED and bad.runs >= 6)
     assert runs_when_suspended >= 3
 
