@@ -23,10 +23,10 @@ import pytest
 from tailrunner.activities.decorator import Activity
 from tailrunner.activities.stream import EventStream
 from tailrunner.model import AggregateRef
+from tailrunner.testing.fakes import fake_stream as _fake_stream
 from tailrunner.testing.harness import ActivityRun
 from tailrunner.testing.harness import run_activity as _run_activity
 from tailrunner.testing.loopback import LoopbackJournal, loopback_journal
-from tailrunner.testing.streams import fake_stream as _fake_stream
 
 
 @pytest.fixture(scope="session")

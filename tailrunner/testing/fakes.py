@@ -1,4 +1,4 @@
-"""Fake event streams for unit-testing an activity without a journal."""
+"""Fakes for unit-testing an activity without a journal: events, streams, a context."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from uuid import UUID, uuid4
 
 from ulid import ULID
 
+from tailrunner.activities.context import ActivityContext
 from tailrunner.activities.stream import EventStream
 from tailrunner.ids import next_ulid
-from tailrunner.model import Event, EventBatch
+from tailrunner.journal.api import JournalApi
+from tailrunner.model import AggregateRef, Event, EventBatch
 
 
 def make_events(
@@ -62,3 +64,34 @@ def fake_stream(events: Sequence[Event], *, batch_size: int = 100) -> EventStrea
             yield EventBatch(events=chunk, will_block=start + batch_size >= len(events))
 
     return EventStream(batches())
+
+
+class _NoJournal:
+    """Stands in for the journal in a context made for a unit test."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(
+            f"journal.{name}: this test context has no journal; pass"
+            " activity_context(journal=...) (e.g. the tailrunner_journal fixture's client)"
+        )
+
+
+def activity_context(
+    activity: str = "test",
+    *,
+    aggregate: AggregateRef | None = None,
+    engine: str = "lazy",
+    attempt: int = 1,
+    journal: JournalApi | None = None,
+) -> ActivityContext:
+    """An :class:`ActivityContext` for calling an activity directly in a unit test.
+
+    ``await ctx.checkpoint(tail)`` only records the tail (see ``ctx.tail``).
+    """
+    return ActivityContext(
+        activity=activity,
+        aggregate=aggregate or AggregateRef(type="test", id=uuid4()),
+        engine=engine,
+        attempt=attempt,
+        journal=journal if journal is not None else _NoJournal(),  # type: ignore[arg-type]
+    )
