@@ -96,6 +96,9 @@ class JournalServicer:
         reader that falls behind sees only the newest head of each aggregate. A
         slow reader never blocks appends: when the server must drop signals for
         it, it sends resync=true, and the reader must then re-check everything.
+        The first message of every stream is an empty one with resync=true,
+        sent once the server has registered the reader: from then on no append
+        goes unsignalled, so a reader that re-checks everything then misses none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

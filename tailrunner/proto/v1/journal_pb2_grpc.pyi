@@ -66,6 +66,9 @@ class JournalStub:
     reader that falls behind sees only the newest head of each aggregate. A
     slow reader never blocks appends: when the server must drop signals for
     it, it sends resync=true, and the reader must then re-check everything.
+    The first message of every stream is an empty one with resync=true,
+    sent once the server has registered the reader: from then on no append
+    goes unsignalled, so a reader that re-checks everything then misses none.
     """
     ListAggregates: _grpc.UnaryUnaryMultiCallable[_journal_pb2.ListAggregatesRequest, _journal_pb2.ListAggregatesResponse]
     """Lists aggregates (AIP-158 pagination, opaque page tokens), ordered by id,
@@ -105,6 +108,9 @@ class JournalAsyncStub(JournalStub):
     reader that falls behind sees only the newest head of each aggregate. A
     slow reader never blocks appends: when the server must drop signals for
     it, it sends resync=true, and the reader must then re-check everything.
+    The first message of every stream is an empty one with resync=true,
+    sent once the server has registered the reader: from then on no append
+    goes unsignalled, so a reader that re-checks everything then misses none.
     """
     ListAggregates: _aio.UnaryUnaryMultiCallable[_journal_pb2.ListAggregatesRequest, _journal_pb2.ListAggregatesResponse]  # type: ignore[assignment]
     """Lists aggregates (AIP-158 pagination, opaque page tokens), ordered by id,
@@ -159,6 +165,9 @@ class JournalServicer(metaclass=_abc_1.ABCMeta):
         reader that falls behind sees only the newest head of each aggregate. A
         slow reader never blocks appends: when the server must drop signals for
         it, it sends resync=true, and the reader must then re-check everything.
+        The first message of every stream is an empty one with resync=true,
+        sent once the server has registered the reader: from then on no append
+        goes unsignalled, so a reader that re-checks everything then misses none.
         """
 
     @_abc_1.abstractmethod
