@@ -1,0 +1,783 @@
+"""Configuration: one TOML file plus ``TAILRUNNER_SECTION__KEY`` overrides, checked once.
+
+:func:`load_config` reads the file (or only the defaults), applies the
+environment, validates every key and returns a frozen :class:`Config`. Code
+below the CLI receives that object and never sees a dict or an environment
+variable. Anything wrong stops start-up with one :class:`~tailrunner.errors.ConfigError`
+naming the key, the value, where it came from and what is allowed::
+
+    engine.kind = "lazzy" in config/lazy.toml: expected one of lazy, eager, cron
+
+Environment variables override single keys: ``TAILRUNNER_ENGINE__KIND=eager``,
+``TAILRUNNER_RETRY__MAX_ATTEMPTS=5``, ``TAILRUNNER_ACTIVITIES__LIMITS__COUNTER=3``
+(sections and keys separated by ``__``, matched lowercase). A value is read
+as a TOML value when it is one (``5``, ``true``, ``["a", "b"]``), else as
+text; keys that take text (``engine.kind``, ``tails.store`` …) always take the
+text as it is.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from croniter import croniter
+
+from tailrunner.engines.retry import RetryPolicy
+from tailrunner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tailrunner.engines.factory import EngineOptions
+
+__all__ = [
+    "ENV_PREFIX",
+    "ActivitiesConfig",
+    "Config",
+    "EngineConfig",
+    "JournalConfig",
+    "LogConfig",
+    "PluginsConfig",
+    "TailsConfig",
+    "load_config",
+    "parse_duration",
+]
+
+EngineKind = Literal["lazy", "eager", "cron"]
+LogFormat = Literal["auto", "console", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+#: Environment variables with this prefix and a ``__`` in their name are overrides.
+ENV_PREFIX = "TAILRUNNER_"
+
+ENGINE_KINDS: tuple[EngineKind, ...] = ("lazy", "eager", "cron")
+LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
+LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+# --------------------------------------------------------------------------- the objects
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalConfig:
+    """``[journal]``: where the event journal is.
+
+    :ivar address: the journal's gRPC address, ``HOST:PORT``.
+    """
+
+    address: str = "127.0.0.1:7740"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    """``[engine]``: which engine runs the activities, and how.
+
+    :ivar kind: ``lazy``, ``eager`` or ``cron``.
+    :ivar capacity: at most this many streams open at once.
+    :ivar backstop: lazy: seconds after which a sleeping task is re-checked
+        even without a signal.
+    :ivar interval: cron: seconds between ticks; ``None`` when :attr:`cron` is set.
+    :ivar cron: cron: a cron expression (UTC) instead of an interval.
+    :ivar discovery_interval: seconds between re-listings of the aggregates.
+    """
+
+    kind: EngineKind = "lazy"
+    capacity: int = 100
+    backstop: float = 300.0
+    interval: float | None = 30.0
+    cron: str | None = None
+    discovery_interval: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ActivitiesConfig:
+    """``[activities]``: which activities run, their limits and retry policies.
+
+    :ivar enabled: activity names or :mod:`fnmatch` globs; ``("*",)`` runs all.
+    :ivar limits: activity name → most runs of it at once.
+    :ivar retry: activity name → its retry policy: ``[activities.retry.NAME]``
+        over the global ``[retry]`` (keys it does not set come from there).
+    """
+
+    enabled: tuple[str, ...] = ("*",)
+    limits: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    retry: Mapping[str, RetryPolicy] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TailsConfig:
+    """``[tails]``: where tails are stored.
+
+    :ivar store: ``memory:``, ``sqlite:////ABSOLUTE/PATH`` (a relative path in
+        the file has been resolved) or ``postgresql://…``; what
+        :func:`tailrunner.tails.open.open_tail_store` takes.
+    """
+
+    store: str = "memory:"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogConfig:
+    """``[log]``: what the logs look like.
+
+    :ivar format: ``console``, ``json``, or ``auto`` (console on a terminal,
+        JSON otherwise).
+    :ivar level: the lowest level logged.
+    """
+
+    format: LogFormat = "auto"
+    level: LogLevel = "info"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PluginsConfig:
+    """``[plugins]``.
+
+    :ivar strict: stop at the first plugin that fails to load, instead of
+        reporting it and running the others.
+    """
+
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The whole configuration, validated. Build it with :func:`load_config`.
+
+    :ivar path: the file it was read from; ``None`` for defaults and environment only.
+    :ivar origins: dotted key → where its value came from (the file's path or
+        an environment variable's name), for every key that was set; use
+        :meth:`origin`.
+    """
+
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    activities: ActivitiesConfig = field(default_factory=ActivitiesConfig)
+    tails: TailsConfig = field(default_factory=TailsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    path: Path | None = None
+    origins: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False, compare=False)
+
+    def origin(self, key: str) -> str:
+        """Where ``key`` (dotted, e.g. ``activities.enabled``) got its value, for messages.
+
+        :returns: a file path, an environment variable's name, or ``"the defaults"``.
+        """
+        return self.origins.get(key, _DEFAULTS)
+
+    def check_activity_names(self, known: Collection[str]) -> None:
+        """Check that ``[activities.limits]`` and ``[activities.retry]`` name known activities.
+
+        Config is read before plugins load, so the CLI calls this once it
+        knows the activities: a limit for a misspelt name would otherwise do
+        nothing, silently.
+
+        :param known: the names of the loaded activities.
+        :raises ConfigError: naming the first key that names no activity.
+        """
+        for section, names in (
+            ("limits", self.activities.limits),
+            ("retry", self.activities.retry),
+        ):
+            for name in names:
+                if name in known:
+                    continue
+                key = _dotted(("activities", section, name))
+                shown = (
+                    f"{key} = {self.activities.limits[name]}" if section == "limits" else f"[{key}]"
+                )
+                raise ConfigError(
+                    f"{shown} in {self.origin(key)}: no such activity"
+                    f"{_did_you_mean(name, known)} ({_known('activities', known)})"
+                )
+
+    def engine_options(self) -> EngineOptions:
+        """The engine's options: ``[engine]``, ``[retry]`` and the per-activity settings."""
+        # Imported here: the factory imports every engine, and config must stay light.
+        from tailrunner.engines.factory import EngineOptions
+
+        return EngineOptions(
+            kind=self.engine.kind,
+            capacity=self.engine.capacity,
+            retry=self.retry,
+            retry_overrides=self.activities.retry,
+            activity_limits=self.activities.limits,
+            backstop=self.engine.backstop,
+            interval=self.engine.interval,
+            cron=self.engine.cron,
+        )
+
+
+# --------------------------------------------------------------------------- durations
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_ALLOWED = "a duration such as 250ms, 30s, 5m, 1h30m, or a number of seconds"
+
+
+def parse_duration(text: str | float, *, key: str) -> float:
+    """Seconds in a duration: ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"90"`` or ``90``.
+
+    :param text: the duration, or a number of seconds (not negative).
+    :param key: the config key it is for, named in the error.
+    :raises ConfigError: ``text`` is not a duration.
+    """
+    seconds = _duration_seconds(text)
+    if seconds is None:
+        raise ConfigError(f"{key} = {_show(text)}: expected {_DURATION_ALLOWED}")
+    return seconds
+
+
+def _duration_seconds(value: object) -> float | None:
+    """``value`` in seconds, or ``None`` when it is no duration."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = "".join(value.split())
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = 0.0
+            end = 0
+            for part in _DURATION_PART.finditer(text):
+                if part.start() != end:
+                    return None
+                seconds += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+                end = part.end()
+            if end == 0 or end != len(text):
+                return None
+    else:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+# --------------------------------------------------------------------------- loading
+
+_DEFAULTS = "the defaults"
+_SECTIONS = ("journal", "engine", "retry", "activities", "tails", "log", "plugins")
+_KEYS: Mapping[str, tuple[str, ...]] = {
+    "journal": ("address",),
+    "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval"),
+    "retry": ("initial", "multiplier", "max_delay", "jitter", "max_attempts"),
+    "activities": ("enabled", "limits", "retry"),
+    "tails": ("store",),
+    "log": ("format", "level"),
+    "plugins": ("strict",),
+}
+#: Keys whose value is text: from the environment they take the text as it is.
+_TEXT_KEYS = {
+    ("journal", "address"),
+    ("engine", "kind"),
+    ("tails", "store"),
+    ("log", "format"),
+    ("log", "level"),
+}
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_STORE_ALLOWED = "memory:, sqlite:///PATH (relative to the config file's folder) or postgresql://…"
+
+Key = tuple[str, ...]
+T = TypeVar("T")
+#: Checks a raw value: the typed value, or a :class:`_Bad` saying what is allowed.
+_Convert: TypeAlias = Callable[[Any], "T | _Bad"]
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override and validate the configuration.
+
+    :param path: the TOML file; ``None`` for the defaults (and the environment).
+    :param environ: the environment whose ``TAILRUNNER_SECTION__KEY`` variables
+        override the file; :data:`os.environ` when ``None``.
+    :raises ConfigError: the file cannot be read or is not TOML, or a key or
+        value is wrong; the message names the key, the value, where it came
+        from and what is allowed.
+    """
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {} if path is None else _read_toml(path)
+    sources = _Sources(file=None if path is None else str(path))
+    for name in sorted(environ):
+        key = _env_key(name)
+        if key is not None:
+            _override(data, key, _env_value(key, environ[name]), name)
+            sources.env[key] = name
+    base_dir = Path.cwd() if path is None else path.absolute().parent
+    return _Parser(sources, base_dir).config(data, path)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path}: not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+
+
+def _env_key(name: str) -> Key | None:
+    """The key a variable overrides; ``None`` for a variable that is not an override."""
+    if not name.startswith(ENV_PREFIX):
+        return None
+    rest = name.removeprefix(ENV_PREFIX).lower()
+    if "__" not in rest:
+        # Other TAILRUNNER_ variables are left alone (a CLI may use one), unless
+        # they look like an override with a single underscore: that is a typo.
+        for section in _SECTIONS:
+            if rest == section or rest.startswith(section + "_"):
+                tail = rest.removeprefix(section).lstrip("_") or _KEYS[section][0]
+                raise ConfigError(
+                    f"{name}: not an override; did you mean"
+                    f" {ENV_PREFIX}{section.upper()}__{tail.upper()}?"
+                    " (sections and keys are separated by a double underscore)"
+                )
+        return None
+    key = tuple(rest.split("__"))
+    if not all(key):
+        raise ConfigError(f"{name}: an empty key between double underscores")
+    return key
+
+
+def _env_value(key: Key, text: str) -> Any:
+    """An environment variable's text as the value for ``key``."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    value = parsed["v"] if parsed is not None and parsed.keys() == {"v"} else None
+    if key in _TEXT_KEYS:
+        return value if isinstance(value, str) else text
+    if key == ("activities", "enabled") and not isinstance(value, list):
+        # A shell-friendly list: TAILRUNNER_ACTIVITIES__ENABLED=counter,report-*
+        return [item.strip() for item in text.split(",")]
+    return text if value is None else value
+
+
+def _override(data: dict[str, Any], key: Key, value: Any, origin: str) -> None:
+    table = data
+    for depth, part in enumerate(key[:-1]):
+        inner = table.setdefault(part, {})
+        if not isinstance(inner, dict):
+            where = _dotted(key[: depth + 1])
+            raise ConfigError(f"{origin}: {where} is {_show(inner)}, not a table")
+        table = inner
+    old = table.get(key[-1])
+    if isinstance(old, dict) and isinstance(value, dict):
+        _merge(old, value)
+    else:
+        table[key[-1]] = value
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for name, value in new.items():
+        old = into.get(name)
+        if isinstance(old, dict) and isinstance(value, dict):
+            _merge(old, value)
+        else:
+            into[name] = value
+
+
+@dataclass(slots=True)
+class _Sources:
+    """Where each key's value came from: an environment variable, else the file."""
+
+    file: str | None
+    env: dict[Key, str] = field(default_factory=dict)
+
+    def of(self, key: Key) -> str:
+        # An override of a whole table (TAILRUNNER_ACTIVITIES__LIMITS='{a = 1}')
+        # is the origin of every key in it.
+        for end in range(len(key), 0, -1):
+            if key[:end] in self.env:
+                return self.env[key[:end]]
+        # A table that an override created, e.g. by TAILRUNNER_ENGINE__KIND__X.
+        for env_key, name in self.env.items():
+            if env_key[: len(key)] == key:
+                return name
+        return self.file or _DEFAULTS
+
+
+@dataclass(slots=True)
+class _Parser:
+    sources: _Sources
+    base_dir: Path
+    #: Dotted key → origin, for every key read; becomes ``Config.origins``.
+    seen: dict[str, str] = field(default_factory=dict)
+
+    def config(self, data: Mapping[str, Any], path: Path | None) -> Config:
+        for name, value in data.items():
+            if name not in _SECTIONS:
+                self._unknown_top(name, value)
+            if not isinstance(value, dict):
+                self.fail((name,), value, f"expected a table [{name}]")
+        retry_table = self.table(data, ("retry",))
+        retry = self.retry(retry_table, ("retry",), base=_EMPTY)
+        return Config(
+            journal=self.journal(self.table(data, ("journal",))),
+            engine=self.engine(self.table(data, ("engine",))),
+            retry=retry,
+            activities=self.activities(self.table(data, ("activities",)), retry_table),
+            tails=self.tails(self.table(data, ("tails",))),
+            log=self.log(self.table(data, ("log",))),
+            plugins=self.plugins(self.table(data, ("plugins",))),
+            path=path,
+            origins=MappingProxyType(dict(self.seen)),
+        )
+
+    # -- sections
+
+    def journal(self, table: Mapping[str, Any]) -> JournalConfig:
+        self.known(table, ("journal",))
+        d = JournalConfig()
+        return JournalConfig(
+            address=self.get(table, ("journal", "address"), self.address, d.address),
+        )
+
+    def engine(self, table: Mapping[str, Any]) -> EngineConfig:
+        self.known(table, ("engine",))
+        d = EngineConfig()
+        interval, cron = self.get(
+            table, ("engine", "interval"), self.interval, (d.interval, d.cron)
+        )
+        return EngineConfig(
+            kind=self.get(table, ("engine", "kind"), self.choice(ENGINE_KINDS), d.kind),
+            capacity=self.get(table, ("engine", "capacity"), self.integer(minimum=1), d.capacity),
+            backstop=self.get(
+                table, ("engine", "backstop"), self.duration(positive=True), d.backstop
+            ),
+            interval=interval,
+            cron=cron,
+            discovery_interval=self.get(
+                table,
+                ("engine", "discovery_interval"),
+                self.duration(positive=True),
+                d.discovery_interval,
+            ),
+        )
+
+    def retry(self, table: Mapping[str, Any], at: Key, *, base: Mapping[str, Any]) -> RetryPolicy:
+        """A policy from ``table`` over ``base`` (the global ``[retry]``, for overrides)."""
+        self.known(table, at, allowed=_KEYS["retry"])
+        merged = {**base, **table}
+        values: dict[str, Any] = {}
+        for name, value in merged.items():
+            # Inherited keys were checked (and named) as [retry]'s own.
+            key = (*at, name) if name in table else ("retry", name)
+            values[name] = self.check(key, value, self.retry_converter(name))
+        if values.get("max_attempts") == 0:
+            values["max_attempts"] = None  # 0 in config: retry forever
+        try:
+            return RetryPolicy(**values)
+        except ValueError as exc:
+            name = _retry_key(str(exc), set_here=table.keys())
+            key = (*at, name) if name in table else ("retry", name)
+            reason = str(exc).partition(": ")[2] or str(exc)
+            if name in ("initial", "max_delay") and "initial" in reason:
+                # The one rule between two keys: say which other key it is about.
+                other = "max_delay" if name == "initial" else "initial"
+                other_key = (*at, other) if other in table else ("retry", other)
+                shown = (
+                    _show(merged[other])
+                    if other in merged
+                    else f"{getattr(RetryPolicy(), other):g}s (the default)"
+                )
+                bound = "must not exceed" if name == "initial" else "must be at least"
+                reason = f"{bound} {_dotted(other_key)} = {shown}"
+            self.fail(key, merged.get(name, getattr(RetryPolicy(), name)), reason)
+
+    def activities(
+        self, table: Mapping[str, Any], retry_table: Mapping[str, Any]
+    ) -> ActivitiesConfig:
+        self.known(table, ("activities",))
+        d = ActivitiesConfig()
+        enabled = self.get(table, ("activities", "enabled"), self.patterns, d.enabled)
+        limits: dict[str, int] = {}
+        for name, value in self.table(table, ("activities", "limits")).items():
+            key = ("activities", "limits", name)
+            limits[name] = self.check(key, value, self.integer(minimum=1))
+        policies: dict[str, RetryPolicy] = {}
+        for name, value in self.table(table, ("activities", "retry")).items():
+            key = ("activities", "retry", name)
+            if not isinstance(value, dict):
+                self.fail(key, value, f"expected a table [{_dotted(key)}] with keys of [retry]")
+            self.seen[_dotted(key)] = self.sources.of(key)
+            policies[name] = self.retry(value, key, base=retry_table)
+        return ActivitiesConfig(
+            enabled=enabled,
+            limits=MappingProxyType(limits),
+            retry=MappingProxyType(policies),
+        )
+
+    def tails(self, table: Mapping[str, Any]) -> TailsConfig:
+        self.known(table, ("tails",))
+        d = TailsConfig()
+        return TailsConfig(store=self.get(table, ("tails", "store"), self.store, d.store))
+
+    def log(self, table: Mapping[str, Any]) -> LogConfig:
+        self.known(table, ("log",))
+        d = LogConfig()
+        return LogConfig(
+            format=self.get(table, ("log", "format"), self.choice(LOG_FORMATS), d.format),
+            level=self.get(table, ("log", "level"), self.choice(LOG_LEVELS), d.level),
+        )
+
+    def plugins(self, table: Mapping[str, Any]) -> PluginsConfig:
+        self.known(table, ("plugins",))
+        d = PluginsConfig()
+        return PluginsConfig(strict=self.get(table, ("plugins", "strict"), self.boolean, d.strict))
+
+    # -- tables and keys
+
+    def table(self, data: Mapping[str, Any], key: Key) -> Mapping[str, Any]:
+        value = data.get(key[-1], _EMPTY)
+        if not isinstance(value, Mapping):
+            self.fail(key, value, f"expected a table [{_dotted(key)}]")
+        return value
+
+    def known(self, table: Mapping[str, Any], at: Key, allowed: tuple[str, ...] = ()) -> None:
+        allowed = allowed or _KEYS[at[-1]]
+        for name, value in table.items():
+            if name not in allowed:
+                key = (*at, name)
+                hint = _did_you_mean(name, allowed, prefix=_dotted(at) + ".")
+                self.fail(key, value, f"unknown key{hint} ({_known('keys', allowed)})")
+
+    def _unknown_top(self, name: str, value: object) -> NoReturn:
+        everything = [f"{section}.{key}" for section in _SECTIONS for key in _KEYS[section]]
+        if isinstance(value, dict):
+            hint = _did_you_mean(name, _SECTIONS, prefix="[", suffix="]")
+            self.fail((name,), value, f"unknown section{hint} ({_known('sections', _SECTIONS)})")
+        # A key outside any section, e.g. `kind = "eager"` for engine.kind.
+        owners = [k for k in everything if k.endswith("." + name)]
+        hint = (
+            f"; did you mean {owners[0]}?"
+            if owners
+            else _did_you_mean(name, everything, match_on=lambda k: k.partition(".")[2])
+        )
+        self.fail((name,), value, f"unknown key{hint} (keys belong in a section)")
+
+    def get(self, table: Mapping[str, Any], key: Key, convert: _Convert[T], default: T) -> T:
+        if key[-1] not in table:
+            return default
+        return self.check(key, table[key[-1]], convert)
+
+    def check(self, key: Key, value: Any, convert: _Convert[T]) -> T:
+        self.seen[_dotted(key)] = self.sources.of(key)
+        result = convert(value)
+        if isinstance(result, _Bad):
+            self.fail(key, value, result.expected)
+        return result
+
+    def fail(self, key: Key, value: object, expected: str) -> NoReturn:
+        raise ConfigError(f"{_dotted(key)} = {_show(value)} in {self.sources.of(key)}: {expected}")
+
+    # -- converters: the value, or _Bad saying what is allowed
+
+    @staticmethod
+    def choice(allowed: tuple[T, ...]) -> _Convert[T]:
+        def convert(value: Any) -> T | _Bad:
+            if isinstance(value, str) and value.lower() in allowed:
+                return cast(T, value.lower())
+            return _Bad(f"expected one of {', '.join(map(str, allowed))}")
+
+        return convert
+
+    @staticmethod
+    def integer(*, minimum: int) -> _Convert[int]:
+        def convert(value: Any) -> int | _Bad:
+            if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+                return value
+            return _Bad(f"expected a whole number, at least {minimum}")
+
+        return convert
+
+    @staticmethod
+    def duration(*, positive: bool) -> _Convert[float]:
+        def convert(value: Any) -> float | _Bad:
+            seconds = _duration_seconds(value)
+            if seconds is None or (positive and seconds == 0):
+                return _Bad(f"expected {'a positive' if positive else 'a'} {_DURATION_ALLOWED[2:]}")
+            return seconds
+
+        return convert
+
+    @staticmethod
+    def number() -> _Convert[float]:
+        def convert(value: Any) -> float | _Bad:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+            return _Bad("expected a number")
+
+        return convert
+
+    @staticmethod
+    def boolean(value: Any) -> bool | _Bad:
+        return value if isinstance(value, bool) else _Bad("expected true or false")
+
+    @staticmethod
+    def interval(value: Any) -> tuple[float | None, str | None] | _Bad:
+        seconds = _duration_seconds(value)
+        if seconds is not None and seconds > 0:
+            return seconds, None
+        if isinstance(value, str):
+            expression = " ".join(value.split())
+            fields = expression.split(" ")
+            if (len(fields) == 5 or expression in _CRON_ALIASES) and croniter.is_valid(expression):
+                return None, expression
+        return _Bad(
+            f"expected a positive {_DURATION_ALLOWED[2:]},"
+            ' or a 5-field cron expression such as "*/5 * * * *" (read in UTC)'
+        )
+
+    @staticmethod
+    def address(value: Any) -> str | _Bad:
+        bad = _Bad("expected HOST:PORT, e.g. 127.0.0.1:7740")
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            return bad
+        if "://" in value or value.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
+            return value  # a gRPC target URI: grpc checks it when it connects
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return bad
+        return value
+
+    @staticmethod
+    def patterns(value: Any) -> tuple[str, ...] | _Bad:
+        if isinstance(value, list) and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
+        return _Bad(
+            'expected a list of activity names or globs, e.g. ["*"] or ["counter", "report-*"]'
+        )
+
+    def store(self, value: Any) -> str | _Bad:
+        if not isinstance(value, str):
+            return _Bad(f"expected {_STORE_ALLOWED}")
+        if value in ("memory:", "memory://"):
+            return "memory:"
+        if value.startswith(("postgresql://", "postgres://")):
+            return value
+        raw = value.removeprefix("sqlite:///")
+        if raw == value or not raw:
+            return _Bad(f"expected {_STORE_ALLOWED}")
+        path = Path(raw)
+        if not path.is_absolute():
+            # Relative to the file that says it; a path from the environment
+            # (or without a file) is relative to the working directory.
+            came_from_file = self.sources.of(("tails", "store")) == self.sources.file
+            path = (self.base_dir if came_from_file else Path.cwd()) / path
+        return f"sqlite:///{path}"
+
+    @classmethod
+    def retry_converter(cls, name: str) -> _Convert[Any]:
+        """The converter for the ``[retry]`` key ``name``."""
+        return {
+            "initial": cls.duration(positive=False),
+            # RetryPolicy judges the ranges; its ValueError is mapped to the key.
+            "multiplier": cls.number(),
+            "max_delay": cls.duration(positive=False),
+            "jitter": cls.number(),
+            "max_attempts": cls.attempts,
+        }[name]
+
+    @staticmethod
+    def attempts(value: Any) -> int | _Bad:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        return _Bad("expected a whole number: 0 (retry forever) or the most tries per tail")
+
+
+@dataclass(frozen=True, slots=True)
+class _Bad:
+    """A converter's verdict: the value is wrong; ``expected`` says what is allowed."""
+
+    expected: str
+
+
+def _retry_key(message: str, *, set_here: Collection[str]) -> str:
+    """The ``[retry]`` key that :class:`RetryPolicy`'s error is about."""
+    for words, key in (
+        ("max delay", "max_delay"),
+        ("max_delay", "max_delay"),
+        ("max_attempts", "max_attempts"),
+        ("multiplier", "multiplier"),
+        ("jitter", "jitter"),
+        ("initial", "initial"),
+    ):
+        if words in message:
+            # "max delay must be at least the initial": blame the key that was set.
+            if key == "max_delay" and key not in set_here and "initial" in set_here:
+                return "initial"
+            return key
+    return "initial"
+
+
+def _dotted(key: Iterable[str]) -> str:
+    return ".".join(part if _BARE_KEY.match(part) else json.dumps(part) for part in key)
+
+
+def _show(value: object) -> str:
+    """``value`` as TOML would write it, so the message shows what the user wrote."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(_redact(value), ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{_dotted([k])} = {_show(v)}" for k, v in value.items())
+        return "{" + (f" {inner} " if inner else "") + "}"
+    return str(value)
+
+
+def _redact(text: str) -> str:
+    """``text`` without a URL's password: messages end up in logs."""
+    if "://" not in text or "@" not in text:
+        return text
+    try:
+        parts = urlsplit(text)
+        if parts.password is None:
+            return text
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    except ValueError:
+        return text
+
+
+def _did_you_mean(
+    name: str,
+    candidates: Iterable[str],
+    *,
+    prefix: str = "",
+    suffix: str = "",
+    match_on: Callable[[str], str] | None = None,
+) -> str:
+    """``"; did you mean X?"`` for the closest candidate, or ``""``."""
+    candidates = list(candidates)
+    keys = [match_on(c) for c in candidates] if match_on else candidates
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {prefix}{candidates[keys.index(close[0])]}{suffix}?"
+
+
+def _known(what: str, names: Iterable[str]) -> str:
+    names = list(names)
+    return f"known {what}: {', '.join(names)}" if names else f"there are no {what}"
