@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import sys
 import textwrap
 import types
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
+from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 from ulid import ULID
 
 from tailrunner.activities import EOF, Activity, ActivityContext, EventStream, Outcome, activity
+from tailrunner.cli.main import main
 from tailrunner.errors import ConfigError, PluginError
 from tailrunner.plugins import PluginSet, hookimpl, load_plugins
 
@@ -495,3 +500,127 @@ def test_no_plugins_installed_is_not_an_error() -> None:
 
     assert [e for e in logs if e["log_level"] == "error"] == []
     assert all(p.ok for p in plugins.plugins)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.fixture
+def cli(site: Site) -> Iterator[Callable[..., Result]]:
+    """Run ``tailrunner …`` in process; put back the logging it configures."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+
+    def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+    yield invoke
+    structlog.reset_defaults()
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_plugins_command_lists_plugins_activities_and_errors_with_status_0(
+    site: Site, cli: Callable[..., Result]
+) -> None:
+    module = site.install("tr-reports", good("daily-report"), entry="reports", version="2.3.1")
+    site.install("broken", "import not_a_module_anywhere\n")
+
+    result = cli("plugins")
+
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    reports = lines.index(f"reports  tr-reports 2.3.1  ({module})")
+    assert lines[reports + 1] == "    daily-report  follows demo, order"
+    broken = next(i for i, line in enumerate(lines) if line.startswith("broken  broken 1.0"))
+    assert lines[broken + 1].startswith(
+        "    error: cannot be loaded: ModuleNotFoundError: No module named"
+    )
+    assert lines[-1].endswith("; 1 failed to load")
+    # The log says it too, with the traceback, on standard error.
+    assert '"event": "plugin failed"' in result.stderr
+
+
+def test_plugins_command_marks_activities_left_out_by_config(
+    site: Site, cli: Callable[..., Result]
+) -> None:
+    site.install("reports", good("daily-report"))
+    site.install("counters", good("counter"))
+
+    result = cli("plugins", env={"TAILRUNNER_ACTIVITIES__ENABLED": "counter"})
+
+    assert "    daily-report  follows demo, order  (not enabled by activities.enabled)" in (
+        result.stdout.splitlines()
+    )
+    assert "    counter  follows demo, order" in result.stdout.splitlines()
+
+
+def test_plugins_command_json(site: Site, cli: Callable[..., Result]) -> None:
+    module = site.install("reports", good("daily-report"), version="0.4")
+    site.install("broken", BROKEN["returns-a-number"][0])
+
+    result = cli("plugins", "--json", env={"TAILRUNNER_LOG__LEVEL": "error"})
+
+    assert result.exit_code == 0
+    listing = json.loads(result.stdout)
+    by_name = {p["name"]: p for p in listing["plugins"]}
+    assert by_name["reports"] == {
+        "name": "reports",
+        "dist": "reports",
+        "version": "0.4",
+        "value": module,
+        "error": None,
+        "activities": [
+            {
+                "name": "daily-report",
+                "aggregate_types": ["demo", "order"],
+                "enabled": True,
+                "description": "",
+            }
+        ],
+    }
+    assert by_name["broken"]["activities"] == []
+    assert "expected an iterable of activities" in by_name["broken"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(["--strict"], {}), ([], {"TAILRUNNER_PLUGINS__STRICT": "true"})],
+    ids=["flag", "config"],
+)
+def test_plugins_command_strict_exits_1_after_listing_everything(
+    site: Site, cli: Callable[..., Result], args: list[str], env: dict[str, str]
+) -> None:
+    site.install("broken", "import not_a_module_anywhere\n")
+    site.install("reports", good("daily-report"))
+
+    result = cli("plugins", *args, env=env)
+
+    assert result.exit_code == 1
+    assert "daily-report" in result.stdout
+    assert "error: cannot be loaded" in result.stdout
+    assert "Error: plugins failed to load (strict): broken" in result.stderr
+
+
+def test_plugins_command_no_strict_overrides_the_config(
+    site: Site, cli: Callable[..., Result]
+) -> None:
+    site.install("broken", "import not_a_module_anywhere\n")
+
+    result = cli("plugins", "--no-strict", env={"TAILRUNNER_PLUGINS__STRICT": "true"})
+
+    assert result.exit_code == 0
+
+
+def test_plugins_command_names_a_bad_config_value(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[log]\nlevel = "loud"\n')
+
+    result = cli("plugins", "--config", str(config))
+
+    assert result.exit_code == 1
+    assert f'Error: log.level = "loud" in {config}: expected one of' in result.stderr

@@ -25,10 +25,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tailrunner.cli import journal
+    from tailrunner.cli import demo, journal, plugins, run
 
-    for command in journal.COMMANDS:
-        main.add_command(command)
+    for module in (demo, run, journal, plugins):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

@@ -1,0 +1,110 @@
+"""``tailrunner run``: run the activities of installed plugins under the configured engine."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import click
+import structlog
+
+from tailrunner.config import Config, load_config
+from tailrunner.engines.factory import EngineOptions
+from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerError
+from tailrunner.journal.client import JournalClient
+from tailrunner.runner import Runner
+from tailrunner.tails.open import open_tail_store
+
+log = structlog.get_logger(__name__)
+
+
+@click.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML config (see config/lazy.toml); without it, defaults and TAILRUNNER_* variables.",
+)
+def run(config_path: Path | None) -> None:
+    """Run plugin activities until SIGINT or SIGTERM, then stop cleanly.
+
+    Loads the plugins of the entry-point group ``tailrunner``, connects to
+    the journal, discovers the aggregates each activity follows and runs one
+    task per (activity, aggregate) under the configured engine, resuming
+    each from its stored tail.
+
+    Every config key can be overridden by an environment variable
+    ``TAILRUNNER_SECTION__KEY``, e.g. ``TAILRUNNER_ENGINE__KIND=eager``.
+
+    \b
+    Examples:
+      tailrunner run --config config/lazy.toml
+      TAILRUNNER_ENGINE__KIND=cron tailrunner run --config config/lazy.toml
+    """
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    from tailrunner.logs import configure_logging
+
+    configure_logging(config.log.format, config.log.level)
+    try:
+        anyio.run(_run, config)
+    except (ConfigError, PluginError, StoreError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except TailrunnerError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+def engine_options(config: Config) -> EngineOptions:
+    """The engine's options from the config's ``[engine]``, ``[retry]`` and ``[activities]``."""
+    return EngineOptions(
+        kind=config.engine.kind,
+        capacity=config.engine.capacity,
+        retry=config.retry,
+        retry_overrides=config.activities.retry,
+        activity_limits=config.activities.limits,
+        backstop=config.engine.backstop,
+        interval=config.engine.interval,
+        cron=config.engine.cron,
+    )
+
+
+async def _run(config: Config) -> None:
+    from tailrunner.plugins import load_plugins
+
+    plugins = load_plugins(strict=config.plugins.strict)
+    activities = plugins.select(config.activities.enabled)
+    base_dir = config.path.parent if config.path is not None else Path.cwd()
+    tails = await open_tail_store(config.tails.store, base_dir=base_dir)
+    try:
+        async with JournalClient.connect(config.journal.address) as journal:
+            runner = Runner(
+                journal=journal,
+                tails=tails,
+                activities=activities,
+                options=engine_options(config),
+                discovery_interval=config.engine.discovery_interval,
+            )
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(runner.run)
+                    log.info(
+                        "running",
+                        engine=config.engine.kind,
+                        journal=config.journal.address,
+                        activities=[a.name for a in activities],
+                    )
+                    async for signum in signals:
+                        log.info("stopping", signal=signal.Signals(signum).name)
+                        tg.cancel_scope.cancel()
+                        break
+    finally:
+        with anyio.CancelScope(shield=True):
+            await tails.aclose()
+    log.info("stopped")
+
+
+COMMANDS: list[click.Command] = [run]
