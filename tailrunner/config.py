@@ -201,7 +201,7 @@ class Config:
                 )
                 raise ConfigError(
                     f"{shown} in {self.origin(key)}: no such activity"
-                    f"{_did_you_mean(name, known)} ({_known('activities', known)})"
+                    f"{_did_you_mean(name, sorted(known))} ({_known('activities', sorted(known))})"
                 )
 
     def engine_options(self) -> EngineOptions:
