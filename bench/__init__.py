@@ -1,0 +1,10 @@
+"""tailrunner's benchmarks: each figure beside a baseline measured in the same run.
+
+``python -m bench [--quick] [--only NAME] [--json PATH]``; see bench/README.md.
+"""
+
+#: The benchmark modules, in the order they run (``bench/<name>.py``).
+BENCHMARKS = (
+    "stream_throughput",
+    "wakeup_latency",
+)
