@@ -7,4 +7,7 @@
 BENCHMARKS = (
     "stream_throughput",
     "wakeup_latency",
+    "many_tasks",
+    "journal_appends",
+    "cron_tick",
 )
