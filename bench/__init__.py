@@ -9,5 +9,6 @@ BENCHMARKS = (
     "wakeup_latency",
     "many_tasks",
     "journal_appends",
+    "peer_eventsourcing",
     "cron_tick",
 )
