@@ -1,0 +1,668 @@
+"""``RunnerService``: the grpc.aio servicer of ``tailrunner.v1.Runner``.
+
+It reads tasks from two places and says which wins: the live engine
+(:meth:`~tailrunner.engines.scheduler.Scheduler.find`) knows a task's state,
+tail, attempts and error right now; the tail store knows when each task was
+last updated, its recorded runs, and tasks this runner does not run. A task
+the engine has is shown with the engine's values and the store's update
+time and newest run; a task only the store has is shown as stored.
+
+Listing pages through :meth:`~tailrunner.tails.store.TailStore.query`, the
+store's newest-first index, so a page costs what the page holds (plus what
+filters the store cannot apply skip). ``PENDING`` and ``RUNNING`` tasks come
+first, from the engine: the store never holds ``RUNNING``, and it holds the
+state a task had before it was woken.
+
+Requests are validated here (``INVALID_ARGUMENT`` naming the field) and
+tailrunner's errors mapped to status codes, here and only here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import NoReturn, Protocol
+from uuid import UUID
+
+import anyio
+import grpc
+import structlog
+from ulid import ULID
+
+from tailrunner.admin.errors import TaskNotControllable, TaskNotFound
+from tailrunner.admin.lag import Lag, count_after
+from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.task import Task, TaskState
+from tailrunner.errors import (
+    InvalidArgument,
+    JournalError,
+    JournalUnavailable,
+    StoreError,
+    TailrunnerError,
+)
+from tailrunner.ids import parse_ulid, parse_uuid
+from tailrunner.journal.api import JournalApi
+from tailrunner.model import AggregateRef
+from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
+from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, TailStore, query_cursor
+
+log = structlog.get_logger(__name__)
+
+#: ``ListTasks`` page size when the request says 0, and its cap.
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+#: ``ListRuns`` page size when the request says 0, and its cap.
+DEFAULT_RUNS_PAGE_SIZE = 20
+#: Seconds a listing waits for the journal to say how far behind its tasks are.
+DEFAULT_LAG_TIMEOUT = 5.0
+#: Seconds a control waits for a running task's cancellation to land.
+DEFAULT_CONTROL_TIMEOUT = 5.0
+#: States only the engine knows: listed first, from the engine.
+LIVE_STATES = frozenset({TaskState.PENDING, TaskState.RUNNING})
+#: Store records one ``ListTasks`` call may skip over before it returns a short page.
+_SCAN_BUDGET_PAGES = 10
+_MIN_SCAN_BUDGET = 1000
+#: Store and journal calls at once while a page is described.
+_CONCURRENCY = 8
+_PAGE_TOKEN_VERSION = 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class _TaskRequest(Protocol):
+    @property
+    def activity(self) -> str: ...
+    @property
+    def aggregate_id(self) -> str: ...
+
+
+@dataclass(slots=True)
+class _Row:
+    """One task of a reply: what the engine and the store know of it."""
+
+    activity: str
+    aggregate: AggregateRef
+    live: Task | None
+    record: TailRecord | None = None
+    #: ``record`` was read from the store (``None`` then means: never stored).
+    loaded: bool = False
+
+    @classmethod
+    def of_task(cls, task: Task) -> _Row:
+        return cls(activity=task.activity.name, aggregate=task.aggregate, live=task)
+
+    @property
+    def state(self) -> TaskState | None:
+        if self.live is not None:
+            return self.live.state
+        if self.record is None:
+            return None
+        return _stored_state(self.record)
+
+    @property
+    def tail(self) -> ULID | None:
+        if self.live is not None:
+            return self.live.tail
+        return None if self.record is None else self.record.tail
+
+
+@dataclass(frozen=True, slots=True)
+class _Cursor:
+    """Where a listing goes on: in the engine's part, then in the store's."""
+
+    #: ``(activity, aggregate id bytes)`` of the last live task listed.
+    live_after: tuple[str, bytes] | None = None
+    in_store: bool = False
+    #: The store's cursor past the last record scanned.
+    store_after: QueryCursor | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskQuery:
+    activity: str | None
+    aggregate_type: str | None
+    states: frozenset[TaskState]
+    updated_after: datetime | None
+    updated_before: datetime | None
+    page_size: int
+    cursor: _Cursor = field(default_factory=_Cursor)
+
+    def fingerprint(self) -> str:
+        """What a page token remembers of the filter, so that it is used with that filter only."""
+        key = [
+            self.activity,
+            self.aggregate_type,
+            sorted(s.value for s in self.states),
+            None if self.updated_after is None else _micros(self.updated_after),
+            None if self.updated_before is None else _micros(self.updated_before),
+        ]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+class RunnerService(runner_pb2_grpc.RunnerServicer):
+    """Serves one runner's engine and tail store over gRPC.
+
+    :param engine: the runner's engine (``runner.engine``): tasks are read
+        from and controlled through it.
+    :param tails: the tail store the engine writes to.
+    :param journal: where heads and lag are read.
+    :param lag_timeout: seconds a reply waits for the lag; tasks whose lag is
+        not known by then are returned without it.
+    :param control_timeout: seconds a control waits for a running task's
+        cancellation to land before it returns the task as it is.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Scheduler,
+        tails: TailStore,
+        journal: JournalApi,
+        lag_timeout: float = DEFAULT_LAG_TIMEOUT,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
+    ) -> None:
+        self._engine = engine
+        self._tails = tails
+        self._journal = journal
+        self._lag_timeout = lag_timeout
+        self._control_timeout = control_timeout
+
+    # -- reads ---------------------------------------------------------------
+
+    async def ListTasks(
+        self, request: runner_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListTasksResponse:
+        try:
+            query = _parse_list(request)
+            rows, token = await self._list(query)
+            tasks = await self._describe(rows)
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="ListTasks")
+        return runner_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
+
+    async def GetTask(
+        self, request: runner_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Task:
+        try:
+            activity, aggregate_id = _task_key(request)
+            live = self._engine.find(activity, aggregate_id)
+            record = await self._tails.get(activity, aggregate_id)
+            if live is not None:
+                row = _Row(activity, live.aggregate, live, record, loaded=True)
+            elif record is not None:
+                row = _Row(activity, record.aggregate, None, record, loaded=True)
+            else:
+                raise _not_found(activity, aggregate_id)
+            (task,) = await self._describe([row])
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="GetTask")
+        return task
+
+    async def ListRuns(
+        self, request: runner_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.ListRunsResponse:
+        try:
+            activity, aggregate_id = _task_key(request)
+            limit = _page_size(request.page_size, DEFAULT_RUNS_PAGE_SIZE)
+            runs = await self._tails.list_runs(activity, aggregate_id, limit=limit)
+            if (
+                not runs
+                and self._engine.find(activity, aggregate_id) is None
+                and await self._tails.get(activity, aggregate_id) is None
+            ):
+                raise _not_found(activity, aggregate_id)
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="ListRuns")
+        return runner_pb2.ListRunsResponse(runs=[_run_message(run) for run in runs])
+
+    # -- controls ------------------------------------------------------------
+
+    async def SuspendTask(
+        self, request: runner_pb2.SuspendTaskRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Task:
+        return await self._control(request, context, "suspend", self._engine.suspend)
+
+    async def ResumeTask(
+        self, request: runner_pb2.ResumeTaskRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Task:
+        return await self._control(request, context, "resume", self._engine.resume)
+
+    async def StopTask(
+        self, request: runner_pb2.StopTaskRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Task:
+        return await self._control(request, context, "stop", self._engine.stop)
+
+    async def RestartTask(
+        self, request: runner_pb2.RestartTaskRequest, context: grpc.aio.ServicerContext
+    ) -> runner_pb2.Task:
+        try:
+            _, aggregate_id = _task_key(request)
+            which = request.WhichOneof("from")
+            tail: ULID | None = None
+            if which == "from_tail":
+                tail = parse_ulid(request.from_tail, field="from_tail")
+                # A tail from another aggregate would silently skip this one's
+                # events up to that id: refuse it.
+                if not await self._is_event_of(aggregate_id, tail):
+                    raise InvalidArgument(
+                        "from_tail", f"{tail} is not an event of aggregate {aggregate_id}"
+                    )
+            elif which == "from_start":
+                if not request.from_start:
+                    raise InvalidArgument("from_start", "must be true (or give from_tail)")
+            else:
+                raise InvalidArgument("from", "give from_tail (a ULID) or from_start")
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc="RestartTask")
+
+        async def restart(task: Task) -> None:
+            await self._engine.restart(task, tail)
+
+        return await self._control(request, context, "restart", restart)
+
+    async def _control(
+        self,
+        request: _TaskRequest,
+        context: grpc.aio.ServicerContext,
+        action: str,
+        apply: Callable[[Task], Awaitable[None]],
+    ) -> runner_pb2.Task:
+        rpc = f"{action.capitalize()}Task"
+        try:
+            activity, aggregate_id = _task_key(request)
+            task = self._engine.find(activity, aggregate_id)
+            if task is None:
+                if await self._tails.get(activity, aggregate_id) is not None:
+                    raise TaskNotFound(
+                        f"task {activity}/{aggregate_id}: this runner does not run it (its"
+                        " activity or aggregate type is not followed here), so it cannot be"
+                        f" controlled here"
+                    )
+                raise _not_found(activity, aggregate_id)
+            if action in ("stop", "suspend") and task.state is TaskState.COMPLETE:
+                # Stopping a complete task would let a resume run it again.
+                raise TaskNotControllable(
+                    f"task {activity}/{aggregate_id} is COMPLETE: restart it to run it again"
+                )
+            log.info("controlling", action=action, state=task.state.value, **_fields(task))
+            await apply(task)
+            await self._landed(task)
+            (reply,) = await self._describe([_Row.of_task(task)])
+        except TailrunnerError as exc:
+            await _abort(context, exc, rpc=rpc)
+        return reply
+
+    async def _landed(self, task: Task) -> None:
+        # A running task takes a control when its run's cancellation lands,
+        # and the engine offers no event for that (yet): poll briefly, so
+        # that the reply shows the new state.
+        with anyio.move_on_after(self._control_timeout):
+            while task.control is not None:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+
+    async def _is_event_of(self, aggregate_id: UUID, event_id: ULID) -> bool:
+        if int(event_id) == 0:
+            return False
+        # The first event after (id - 1) is the event itself, if it exists: one short read.
+        just_before = ULID.from_int(int(event_id) - 1)
+        async with aclosing(
+            self._journal.events(aggregate_id, after=just_before, max_batch=1)
+        ) as batches:
+            async for batch in batches:
+                if batch.events:
+                    return batch.events[0].id == event_id
+        return False
+
+    # -- listing -------------------------------------------------------------
+
+    async def _list(self, query: _TaskQuery) -> tuple[list[_Row], str]:
+        rows: list[_Row] = []
+        cursor = query.cursor
+        if not cursor.in_store:
+            live = self._live_candidates(query, cursor.live_after)
+            if len(live) > query.page_size:
+                page = live[: query.page_size]
+                last = page[-1]
+                token = _encode_token(
+                    query, _Cursor(live_after=(last.activity.name, last.aggregate.id.bytes))
+                )
+                return [_Row.of_task(t) for t in page], token
+            rows.extend(_Row.of_task(t) for t in live)
+            store_after = (
+                None
+                if query.updated_before is None
+                # Before this instant, exclusive: no activity sorts below "".
+                else (query.updated_before, "", UUID(int=0))
+            )
+        else:
+            store_after = cursor.store_after
+        store_after, exhausted = await self._scan_store(query, rows, store_after)
+        if exhausted:
+            return rows, ""
+        return rows, _encode_token(query, _Cursor(in_store=True, store_after=store_after))
+
+    def _live_candidates(self, query: _TaskQuery, after: tuple[str, bytes] | None) -> list[Task]:
+        wanted = LIVE_STATES & query.states if query.states else LIVE_STATES
+        now = datetime.now(UTC)
+        # PENDING and RUNNING tasks are changing now: "updated now" for the time filters.
+        if (query.updated_before is not None and query.updated_before <= now) or (
+            query.updated_after is not None and query.updated_after >= now
+        ):
+            return []
+        found = [
+            t
+            for t in self._engine.tasks()
+            if t.state in wanted
+            and (query.activity is None or t.activity.name == query.activity)
+            and (query.aggregate_type is None or t.aggregate.type == query.aggregate_type)
+            and (after is None or _live_key(t) < after)
+        ]
+        found.sort(key=_live_key, reverse=True)
+        return found
+
+    async def _scan_store(
+        self, query: _TaskQuery, rows: list[_Row], after: QueryCursor | None
+    ) -> tuple[QueryCursor | None, bool]:
+        """Add matching stored records to ``rows`` up to the page size.
+
+        :returns: the cursor past the last record scanned, and whether the
+            store has no more matching records.
+        """
+        budget = max(_SCAN_BUDGET_PAGES * query.page_size, _MIN_SCAN_BUDGET)
+        chunk_size = min(max(query.page_size, 100), MAX_PAGE_SIZE)
+        # Outside PENDING and RUNNING a live task's state is the stored one,
+        # so the store's state index may narrow the scan.
+        states = tuple(sorted(s.value for s in query.states))
+        scanned = 0
+        while len(rows) < query.page_size and scanned < budget:
+            limit = min(chunk_size, budget - scanned)
+            chunk = await self._tails.query(
+                activity=query.activity, states=states, limit=limit, after=after
+            )
+            for index, record in enumerate(chunk):
+                if query.updated_after is not None and record.updated_at <= query.updated_after:
+                    return after, True  # newest first: all the rest are older
+                scanned += 1
+                after = query_cursor(record)
+                row = self._stored_row(query, record)
+                if row is not None:
+                    rows.append(row)
+                    if len(rows) == query.page_size:
+                        last_of_store = index == len(chunk) - 1 and len(chunk) < limit
+                        return after, last_of_store
+            if len(chunk) < limit:
+                return after, True
+        return after, False
+
+    def _stored_row(self, query: _TaskQuery, record: TailRecord) -> _Row | None:
+        live = self._engine.find(record.activity, record.aggregate.id)
+        if live is not None and live.state in LIVE_STATES:
+            return None  # listed (or filtered out) with the engine's part
+        if query.aggregate_type is not None and record.aggregate.type != query.aggregate_type:
+            return None
+        row = _Row(record.activity, record.aggregate, live, record, loaded=True)
+        if query.states and row.state not in query.states:
+            return None
+        return row
+
+    # -- describing ----------------------------------------------------------
+
+    async def _describe(self, rows: Sequence[_Row]) -> list[runner_pb2.Task]:
+        """The messages of ``rows``: their stored record, newest run and lag, read at once."""
+        limiter = anyio.CapacityLimiter(_CONCURRENCY)
+        newest: list[RunRecord | None] = [None] * len(rows)
+        lags: list[Lag | None] = [None] * len(rows)
+        failures: list[TailrunnerError] = []
+        lag_failures: list[str] = []
+        lag_deadline = anyio.current_time() + self._lag_timeout
+
+        async def read_store(index: int, row: _Row) -> None:
+            async with limiter:
+                try:
+                    if not row.loaded:
+                        row.record = await self._tails.get(row.activity, row.aggregate.id)
+                        row.loaded = True
+                    runs = await self._tails.list_runs(row.activity, row.aggregate.id, limit=1)
+                except TailrunnerError as exc:
+                    failures.append(exc)
+                    return
+            newest[index] = runs[0] if runs else None
+
+        async def read_lag(index: int, row: _Row) -> None:
+            with anyio.CancelScope(deadline=lag_deadline):
+                async with limiter:
+                    try:
+                        lags[index] = await count_after(self._journal, row.aggregate.id, row.tail)
+                    except JournalError as exc:
+                        lag_failures.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            for index, row in enumerate(rows):
+                tg.start_soon(read_store, index, row)
+                tg.start_soon(read_lag, index, row)
+        if failures:
+            raise failures[0]
+        missing = sum(lag is None for lag in lags)
+        if missing:
+            log.warning(
+                "lag unknown",
+                tasks=missing,
+                error=lag_failures[0] if lag_failures else f"over {self._lag_timeout}s",
+            )
+        return [_task_message(row, newest[i], lags[i]) for i, row in enumerate(rows)]
+
+
+# -- messages -----------------------------------------------------------------
+
+
+def _task_message(row: _Row, run: RunRecord | None, lag: Lag | None) -> runner_pb2.Task:
+    message = runner_pb2.Task(
+        activity=row.activity,
+        aggregate_type=row.aggregate.type,
+        aggregate_id=str(row.aggregate.id),
+        tail=_text(row.tail),
+        live=row.live is not None,
+    )
+    state = row.state
+    if state is not None:
+        message.state = runner_pb2.Task.State.Value(state.value)
+    if row.live is not None:
+        message.attempts = row.live.errors
+        message.last_error = row.live.last_error or ""
+    elif row.record is not None:
+        message.attempts = row.record.attempts
+        message.last_error = row.record.last_error or ""
+    if row.record is not None:
+        message.update_time.CopyFrom(_timestamp(row.record.updated_at))
+    if run is not None:
+        message.last_run_start_time.CopyFrom(_timestamp(run.started_at))
+        message.last_run_end_time.CopyFrom(_timestamp(run.finished_at))
+        message.last_run_outcome = run.outcome
+    if lag is not None:
+        message.head = _text(lag.head)
+        message.lag = lag.events
+    return message
+
+
+def _run_message(run: RunRecord) -> runner_pb2.Run:
+    return runner_pb2.Run(
+        activity=run.activity,
+        aggregate_type=run.aggregate.type,
+        aggregate_id=str(run.aggregate.id),
+        attempt=run.attempt,
+        start_time=_timestamp(run.started_at),
+        end_time=_timestamp(run.finished_at),
+        tail_before=_text(run.tail_before),
+        tail_after=_text(run.tail_after),
+        events_seen=run.events_seen,
+        outcome=run.outcome,
+        error=run.error or "",
+    )
+
+
+def _text(value: ULID | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _timestamp(value: datetime) -> runner_pb2.Timestamp:
+    seconds, micros = divmod(_micros(value), 1_000_000)
+    return runner_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
+
+
+def timestamp_to_datetime(value: runner_pb2.Timestamp) -> datetime:
+    """The instant a :class:`runner_pb2.Timestamp` names, in UTC (microsecond precision)."""
+    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
+
+
+def datetime_to_timestamp(value: datetime) -> runner_pb2.Timestamp:
+    """The wire form of an aware ``datetime``.
+
+    :raises InvalidArgument: ``value`` has no time zone.
+    """
+    if value.tzinfo is None:
+        raise InvalidArgument("timestamp", f"{value.isoformat()} has no time zone")
+    return _timestamp(value)
+
+
+def _micros(value: datetime) -> int:
+    return (value - _EPOCH) // _MICROSECOND
+
+
+# -- requests -----------------------------------------------------------------
+
+
+def _task_key(request: _TaskRequest) -> tuple[str, UUID]:
+    if not request.activity:
+        raise InvalidArgument("activity", "must not be empty")
+    if not request.aggregate_id:
+        raise InvalidArgument("aggregate_id", "must not be empty")
+    return request.activity, parse_uuid(request.aggregate_id, field="aggregate_id")
+
+
+def _not_found(activity: str, aggregate_id: UUID) -> TaskNotFound:
+    return TaskNotFound(
+        f"task {activity}/{aggregate_id}: neither this runner nor its tail store knows it"
+        f" (activity {activity!r}, aggregate {aggregate_id})"
+    )
+
+
+def _page_size(requested: int, default: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size", f"must not be negative, got {requested}")
+    return min(requested or default, MAX_PAGE_SIZE)
+
+
+def _parse_list(request: runner_pb2.ListTasksRequest) -> _TaskQuery:
+    states: set[TaskState] = set()
+    for index, value in enumerate(request.states):
+        name = runner_pb2.Task.State.Name(value) if value in runner_pb2.Task.State.values() else ""
+        if name not in TaskState.__members__:
+            allowed = ", ".join(s.value for s in TaskState)
+            raise InvalidArgument(f"states[{index}]", f"{value} is not a state: expected {allowed}")
+        states.add(TaskState[name])
+    query = _TaskQuery(
+        activity=request.activity or None,
+        aggregate_type=request.aggregate_type or None,
+        states=frozenset(states),
+        updated_after=_optional_time(request, "updated_after"),
+        updated_before=_optional_time(request, "updated_before"),
+        page_size=_page_size(request.page_size, DEFAULT_PAGE_SIZE),
+    )
+    return replace(query, cursor=_decode_token(request.page_token, query.fingerprint()))
+
+
+def _optional_time(request: runner_pb2.ListTasksRequest, name: str) -> datetime | None:
+    if name == "updated_after":
+        given, value = request.HasField("updated_after"), request.updated_after
+    else:
+        given, value = request.HasField("updated_before"), request.updated_before
+    return timestamp_to_datetime(value) if given else None
+
+
+def _encode_token(query: _TaskQuery, cursor: _Cursor) -> str:
+    body: dict[str, object] = {"v": _PAGE_TOKEN_VERSION, "f": query.fingerprint()}
+    if cursor.in_store:
+        body["s"] = (
+            None
+            if cursor.store_after is None
+            else [
+                _micros(cursor.store_after[0]),
+                cursor.store_after[1],
+                cursor.store_after[2].hex,
+            ]
+        )
+    elif cursor.live_after is not None:
+        body["l"] = [cursor.live_after[0], cursor.live_after[1].hex()]
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _decode_token(token: str, fingerprint: str) -> _Cursor:
+    if not token:
+        return _Cursor()
+    bad = InvalidArgument("page_token", "not a page token of this runner's ListTasks")
+    try:
+        body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        raise bad from exc
+    if not isinstance(body, dict) or body.get("v") != _PAGE_TOKEN_VERSION:
+        raise bad
+    if body.get("f") != fingerprint:
+        raise InvalidArgument(
+            "page_token", "made for another filter: repeat the filter of the first page"
+        )
+    try:
+        if body.get("s") is not None:
+            micros, activity, hex_id = body["s"]
+            after = (_EPOCH + timedelta(microseconds=int(micros)), str(activity), UUID(hex_id))
+            return _Cursor(in_store=True, store_after=after)
+        if "s" in body:
+            return _Cursor(in_store=True)
+        if "l" in body:
+            activity, hex_id = body["l"]
+            return _Cursor(live_after=(str(activity), bytes.fromhex(hex_id)))
+    except (ValueError, TypeError) as exc:
+        raise bad from exc
+    return _Cursor()
+
+
+def _live_key(task: Task) -> tuple[str, bytes]:
+    return (task.activity.name, task.aggregate.id.bytes)
+
+
+def _stored_state(record: TailRecord) -> TaskState | None:
+    try:
+        return TaskState(record.state)
+    except ValueError:
+        return None
+
+
+def _fields(task: Task) -> dict[str, object]:
+    return {
+        "activity": task.activity.name,
+        "aggregate_type": task.aggregate.type,
+        "aggregate_id": str(task.aggregate.id),
+        "tail": None if task.tail is None else str(task.tail),
+    }
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
+    """End the call with the status that ``exc`` maps to (``context.abort`` raises)."""
+    if isinstance(exc, InvalidArgument):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    elif isinstance(exc, TaskNotFound):
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    elif isinstance(exc, TaskNotControllable):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    elif isinstance(exc, (StoreError, JournalUnavailable)):
+        log.error("call failed", rpc=rpc, error=str(exc))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+    log.error("call failed", rpc=rpc, error=str(exc))
+    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+    raise AssertionError("context.abort returned")  # pragma: no cover
