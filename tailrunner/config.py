@@ -125,6 +125,10 @@ class TailsConfig:
     """
 
     store: str = "memory:"
+    #: PostgreSQL only: the schema that holds the tables.
+    postgres_schema: str = "tailrunner"
+    #: How many run records the store keeps per task.
+    run_retention: int = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,7 +281,7 @@ _KEYS: Mapping[str, tuple[str, ...]] = {
     "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval"),
     "retry": ("initial", "multiplier", "max_delay", "jitter", "max_attempts"),
     "activities": ("enabled", "limits", "retry"),
-    "tails": ("store",),
+    "tails": ("store", "postgres_schema", "run_retention"),
     "log": ("format", "level"),
     "plugins": ("strict",),
 }
@@ -286,10 +290,12 @@ _TEXT_KEYS = {
     ("journal", "address"),
     ("engine", "kind"),
     ("tails", "store"),
+    ("tails", "postgres_schema"),
     ("log", "format"),
     ("log", "level"),
 }
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _STORE_ALLOWED = "memory:, sqlite:///PATH (relative to the config file's folder) or postgresql://…"
 
@@ -529,7 +535,15 @@ class _Parser:
     def tails(self, table: Mapping[str, Any]) -> TailsConfig:
         self.known(table, ("tails",))
         d = TailsConfig()
-        return TailsConfig(store=self.get(table, ("tails", "store"), self.store, d.store))
+        return TailsConfig(
+            store=self.get(table, ("tails", "store"), self.store, d.store),
+            postgres_schema=self.get(
+                table, ("tails", "postgres_schema"), self.identifier, d.postgres_schema
+            ),
+            run_retention=self.get(
+                table, ("tails", "run_retention"), self.integer(minimum=1), d.run_retention
+            ),
+        )
 
     def log(self, table: Mapping[str, Any]) -> LogConfig:
         self.known(table, ("log",))
@@ -627,6 +641,12 @@ class _Parser:
             return _Bad("expected a number")
 
         return convert
+
+    @staticmethod
+    def identifier(value: Any) -> str | _Bad:
+        if isinstance(value, str) and _IDENTIFIER.match(value):
+            return value
+        return _Bad("expected a SQL identifier: a letter or _, then letters, digits or _")
 
     @staticmethod
     def boolean(value: Any) -> bool | _Bad:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
+
+from tailrunner.tails.postgres import redact
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +29,36 @@ async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
     anyio test runner open for the session gives every test the same loop.
     """
     yield
+
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL (env ``TAILRUNNER_TEST_POSTGRES``), checked to answer.
+
+    The one place where the PostgreSQL tests may stop: unreachable is a
+    failure under ``CI=true`` (those tests must run there) and a skip with
+    the reason elsewhere. Never a silent skip.
+    """
+    url = os.environ.get("TAILRUNNER_TEST_POSTGRES", DEFAULT_POSTGRES)
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        message = f"PostgreSQL at {redact(url)} is unreachable: {reason}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: the PostgreSQL tests must run)")
+        pytest.skip(f"{message} (set TAILRUNNER_TEST_POSTGRES to test against another server)")
+    return url
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A schema name no other test uses; the schema is dropped after the test."""
+    schema = f"tailrunner_test_{uuid.uuid4().hex[:12]}"
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

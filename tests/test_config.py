@@ -552,3 +552,13 @@ def test_sections_can_be_built_directly_for_tests() -> None:
 
     assert config.activities.enabled == ("counter",)
     assert config.origin("activities.enabled") == "the defaults"
+
+
+def test_tails_postgres_schema_and_retention(tmp_path: Path) -> None:
+    path = tmp_path / "t.toml"
+    path.write_text('[tails]\npostgres_schema = "runner_a"\nrun_retention = 10\n')
+    config = load_config(path, environ={})
+    assert (config.tails.postgres_schema, config.tails.run_retention) == ("runner_a", 10)
+    env = {"TAILRUNNER_TAILS__POSTGRES_SCHEMA": "bad-name;drop"}
+    with pytest.raises(ConfigError, match=r"tails.postgres_schema.*SQL identifier"):
+        load_config(path, environ=env)

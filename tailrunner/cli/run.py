@@ -10,7 +10,6 @@ import click
 import structlog
 
 from tailrunner.config import Config, load_config
-from tailrunner.engines.factory import EngineOptions
 from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerError
 from tailrunner.journal.client import JournalClient
 from tailrunner.runner import Runner
@@ -58,34 +57,26 @@ def run(config_path: Path | None) -> None:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
-def engine_options(config: Config) -> EngineOptions:
-    """The engine's options from the config's ``[engine]``, ``[retry]`` and ``[activities]``."""
-    return EngineOptions(
-        kind=config.engine.kind,
-        capacity=config.engine.capacity,
-        retry=config.retry,
-        retry_overrides=config.activities.retry,
-        activity_limits=config.activities.limits,
-        backstop=config.engine.backstop,
-        interval=config.engine.interval,
-        cron=config.engine.cron,
-    )
-
-
 async def _run(config: Config) -> None:
     from tailrunner.plugins import load_plugins
 
     plugins = load_plugins(strict=config.plugins.strict)
-    activities = plugins.select(config.activities.enabled)
-    base_dir = config.path.parent if config.path is not None else Path.cwd()
-    tails = await open_tail_store(config.tails.store, base_dir=base_dir)
+    activities = plugins.select(
+        config.activities.enabled, origin=config.origin("activities.enabled")
+    )
+    config.check_activity_names(plugins.activities)
+    tails = await open_tail_store(
+        config.tails.store,
+        run_retention=config.tails.run_retention,
+        postgres_schema=config.tails.postgres_schema,
+    )
     try:
         async with JournalClient.connect(config.journal.address) as journal:
             runner = Runner(
                 journal=journal,
                 tails=tails,
                 activities=activities,
-                options=engine_options(config),
+                options=config.engine_options(),
                 discovery_interval=config.engine.discovery_interval,
             )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
