@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 import signal
 import sys
@@ -165,7 +164,7 @@ def serve(listen: str, store_url: str, max_event_size: int) -> None:
       tailrunner journal serve --listen 127.0.0.1:0 --store memory:
       grpcurl -plaintext 127.0.0.1:7740 list
     """
-    _configure_logging(logging.INFO)
+    _configure_logging("info")
     with _cli_errors(listen):
         anyio.run(_serve, listen, store_url, max_event_size)
 
@@ -223,7 +222,7 @@ def append(
       tailrunner append --type order --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
           --event-type paid --data @payment.json --expect-tail 01J9Z3K4Q2V8X7W6T5R4P3N2M1
     """
-    _configure_logging(logging.WARNING)
+    _configure_logging("warning")
     payload = _read_data(data)
     ref = AggregateRef(type=aggregate_type, id=aggregate_id)
 
@@ -259,7 +258,7 @@ def events(
       tailrunner events --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 --json --watch
       tailrunner events --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 --after 01J9Z3K4Q2V8X7W6T5R4P3N2M1
     """
-    _configure_logging(logging.WARNING)
+    _configure_logging("warning")
     render = _event_json if as_json else _event_text
 
     async def run(client: JournalClient) -> None:
@@ -290,7 +289,7 @@ def aggregates(address: str, aggregate_type: str | None, as_json: bool) -> None:
       tailrunner aggregates
       tailrunner aggregates --type order --json
     """
-    _configure_logging(logging.WARNING)
+    _configure_logging("warning")
 
     async def run(client: JournalClient) -> None:
         async for info in client.aggregates(aggregate_type):
@@ -393,24 +392,8 @@ def _aggregate_json(info: AggregateInfo) -> str:
     )
 
 
-def _configure_logging(level: int) -> None:
+def _configure_logging(level: str) -> None:
     """Logs go to stderr (stdout is the commands' output): console on a terminal, JSON otherwise."""
-    renderer: structlog.typing.Processor
-    if sys.stderr.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.dict_tracebacks
-            if not sys.stderr.isatty()
-            else structlog.processors.StackInfoRenderer(),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
+    from tailrunner.logs import configure_logging
+
+    configure_logging("auto", level)
