@@ -124,7 +124,7 @@ class TailsConfig:
         :func:`tailrunner.tails.open.open_tail_store` takes.
     """
 
-    store: str = "memory:"
+    store: str = "sqlite:///tails.db"
     #: PostgreSQL only: the schema that holds the tables.
     postgres_schema: str = "tailrunner"
     #: How many run records the store keeps per task.
@@ -535,8 +535,10 @@ class _Parser:
     def tails(self, table: Mapping[str, Any]) -> TailsConfig:
         self.known(table, ("tails",))
         d = TailsConfig()
+        # The default file sits beside the config (or in the working directory).
+        default_store = f"sqlite:///{self.base_dir / 'tails.db'}"
         return TailsConfig(
-            store=self.get(table, ("tails", "store"), self.store, d.store),
+            store=self.get(table, ("tails", "store"), self.store, default_store),
             postgres_schema=self.get(
                 table, ("tails", "postgres_schema"), self.identifier, d.postgres_schema
             ),

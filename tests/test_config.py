@@ -11,6 +11,7 @@ from tailrunner.config import (
     ActivitiesConfig,
     Config,
     EngineConfig,
+    TailsConfig,
     load_config,
     parse_duration,
 )
@@ -80,13 +81,13 @@ def test_cron_example_reads_its_interval_as_a_cron_expression() -> None:
 def test_no_file_and_no_environment_gives_the_defaults() -> None:
     config = load_config(None, {})
 
-    assert config == Config()
+    assert config == Config(tails=TailsConfig(store=f"sqlite:///{Path.cwd() / 'tails.db'}"))
     assert config.engine == EngineConfig(kind="lazy", capacity=100, backstop=300.0)
     assert config.retry == RetryPolicy(
         initial=1.0, multiplier=2.0, max_delay=300.0, jitter=0.2, max_attempts=None
     )
     assert config.activities.enabled == ("*",)
-    assert config.tails.store == "memory:"
+    assert config.tails.store == f"sqlite:///{Path.cwd() / 'tails.db'}", "beside no file: here"
     assert (config.log.format, config.log.level) == ("auto", "info")
     assert config.plugins.strict is False
     assert config.journal.address == "127.0.0.1:7740"
@@ -198,7 +199,7 @@ def test_environment_may_set_a_whole_table() -> None:
 def test_other_tailrunner_variables_are_ignored() -> None:
     config = load_config(None, {"TAILRUNNER_CONFIG": "x.toml", "PATH": "/bin", "HOME": "/root"})
 
-    assert config == Config()
+    assert config == Config(tails=TailsConfig(store=f"sqlite:///{Path.cwd() / 'tails.db'}"))
 
 
 @pytest.mark.parametrize(
