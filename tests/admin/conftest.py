@@ -16,6 +16,7 @@ from tailrunner import EOF, Activity, ActivityContext, Done, EventStream, activi
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.admin.server import AdminServer
 from tailrunner.engines.factory import EngineOptions
+from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.model import AggregateRef, NewEvent
@@ -158,6 +159,10 @@ async def serve_runner(
         await tg.start(runner.run)
         with anyio.fail_after(5):
             await runner.discovered.wait()
+            if isinstance(runner.engine, LazyEngine):
+                # Its first signal batch (a resync) wakes every task once: let
+                # that happen before a test waits for the tasks to settle.
+                await runner.engine.connected.wait()
         yield Served(
             journal=journal,
             runner=runner,
