@@ -29,7 +29,7 @@ from ulid import ULID
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import OutcomeKind, RunResult, run_once
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import FINAL_STATES, Task, TaskState
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
@@ -330,7 +330,9 @@ class Scheduler:
         state, due = self._decide(task, result)
         # The tail is stored before the outcome is acted on, so a restart
         # resumes from it: an event may be seen twice, never skipped.
-        if not await self._store(task, result, attempt, state=state):
+        if not await self._store(task, result, attempt, state=state) and state not in FINAL_STATES:
+            # Not durable, so not acted on: run again after a backoff. (A final
+            # state is kept in memory; only a restart could repeat its run.)
             state = TaskState.RETRY
             due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
         self._set_state(task, state, due)
