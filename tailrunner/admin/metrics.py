@@ -1,0 +1,279 @@
+"""Prometheus metrics of one runner, and a small ``/metrics`` HTTP server on the event loop.
+
+Every :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry`
+(not the process-wide default), so that several runners, or tests, can live
+in one process. Counters and the run duration histogram are fed by a
+:data:`~tailrunner.engines.scheduler.RunObserver` after every run; the
+gauges are read from the engine when scraped.
+
+:func:`serve_metrics` answers scrapes on the event loop rather than in
+prometheus_client's exporter thread: a scrape first refreshes the gauges,
+which reads the engine's task table (not safe from another thread) and asks
+the journal for heads (async).
+
+==============================================  ======================================
+metric                                          meaning
+==============================================  ======================================
+``tailrunner_events_processed_total{activity}``  events the activity's runs read
+``tailrunner_runs_total{activity,outcome}``      runs by outcome (``eof``, ``error`` …)
+``tailrunner_retries_total{activity}``           runs after which a retry was scheduled
+``tailrunner_run_duration_seconds{activity}``    how long runs took (histogram)
+``tailrunner_suspended_tasks{activity}``         tasks waiting for an operator
+``tailrunner_tasks{activity,state}``             tasks by state
+``tailrunner_open_streams``                      runs (journal streams) open now
+``tailrunner_lag_events{activity}``              events after the tails, summed (not
+                                                 counting ``COMPLETE`` tasks)
+==============================================  ======================================
+
+Runs ended by an operator's stop are not observed by the engine's observers,
+so they are not counted in ``runs_total``.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import anyio
+import structlog
+from anyio.abc import SocketAttribute, SocketStream, TaskStatus
+from anyio.streams.buffered import BufferedByteReceiveStream
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+
+from tailrunner.admin.lag import LagTracker, TaskTail
+from tailrunner.admin.server import split_listen
+from tailrunner.engines.execute import OutcomeKind, RunResult
+from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.task import Task, TaskState
+from tailrunner.errors import InvalidArgument, TailrunnerError
+from tailrunner.journal.api import JournalApi
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE = "tailrunner"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9740"
+#: Runs last from milliseconds (lazy, cron) to hours (an eager watch stream).
+RUN_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    1800.0, 3600.0, float("inf"),
+)  # fmt: skip
+_MAX_REQUEST_HEAD = 8192
+_REQUEST_TIMEOUT = 10.0
+
+
+class Metrics:
+    """The metrics of one engine; making it starts observing the engine's runs.
+
+    :param engine: the runner's engine (``runner.engine``).
+    :param journal: where the lag gauge reads heads and counts events.
+    :param registry: where the metrics are registered; a new one by default.
+    :param lag_interval: seconds during which a computed lag is reused: a
+        scrape more often than this does not ask the journal again.
+    :param lag_timeout: seconds a scrape waits for the lag; after that it
+        serves the previous values (and logs why).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Scheduler,
+        journal: JournalApi,
+        registry: CollectorRegistry | None = None,
+        lag_interval: float = 10.0,
+        lag_timeout: float = 10.0,
+    ) -> None:
+        self._engine = engine
+        self._tracker = LagTracker(journal)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._lag_interval = lag_interval
+        self._lag_timeout = lag_timeout
+        self._lag_due = float("-inf")
+        self._lock = anyio.Lock()
+        r = self.registry
+        self.events_processed = Counter(
+            "events_processed", "Events read by the activity's runs.", ["activity"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.runs = Counter(
+            "runs", "Runs, by how they ended.", ["activity", "outcome"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.retries = Counter(
+            "retries", "Runs after which a retry was scheduled.", ["activity"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.run_duration = Histogram(
+            "run_duration_seconds", "How long runs took.", ["activity"],
+            namespace=NAMESPACE, registry=r, buckets=RUN_DURATION_BUCKETS,
+        )  # fmt: skip
+        self.suspended_tasks = Gauge(
+            "suspended_tasks", "Tasks waiting for an operator to resume them.", ["activity"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        self.tasks = Gauge(
+            "tasks", "Tasks, by state.", ["activity", "state"], namespace=NAMESPACE, registry=r
+        )
+        self.open_streams = Gauge(
+            "open_streams", "Runs (journal streams) open now.", namespace=NAMESPACE, registry=r
+        )
+        self.lag_events = Gauge(
+            "lag_events", "Events after the tasks' tails (head minus tail), summed.", ["activity"],
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        # An int read is safe from any thread, so this one is always current.
+        self.open_streams.set_function(lambda: engine.running)
+        # Every series exists from the start (at 0), so rates and alerts see them.
+        for name in engine.activities:
+            self.events_processed.labels(name)
+            self.retries.labels(name)
+            self.run_duration.labels(name)
+            self.suspended_tasks.labels(name)
+            self.lag_events.labels(name)
+            for kind in OutcomeKind:
+                self.runs.labels(name, kind.value)
+            for state in TaskState:
+                self.tasks.labels(name, state.value)
+        engine.add_observer(self._observe)
+
+    def _observe(self, task: Task, result: RunResult) -> None:
+        name = task.activity.name
+        self.runs.labels(name, result.kind.value).inc()
+        if result.events_seen:
+            self.events_processed.labels(name).inc(result.events_seen)
+        if task.state is TaskState.RETRY:
+            self.retries.labels(name).inc()
+        duration = (result.finished_at - result.started_at).total_seconds()
+        self.run_duration.labels(name).observe(max(0.0, duration))
+
+    async def refresh(self, *, force_lag: bool = False) -> None:
+        """Bring the gauges up to date; the lag only when ``lag_interval`` has passed.
+
+        Call it on the event loop that runs the engine. A journal that fails
+        or is slow leaves the previous lag in place (logged).
+
+        :param force_lag: recompute the lag now, whatever the interval says.
+        """
+        async with self._lock:
+            self._count_states()
+            now = anyio.current_time()
+            if not force_lag and now < self._lag_due:
+                return
+            snapshot: list[TaskTail] = [
+                (t.activity.name, t.aggregate, t.tail)
+                for t in self._engine.tasks()
+                # A complete task never runs again: the events after it are no backlog.
+                if t.state is not TaskState.COMPLETE
+            ]
+            lags: dict[str, int] | None = None
+            with anyio.move_on_after(self._lag_timeout):
+                try:
+                    lags = await self._tracker.lag_by_activity(snapshot, self._engine.activities)
+                except TailrunnerError as exc:
+                    log.warning("lag not measured", error=str(exc))
+                    return
+            if lags is None:
+                log.warning("lag not measured", error=f"timed out after {self._lag_timeout}s")
+                return
+            for name, lag in lags.items():
+                self.lag_events.labels(name).set(lag)
+            self._lag_due = anyio.current_time() + self._lag_interval
+
+    def _count_states(self) -> None:
+        counts = {(name, state): 0 for name in self._engine.activities for state in TaskState}
+        for task in self._engine.tasks():
+            key = (task.activity.name, task.state)
+            counts[key] = counts.get(key, 0) + 1
+        for (name, state), count in counts.items():
+            self.tasks.labels(name, state.value).set(count)
+            if state is TaskState.SUSPENDED:
+                self.suspended_tasks.labels(name).set(count)
+
+    async def render(self, accept: str = "") -> tuple[bytes, str]:
+        """Refresh, then the exposition in the format ``accept`` asks for, and its content type."""
+        await self.refresh()
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+async def serve_metrics(
+    metrics: Metrics,
+    listen: str = DEFAULT_METRICS_LISTEN,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``GET /metrics`` over HTTP on ``listen`` until cancelled.
+
+    ::
+
+        port = await tg.start(serve_metrics, metrics, "127.0.0.1:0")
+
+    :param listen: ``HOST:PORT``; port 0 picks a free port.
+    :returns: through ``task_status``, the bound port.
+    :raises InvalidArgument: naming ``listen`` when it is not ``HOST:PORT`` or
+        cannot be bound.
+    """
+    host, port = split_listen(listen, field="listen")
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:
+        raise InvalidArgument("listen", f"cannot listen on {listen}: {exc.strerror}") from exc
+    async with listener:
+        bound = int(listener.extra(SocketAttribute.local_port))
+        log.info("listening", service="metrics", address=f"{host}:{bound}")
+        task_status.started(bound)
+
+        async def handle(stream: SocketStream) -> None:
+            async with stream:
+                try:
+                    with anyio.fail_after(_REQUEST_TIMEOUT):
+                        await _answer(metrics, stream)
+                except (TimeoutError, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                    pass  # the scraper went away, or sent nothing useful in time
+                except Exception as exc:
+                    # A failed scrape must not take the runner down with it.
+                    log.error("scrape failed", error=f"{type(exc).__name__}: {exc}")
+
+        await listener.serve(handle)
+
+
+async def _answer(metrics: Metrics, stream: SocketStream) -> None:
+    reader = BufferedByteReceiveStream(stream)
+    try:
+        head = await reader.receive_until(b"\r\n\r\n", _MAX_REQUEST_HEAD)
+    except anyio.DelimiterNotFound:
+        await _respond(stream, 431, "text/plain", b"request head too large\n")
+        return
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    method, _, rest = request_line.partition(" ")
+    target = rest.partition(" ")[0]
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if method not in ("GET", "HEAD"):
+        await _respond(stream, 405, "text/plain", b"only GET\n", extra="Allow: GET, HEAD\r\n")
+        return
+    if urllib.parse.urlsplit(target).path not in ("/metrics", "/"):
+        await _respond(stream, 404, "text/plain", b"see /metrics\n")
+        return
+    body, content_type = await metrics.render(headers.get("accept", ""))
+    await _respond(stream, 200, content_type, body, head_only=method == "HEAD")
+
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Too Large"}
+
+
+async def _respond(
+    stream: SocketStream,
+    status: int,
+    content_type: str,
+    body: bytes,
+    *,
+    extra: str = "",
+    head_only: bool = False,
+) -> None:
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+    )
+    await stream.send(head.encode("latin-1") + (b"" if head_only else body))
