@@ -1,0 +1,324 @@
+"""``AdminClient``: a runner's ``tailrunner.v1.Runner`` service, for the CLI.
+
+It is synchronous (a plain gRPC channel, no event loop): the CLI makes a
+call or two and exits. gRPC errors are mapped to :mod:`tailrunner.admin.errors`
+here, once:
+
+=====================  =============================================
+status                 raised
+=====================  =============================================
+``INVALID_ARGUMENT``   :class:`~tailrunner.errors.InvalidArgument` (its field)
+``NOT_FOUND``          :class:`TaskNotFound`
+``FAILED_PRECONDITION``  :class:`TaskNotControllable`
+``UNAUTHENTICATED``    :class:`NotAuthenticated`
+``UNAVAILABLE`` …      :class:`AdminUnavailable`
+anything else          :class:`AdminError`
+=====================  =============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID
+
+import grpc
+from ulid import ULID
+
+from tailrunner.admin.errors import (
+    AdminError,
+    AdminUnavailable,
+    NotAuthenticated,
+    TaskNotControllable,
+    TaskNotFound,
+)
+from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
+from tailrunner.engines.task import TaskState
+from tailrunner.errors import InvalidArgument
+from tailrunner.model import AggregateRef
+from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
+from tailrunner.tails.store import RunRecord
+
+#: The environment variable the CLI reads the admin token from, unless told another.
+DEFAULT_TOKEN_ENV = "TAILRUNNER_ADMIN_TOKEN"
+_UNAVAILABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskInfo:
+    """One task as the runner reports it."""
+
+    activity: str
+    aggregate: AggregateRef
+    #: ``None`` when the stored state is not one this client knows.
+    state: TaskState | None
+    tail: ULID | None
+    #: The aggregate's newest event id (``None``: no events, or unknown).
+    head: ULID | None
+    #: Events after the tail; ``None`` when the runner could not tell in time.
+    lag: int | None
+    attempts: int
+    last_error: str | None
+    last_run_started: datetime | None
+    last_run_finished: datetime | None
+    last_run_outcome: str | None
+    #: When the task's record was last stored (``None``: never).
+    updated_at: datetime | None
+    #: The runner runs this task (``False``: only a stored record).
+    live: bool
+
+
+class AdminClient:
+    """A runner's admin service reached over gRPC.
+
+    ::
+
+        with AdminClient.connect("127.0.0.1:7741", token=token) as admin:
+            for task in admin.tasks(states=[TaskState.RETRY]):
+                print(task.activity, task.aggregate, task.lag)
+    """
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        address: str = "",
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        close_channel: bool = False,
+    ) -> None:
+        """Use a channel the caller made; :meth:`connect` makes one.
+
+        :param address: named in errors.
+        :param token: sent as ``authorization: Bearer <token>`` with every call.
+        :param timeout: seconds per call (``None``: no deadline).
+        :param close_channel: :meth:`close` closes ``channel`` too.
+        """
+        self._channel = channel
+        self._stub = runner_pb2_grpc.RunnerStub(channel)
+        self._address = address
+        self._metadata = () if not token else (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout
+        self._close_channel = close_channel
+
+    @classmethod
+    def connect(
+        cls, address: str, *, token: str | None = None, timeout: float | None = 30.0
+    ) -> AdminClient:
+        """A client of the runner whose admin address is ``address`` (``HOST:PORT``).
+
+        The connection is made by the first call, which raises
+        :class:`AdminUnavailable` when nothing answers.
+        """
+        channel = grpc.insecure_channel(address)
+        return cls(channel, address=address, token=token, timeout=timeout, close_channel=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (when this client made it)."""
+        if self._close_channel:
+            self._channel.close()
+
+    def list_tasks(
+        self,
+        *,
+        activity: str | None = None,
+        aggregate_type: str | None = None,
+        states: Collection[TaskState] = (),
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[TaskInfo], str]:
+        """One page of tasks and the next page's token ("" on the last).
+
+        PENDING and RUNNING tasks first, then the most recently updated.
+        A page may be short, even empty, and still have a token.
+
+        :raises InvalidArgument: a bad filter, ``page_size`` or ``page_token``.
+        """
+        request = runner_pb2.ListTasksRequest(
+            activity=activity or "",
+            aggregate_type=aggregate_type or "",
+            states=[runner_pb2.Task.State.Value(s.value) for s in states],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        if updated_after is not None:
+            request.updated_after.CopyFrom(datetime_to_timestamp(updated_after))
+        if updated_before is not None:
+            request.updated_before.CopyFrom(datetime_to_timestamp(updated_before))
+        response = self._call(self._stub.ListTasks, request)
+        return [_task_info(t) for t in response.tasks], response.next_page_token
+
+    def tasks(
+        self,
+        *,
+        activity: str | None = None,
+        aggregate_type: str | None = None,
+        states: Collection[TaskState] = (),
+        updated_after: datetime | None = None,
+        updated_before: datetime | None = None,
+        page_size: int = 0,
+    ) -> Iterator[TaskInfo]:
+        """Every task that matches, page after page (see :meth:`list_tasks`)."""
+        token = ""
+        while True:
+            page, token = self.list_tasks(
+                activity=activity,
+                aggregate_type=aggregate_type,
+                states=states,
+                updated_after=updated_after,
+                updated_before=updated_before,
+                page_size=page_size,
+                page_token=token,
+            )
+            yield from page
+            if not token:
+                return
+
+    def get_task(self, activity: str, aggregate_id: UUID) -> TaskInfo:
+        """One task, with its head and lag.
+
+        :raises TaskNotFound: neither the runner nor its tail store knows it.
+        """
+        request = runner_pb2.GetTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
+        return _task_info(self._call(self._stub.GetTask, request))
+
+    def list_runs(self, activity: str, aggregate_id: UUID, *, limit: int = 0) -> list[RunRecord]:
+        """The task's recorded runs, newest first.
+
+        :param limit: at most this many (0: the runner's default, 20).
+        :raises TaskNotFound: neither the runner nor its tail store knows the task.
+        """
+        request = runner_pb2.ListRunsRequest(
+            activity=activity, aggregate_id=str(aggregate_id), page_size=limit
+        )
+        response = self._call(self._stub.ListRuns, request)
+        return [_run_record(run) for run in response.runs]
+
+    def suspend(self, activity: str, aggregate_id: UUID) -> TaskInfo:
+        """Set the task aside until resumed (cancelling its run); returns it as it is now.
+
+        :raises TaskNotFound: the runner does not run this task.
+        :raises TaskNotControllable: the task is complete.
+        """
+        request = runner_pb2.SuspendTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
+        return _task_info(self._call(self._stub.SuspendTask, request))
+
+    def resume(self, activity: str, aggregate_id: UUID) -> TaskInfo:
+        """Run a stopped or suspended task again, with a fresh attempt count.
+
+        :raises TaskNotFound: the runner does not run this task.
+        """
+        request = runner_pb2.ResumeTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
+        return _task_info(self._call(self._stub.ResumeTask, request))
+
+    def stop(self, activity: str, aggregate_id: UUID) -> TaskInfo:
+        """Stop the task (cancelling its run); it stays stopped across restarts.
+
+        :raises TaskNotFound: the runner does not run this task.
+        :raises TaskNotControllable: the task is complete.
+        """
+        request = runner_pb2.StopTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
+        return _task_info(self._call(self._stub.StopTask, request))
+
+    def restart(self, activity: str, aggregate_id: UUID, *, tail: ULID | None) -> TaskInfo:
+        """Run the task again from ``tail`` (``None``: from the first event).
+
+        :raises TaskNotFound: the runner does not run this task.
+        :raises InvalidArgument: ``tail`` is not an event of the aggregate
+            (field ``from_tail``).
+        """
+        request = runner_pb2.RestartTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
+        if tail is None:
+            request.from_start = True
+        else:
+            request.from_tail = str(tail)
+        return _task_info(self._call(self._stub.RestartTask, request))
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._map_error(exc) from exc
+
+    def _map_error(self, exc: grpc.RpcError) -> Exception:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or ""
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            field, sep, reason = details.partition(": ")
+            return InvalidArgument(field, reason) if sep else InvalidArgument("request", details)
+        if code == grpc.StatusCode.NOT_FOUND:
+            return TaskNotFound(details)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return TaskNotControllable(details)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return NotAuthenticated(details)
+        if code in _UNAVAILABLE:
+            where = f" at {self._address}" if self._address else ""
+            return AdminUnavailable(f"cannot reach the runner's admin service{where}: {details}")
+        return AdminError(f"{code.name}: {details}")
+
+
+def _task_info(message: runner_pb2.Task) -> TaskInfo:
+    state_name = runner_pb2.Task.State.Name(message.state)
+    return TaskInfo(
+        activity=message.activity,
+        aggregate=AggregateRef(type=message.aggregate_type, id=UUID(message.aggregate_id)),
+        state=TaskState[state_name] if state_name in TaskState.__members__ else None,
+        tail=_ulid(message.tail),
+        head=_ulid(message.head),
+        lag=message.lag if message.HasField("lag") else None,
+        attempts=message.attempts,
+        last_error=message.last_error or None,
+        last_run_started=timestamp_to_datetime(message.last_run_start_time)
+        if message.HasField("last_run_start_time")
+        else None,
+        last_run_finished=timestamp_to_datetime(message.last_run_end_time)
+        if message.HasField("last_run_end_time")
+        else None,
+        last_run_outcome=message.last_run_outcome or None,
+        updated_at=timestamp_to_datetime(message.update_time)
+        if message.HasField("update_time")
+        else None,
+        live=message.live,
+    )
+
+
+def _run_record(message: runner_pb2.Run) -> RunRecord:
+    return RunRecord(
+        activity=message.activity,
+        aggregate=AggregateRef(type=message.aggregate_type, id=UUID(message.aggregate_id)),
+        attempt=message.attempt,
+        started_at=timestamp_to_datetime(message.start_time),
+        finished_at=timestamp_to_datetime(message.end_time),
+        tail_before=_ulid(message.tail_before),
+        tail_after=_ulid(message.tail_after),
+        events_seen=message.events_seen,
+        outcome=message.outcome,
+        error=message.error or None,
+    )
+
+
+def _ulid(text: str) -> ULID | None:
+    return ULID.from_str(text) if text else None

@@ -1,0 +1,495 @@
+"""A running runner from the command line: ``status``, ``task …`` and ``runs``.
+
+They talk to the runner's admin address (``--admin``, ``$TAILRUNNER_ADMIN``).
+The admin token is read from an environment variable (``--token-env``,
+``$TAILRUNNER_ADMIN_TOKEN`` by default), never from the command line, where
+other users could read it in the process list. :data:`COMMANDS` is what
+:mod:`tailrunner.cli.main` registers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from ulid import ULID
+
+from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
+from tailrunner.admin.errors import (
+    AdminError,
+    AdminUnavailable,
+    NotAuthenticated,
+    TaskNotControllable,
+    TaskNotFound,
+)
+from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
+from tailrunner.engines.task import TaskState
+from tailrunner.errors import InvalidArgument
+from tailrunner.ids import parse_ulid, parse_uuid
+from tailrunner.tails.store import RunRecord
+
+T = TypeVar("T")
+
+#: The service's field names as the options and arguments of these commands.
+_OPTION_FOR_FIELD = {
+    "aggregate_id": "AGGREGATE_ID",
+    "activity": "ACTIVITY",
+    "from_tail": "--from-tail",
+}
+_STATE_STYLES = {
+    TaskState.RUNNING: "green",
+    TaskState.PENDING: "cyan",
+    TaskState.SLEEPING: "dim",
+    TaskState.RETRY: "yellow",
+    TaskState.SUSPENDED: "bold red",
+    TaskState.STOPPED: "magenta",
+    TaskState.COMPLETE: "blue",
+}
+_ERROR_WIDTH = 60
+
+
+class _UUIDParam(click.ParamType[UUID]):
+    name = "UUID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
+        if isinstance(value, UUID):
+            return value
+        try:
+            return parse_uuid(str(value), field="aggregate_id")
+        except InvalidArgument as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+class _ULIDParam(click.ParamType[ULID]):
+    name = "ULID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ULID:
+        if isinstance(value, ULID):
+            return value
+        try:
+            return parse_ulid(str(value), field="tail")
+        except InvalidArgument as exc:
+            self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
+
+
+_admin_option = click.option(
+    "--admin",
+    "address",
+    metavar="HOST:PORT",
+    default=DEFAULT_ADMIN_LISTEN,
+    show_default=True,
+    envvar="TAILRUNNER_ADMIN",
+    help="The runner's admin address (also $TAILRUNNER_ADMIN).",
+)
+_token_option = click.option(
+    "--token-env",
+    metavar="VAR",
+    default=DEFAULT_TOKEN_ENV,
+    show_default=True,
+    help="The environment variable that holds the admin token, if the runner wants one.",
+)
+_json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line instead of text."
+)
+_task_arguments = [
+    click.argument("activity"),
+    click.argument("aggregate_id", metavar="AGGREGATE_ID", type=_UUIDParam()),
+]
+
+
+def _with_task_arguments(func: Callable[..., None]) -> Callable[..., None]:
+    for decorate in reversed(_task_arguments):
+        func = decorate(func)
+    return func
+
+
+@click.command("status")
+@_admin_option
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in TaskState], case_sensitive=False),
+    help="Only tasks in this state (repeat for several).",
+)
+@click.option("--activity", default=None, help="Only this activity's tasks.")
+@click.option("--type", "aggregate_type", default=None, metavar="TYPE", help="Only this type.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many tasks.",
+)
+@_json_option
+@_token_option
+def status(
+    *,
+    address: str,
+    states: tuple[str, ...],
+    activity: str | None,
+    aggregate_type: str | None,
+    limit: int,
+    as_json: bool,
+    token_env: str,
+) -> None:
+    """Show the runner's tasks: state, tail, lag (events behind), attempts, last run.
+
+    Running and pending tasks come first, then the most recently updated.
+
+    \b
+    Examples:
+      tailrunner status
+      tailrunner status --state RETRY --state SUSPENDED
+      tailrunner status --activity counter --json
+      TAILRUNNER_ADMIN_TOKEN=… tailrunner status --admin 10.0.0.5:7741
+    """
+    wanted = [TaskState(s.upper()) for s in states]
+
+    def run(client: AdminClient) -> tuple[list[TaskInfo], bool]:
+        shown: list[TaskInfo] = []
+        tasks = client.tasks(
+            activity=activity,
+            aggregate_type=aggregate_type,
+            states=wanted,
+            page_size=min(limit, 1000),
+        )
+        for task in tasks:
+            if len(shown) == limit:
+                return shown, True
+            shown.append(task)
+        return shown, False
+
+    shown, more = _with_client(address, token_env, run)
+    if as_json:
+        for task in shown:
+            click.echo(_json_line(_task_json(task)))
+    else:
+        _print_status(shown)
+    if more:
+        click.echo(f"(showing the first {limit} tasks: raise --limit to see more)", err=True)
+
+
+@click.group("task")
+def task() -> None:
+    """Inspect and control one task: one activity following one aggregate."""
+
+
+@task.command("show")
+@_with_task_arguments
+@_admin_option
+@_json_option
+@_token_option
+def show(activity: str, aggregate_id: UUID, address: str, as_json: bool, token_env: str) -> None:
+    """Show one task, with its journal head and lag.
+
+    \b
+    Example:
+      tailrunner task show counter 7c9e6679-7425-40de-944b-e07fc1f90ae7
+    """
+    info = _with_client(address, token_env, lambda c: c.get_task(activity, aggregate_id))
+    _print_task(info, as_json)
+
+
+def _control_command(
+    name: str, summary: str, call: Callable[[AdminClient, str, UUID], TaskInfo]
+) -> click.Command:
+    def command(
+        activity: str, aggregate_id: UUID, address: str, as_json: bool, token_env: str
+    ) -> None:
+        info = _with_client(address, token_env, lambda c: call(c, activity, aggregate_id))
+        _print_task(info, as_json)
+
+    command.__doc__ = summary
+    decorated = _token_option(_json_option(_admin_option(_with_task_arguments(command))))
+    return task.command(name)(decorated)
+
+
+_control_command(
+    "suspend",
+    "Set a task aside until it is resumed; a running task is cancelled, keeping its tail.",
+    lambda c, a, i: c.suspend(a, i),
+)
+_control_command(
+    "resume",
+    "Run a stopped or suspended task again with a fresh attempt count (clears a poison"
+    " suspension).",
+    lambda c, a, i: c.resume(a, i),
+)
+_control_command(
+    "stop",
+    "Stop a task (cancelling its run); it stays stopped across restarts until resumed.",
+    lambda c, a, i: c.stop(a, i),
+)
+
+
+@task.command("restart")
+@_with_task_arguments
+@click.option(
+    "--from-tail",
+    type=_ULIDParam(),
+    default=None,
+    help="Replay the events after this event of the aggregate.",
+)
+@click.option("--from-start", is_flag=True, help="Replay every event, from the first.")
+@_admin_option
+@_json_option
+@_token_option
+def restart(
+    *,
+    activity: str,
+    aggregate_id: UUID,
+    from_tail: ULID | None,
+    from_start: bool,
+    address: str,
+    as_json: bool,
+    token_env: str,
+) -> None:
+    """Run a task again from a tail, or from the start, whatever its state (complete too).
+
+    \b
+    Examples:
+      tailrunner task restart counter 7c9e6679-7425-40de-944b-e07fc1f90ae7 --from-start
+      tailrunner task restart counter 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
+          --from-tail 01J9Z3K4Q2V8X7W6T5R4P3N2M1
+    """
+    if (from_tail is None) == (not from_start):
+        raise click.UsageError("give exactly one of --from-tail ULID and --from-start")
+    info = _with_client(
+        address, token_env, lambda c: c.restart(activity, aggregate_id, tail=from_tail)
+    )
+    _print_task(info, as_json)
+
+
+@click.command("runs")
+@_with_task_arguments
+@_admin_option
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1, max=1000),
+    default=20,
+    show_default=True,
+    help="Show at most this many runs.",
+)
+@_json_option
+@_token_option
+def runs(
+    *, activity: str, aggregate_id: UUID, address: str, limit: int, as_json: bool, token_env: str
+) -> None:
+    """Show a task's recorded runs, newest first: try, start, duration, outcome, tails, error.
+
+    \b
+    Example:
+      tailrunner runs counter 7c9e6679-7425-40de-944b-e07fc1f90ae7 --limit 5
+    """
+    records = _with_client(
+        address, token_env, lambda c: c.list_runs(activity, aggregate_id, limit=limit)
+    )
+    if as_json:
+        for record in records:
+            click.echo(_json_line(_run_json(record)))
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("TRY", "STARTED", "TOOK", "OUTCOME", "EVENTS", "TAIL BEFORE", "TAIL AFTER"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("ERROR", overflow="fold")
+    now = datetime.now(UTC)
+    for record in records:
+        took = (record.finished_at - record.started_at).total_seconds()
+        table.add_row(
+            str(record.attempt),
+            f"{_ago(record.started_at, now)} ago",
+            f"{took:.3f}s",
+            record.outcome,
+            str(record.events_seen),
+            _tail_text(record.tail_before),
+            _tail_text(record.tail_after),
+            _short(record.error),
+        )
+    _console().print(table)
+
+
+#: The commands :mod:`tailrunner.cli.main` registers.
+COMMANDS: list[click.Command] = [status, task, runs]
+
+
+# -- plumbing -------------------------------------------------------------------
+
+
+def _with_client(address: str, token_env: str, run: Callable[[AdminClient], T]) -> T:
+    token = os.environ.get(token_env) or None
+    with (
+        _cli_errors(address, token_env, token is not None),
+        AdminClient.connect(address, token=token) as client,
+    ):
+        return run(client)
+
+
+@contextmanager
+def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]:
+    """Turn the admin errors into one line on stderr and a non-zero exit."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        name = _OPTION_FOR_FIELD.get(exc.field)
+        if name is None:
+            raise click.ClickException(str(exc)) from exc
+        raise click.BadParameter(exc.reason, param_hint=f"'{name}'") from exc
+    except NotAuthenticated as exc:
+        hint = (
+            f"the token in ${token_env} is not the runner's"
+            if has_token
+            else f"the runner wants a token: set ${token_env} (or name another variable"
+            " with --token-env)"
+        )
+        raise click.ClickException(f"{address} refused the call: {hint}") from exc
+    except AdminUnavailable as exc:
+        raise click.ClickException(f"{exc} (is the runner's admin address {address}?)") from exc
+    except (TaskNotFound, TaskNotControllable, AdminError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        # Piped or captured: do not wrap ids at 80 columns.
+        console = Console(highlight=False, width=max(console.width, 200))
+    return console
+
+
+def _print_status(tasks: list[TaskInfo]) -> None:
+    console = _console()
+    if not tasks:
+        console.print("no tasks")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("ACTIVITY", "AGGREGATE", "STATE", "TAIL"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("LAG", justify="right", no_wrap=True)
+    table.add_column("TRIES", justify="right", no_wrap=True)
+    for column in ("LAST RUN", "UPDATED"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("ERROR", overflow="ellipsis", max_width=_ERROR_WIDTH)
+    now = datetime.now(UTC)
+    for info in tasks:
+        table.add_row(
+            info.activity,
+            str(info.aggregate),
+            _state_text(info),
+            _tail_text(info.tail),
+            "?" if info.lag is None else str(info.lag),
+            str(info.attempts),
+            _last_run_text(info, now),
+            "-" if info.updated_at is None else f"{_ago(info.updated_at, now)} ago",
+            _short(info.last_error),
+        )
+    console.print(table)
+
+
+def _print_task(info: TaskInfo, as_json: bool) -> None:
+    if as_json:
+        click.echo(_json_line(_task_json(info)))
+        return
+    now = datetime.now(UTC)
+    lag = "unknown (the journal did not answer in time)" if info.lag is None else str(info.lag)
+    rows = [
+        ("activity", info.activity),
+        ("aggregate", str(info.aggregate)),
+        ("state", _state_text(info).plain),
+        ("tail", _tail_text(info.tail)),
+        ("head", _tail_text(info.head) if info.lag is not None else "?"),
+        ("lag", lag),
+        ("attempts", str(info.attempts)),
+        ("last error", info.last_error or "-"),
+        ("last run", _last_run_text(info, now)),
+        ("updated", "-" if info.updated_at is None else info.updated_at.isoformat()),
+    ]
+    click.echo("\n".join(f"{name:<11} {value}" for name, value in rows))
+
+
+def _state_text(info: TaskInfo) -> Text:
+    if info.state is None:
+        return Text("?")
+    label = info.state.value if info.live else f"{info.state.value} (not run here)"
+    return Text(label, style=_STATE_STYLES.get(info.state, ""))
+
+
+def _last_run_text(info: TaskInfo, now: datetime) -> str:
+    if info.last_run_finished is None:
+        return "-"
+    return f"{info.last_run_outcome or '?'} {_ago(info.last_run_finished, now)} ago"
+
+
+def _tail_text(tail: ULID | None) -> str:
+    return "epoch" if tail is None else str(tail)
+
+
+def _short(text: str | None) -> str:
+    if not text:
+        return ""
+    line = text.splitlines()[0]
+    return line if len(line) <= _ERROR_WIDTH else line[: _ERROR_WIDTH - 1] + "…"
+
+
+def _ago(when: datetime, now: datetime) -> str:
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _text(value: ULID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _task_json(info: TaskInfo) -> dict[str, Any]:
+    return {
+        "activity": info.activity,
+        "aggregate_type": info.aggregate.type,
+        "aggregate_id": str(info.aggregate.id),
+        "state": None if info.state is None else info.state.value,
+        "tail": _text(info.tail),
+        "head": _text(info.head),
+        "lag": info.lag,
+        "attempts": info.attempts,
+        "last_error": info.last_error,
+        "last_run_started": _iso(info.last_run_started),
+        "last_run_finished": _iso(info.last_run_finished),
+        "last_run_outcome": info.last_run_outcome,
+        "updated": _iso(info.updated_at),
+        "live": info.live,
+    }
+
+
+def _run_json(record: RunRecord) -> dict[str, Any]:
+    return {
+        "activity": record.activity,
+        "aggregate_type": record.aggregate.type,
+        "aggregate_id": str(record.aggregate.id),
+        "attempt": record.attempt,
+        "started": record.started_at.isoformat(),
+        "finished": record.finished_at.isoformat(),
+        "tail_before": _text(record.tail_before),
+        "tail_after": _text(record.tail_after),
+        "events_seen": record.events_seen,
+        "outcome": record.outcome,
+        "error": record.error,
+    }
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":"))
