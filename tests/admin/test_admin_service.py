@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import anyio
 import grpc
@@ -14,7 +16,8 @@ from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetim
 from tailrunner.engines.task import TaskState
 from tailrunner.proto.v1 import runner_pb2
 from tailrunner.tails.memory import MemoryTailStore
-from tailrunner.tails.store import query_cursor
+from tailrunner.tails.sqlite import SQLiteTailStore
+from tailrunner.tails.store import TailRecord, TailStore, query_cursor
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import Behaviour, append, fast_options, new_aggregate, serve_runner
@@ -40,14 +43,27 @@ async def _all_tasks(
             return tasks, pages
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+async def tails(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TailStore]:
+    store: TailStore
+    if request.param == "memory":
+        store = MemoryTailStore()
+    else:
+        store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
 async def test_list_tasks_pages_newest_first_without_gaps_or_repeats(
-    journal: LoopbackJournal,
+    journal: LoopbackJournal, tails: TailStore
 ) -> None:
     aggregates = [new_aggregate() for _ in range(7)]
     for agg in aggregates:
         await append(journal, agg, 2)
     behaviour = Behaviour()
-    async with serve_runner(journal, [behaviour.activity()]) as served:
+    async with serve_runner(journal, [behaviour.activity()], tails=tails) as served:
         await served.settled(*aggregates)
 
         tasks, pages = await _all_tasks(served.stub, page_size=3)
@@ -66,14 +82,15 @@ async def test_list_tasks_pages_newest_first_without_gaps_or_repeats(
 
 
 async def test_list_tasks_filters_by_state_activity_type_and_time(
-    journal: LoopbackJournal,
+    journal: LoopbackJournal, tails: TailStore
 ) -> None:
     poisoned, healthy, other_type = new_aggregate(), new_aggregate(), new_aggregate("other")
     for agg in (poisoned, healthy, other_type):
         await append(journal, agg, 1)
     behaviour = Behaviour(fail={poisoned.id})
     activities = [behaviour.activity(), behaviour.activity("audit", ("thing", "other"))]
-    async with serve_runner(journal, activities, options=fast_options(max_attempts=1)) as served:
+    options = fast_options(max_attempts=1)
+    async with serve_runner(journal, activities, tails=tails, options=options) as served:
         await served.settled(poisoned, healthy)
         await served.settled(poisoned, healthy, other_type, activity="audit")
 
@@ -325,3 +342,34 @@ async def test_restart_replays_from_a_tail_or_from_the_start(journal: LoopbackJo
     assert foreign_tail.value.details().startswith(f"from_tail: {foreign[0]} is not an event")
     assert no_origin.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert behaviour.started_from[agg.id] == [None, ids[0], None]
+
+
+async def test_a_stored_task_this_runner_does_not_run_is_listed_but_not_controllable(
+    journal: LoopbackJournal,
+) -> None:
+    agg = new_aggregate()
+    await append(journal, agg, 1)
+    tails = MemoryTailStore()
+    await tails.save(
+        TailRecord(
+            activity="retired",
+            aggregate=agg,
+            tail=None,
+            state="SUSPENDED",
+            attempts=3,
+            last_error="KeyError: 'x'",
+            updated_at=datetime.now(UTC) - timedelta(days=1),
+        )
+    )
+    key = {"activity": "retired", "aggregate_id": str(agg.id)}
+    async with serve_runner(journal, [Behaviour().activity()], tails=tails) as served:
+        await served.settled(agg)
+        tasks, _ = await _all_tasks(served.stub, 10)
+        shown = await served.stub.GetTask(runner_pb2.GetTaskRequest(**key))
+        with pytest.raises(grpc.aio.AioRpcError) as resume:
+            await served.stub.ResumeTask(runner_pb2.ResumeTaskRequest(**key))
+
+    assert [(t.activity, t.live) for t in tasks] == [("follow", True), ("retired", False)]
+    assert (shown.state, shown.attempts, shown.lag, shown.live) == (State.SUSPENDED, 3, 1, False)
+    assert resume.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "this runner does not run it" in resume.value.details()
