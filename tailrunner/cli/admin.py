@@ -122,7 +122,13 @@ def _with_task_arguments(func: Callable[..., None]) -> Callable[..., None]:
     help="Only tasks in this state (repeat for several).",
 )
 @click.option("--activity", default=None, help="Only this activity's tasks.")
-@click.option("--type", "aggregate_type", default=None, metavar="TYPE", help="Only this type.")
+@click.option(
+    "--type",
+    "aggregate_type",
+    default=None,
+    metavar="TYPE",
+    help="Only tasks that follow aggregates of this type.",
+)
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
@@ -353,7 +359,9 @@ def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]
         )
         raise click.ClickException(f"{address} refused the call: {hint}") from exc
     except AdminUnavailable as exc:
-        raise click.ClickException(f"{exc} (is the runner's admin address {address}?)") from exc
+        raise click.ClickException(
+            f"{exc} (is {address} the runner's admin address? see --admin)"
+        ) from exc
     except (TaskNotFound, TaskNotControllable, AdminError) as exc:
         raise click.ClickException(str(exc)) from exc
 
