@@ -70,7 +70,8 @@ class Metrics:
     :param lag_interval: seconds during which a computed lag is reused: a
         scrape more often than this does not ask the journal again.
     :param lag_timeout: seconds a scrape waits for the lag; after that it
-        serves the previous values (and logs why).
+        serves the previous values (and logs why). Keep it below the
+        scraper's timeout (Prometheus: 10 s by default).
     """
 
     def __init__(
@@ -80,7 +81,7 @@ class Metrics:
         journal: JournalApi,
         registry: CollectorRegistry | None = None,
         lag_interval: float = 10.0,
-        lag_timeout: float = 10.0,
+        lag_timeout: float = 5.0,
     ) -> None:
         self._engine = engine
         self._tracker = LagTracker(journal)
