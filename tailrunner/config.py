@@ -156,6 +156,32 @@ class PluginsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdminConfig:
+    """``[admin]``: the runner's operator API (``tailrunner status``, ``tailrunner task …``).
+
+    :ivar listen: ``HOST:PORT`` of the admin gRPC service; port 0 picks a free one.
+    :ivar token_env: the environment variable that holds the bearer token
+        (a token never sits in a config file); unset or empty: no auth.
+    """
+
+    listen: str = "127.0.0.1:7741"
+    token_env: str = "TAILRUNNER_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics on ``http://LISTEN/metrics``.
+
+    :ivar listen: ``HOST:PORT``; empty turns the endpoint off.
+    :ivar lag_interval: a scrape recomputes the lag gauges at most this often
+        (seconds); lag needs journal calls, scrapes may come often.
+    """
+
+    listen: str = "127.0.0.1:9740"
+    lag_interval: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration, validated. Build it with :func:`load_config`.
 
@@ -172,6 +198,8 @@ class Config:
     tails: TailsConfig = field(default_factory=TailsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: Path | None = None
     origins: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False, compare=False)
 
@@ -275,7 +303,17 @@ def _duration_seconds(value: object) -> float | None:
 # --------------------------------------------------------------------------- loading
 
 _DEFAULTS = "the defaults"
-_SECTIONS = ("journal", "engine", "retry", "activities", "tails", "log", "plugins")
+_SECTIONS = (
+    "journal",
+    "engine",
+    "retry",
+    "activities",
+    "tails",
+    "log",
+    "plugins",
+    "admin",
+    "metrics",
+)
 _KEYS: Mapping[str, tuple[str, ...]] = {
     "journal": ("address",),
     "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval"),
@@ -284,6 +322,8 @@ _KEYS: Mapping[str, tuple[str, ...]] = {
     "tails": ("store", "postgres_schema", "run_retention"),
     "log": ("format", "level"),
     "plugins": ("strict",),
+    "admin": ("listen", "token_env"),
+    "metrics": ("listen", "lag_interval"),
 }
 #: Keys whose value is text: from the environment they take the text as it is.
 _TEXT_KEYS = {
@@ -291,10 +331,14 @@ _TEXT_KEYS = {
     ("engine", "kind"),
     ("tails", "store"),
     ("tails", "postgres_schema"),
+    ("admin", "listen"),
+    ("admin", "token_env"),
+    ("metrics", "listen"),
     ("log", "format"),
     ("log", "level"),
 }
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _STORE_ALLOWED = "memory:, sqlite:///PATH (relative to the config file's folder) or postgresql://…"
@@ -345,11 +389,12 @@ def _env_key(name: str) -> Key | None:
         return None
     rest = name.removeprefix(ENV_PREFIX).lower()
     if "__" not in rest:
-        # Other TAILRUNNER_ variables are left alone (a CLI may use one), unless
-        # they look like an override with a single underscore: that is a typo.
+        # Other TAILRUNNER_ variables are left alone (a CLI may use one, and
+        # TAILRUNNER_ADMIN_TOKEN holds the admin token), unless they spell a
+        # real section and key with a single underscore: that is a typo.
         for section in _SECTIONS:
-            if rest == section or rest.startswith(section + "_"):
-                tail = rest.removeprefix(section).lstrip("_") or _KEYS[section][0]
+            tail = _KEYS[section][0] if rest == section else rest.removeprefix(section + "_")
+            if tail != rest and tail in _KEYS[section]:
                 raise ConfigError(
                     f"{name}: not an override; did you mean"
                     f" {ENV_PREFIX}{section.upper()}__{tail.upper()}?"
@@ -444,6 +489,8 @@ class _Parser:
             tails=self.tails(self.table(data, ("tails",))),
             log=self.log(self.table(data, ("log",))),
             plugins=self.plugins(self.table(data, ("plugins",))),
+            admin=self.admin(self.table(data, ("admin",))),
+            metrics=self.metrics(self.table(data, ("metrics",))),
             path=path,
             origins=MappingProxyType(dict(self.seen)),
         )
@@ -559,6 +606,24 @@ class _Parser:
         self.known(table, ("plugins",))
         d = PluginsConfig()
         return PluginsConfig(strict=self.get(table, ("plugins", "strict"), self.boolean, d.strict))
+
+    def admin(self, table: Mapping[str, Any]) -> AdminConfig:
+        self.known(table, ("admin",))
+        d = AdminConfig()
+        return AdminConfig(
+            listen=self.get(table, ("admin", "listen"), self.listen, d.listen),
+            token_env=self.get(table, ("admin", "token_env"), self.env_name, d.token_env),
+        )
+
+    def metrics(self, table: Mapping[str, Any]) -> MetricsConfig:
+        self.known(table, ("metrics",))
+        d = MetricsConfig()
+        return MetricsConfig(
+            listen=self.get(table, ("metrics", "listen"), self.optional_listen, d.listen),
+            lag_interval=self.get(
+                table, ("metrics", "lag_interval"), self.duration(positive=False), d.lag_interval
+            ),
+        )
 
     # -- tables and keys
 
@@ -680,6 +745,26 @@ class _Parser:
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             return bad
         return value
+
+    @staticmethod
+    def listen(value: Any) -> str | _Bad:
+        bad = _Bad("expected HOST:PORT to listen on, e.g. 127.0.0.1:7741 (port 0: any free port)")
+        if not isinstance(value, str):
+            return bad
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            return bad
+        return value
+
+    @classmethod
+    def optional_listen(cls, value: Any) -> str | _Bad:
+        return "" if value == "" else cls.listen(value)
+
+    @staticmethod
+    def env_name(value: Any) -> str | _Bad:
+        if isinstance(value, str) and _ENV_NAME.match(value):
+            return value
+        return _Bad("expected an environment variable name, e.g. TAILRUNNER_ADMIN_TOKEN")
 
     @staticmethod
     def patterns(value: Any) -> tuple[str, ...] | _Bad:

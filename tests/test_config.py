@@ -345,7 +345,7 @@ def test_bad_value_message_reads_as_one_sentence(tmp_path: Path) -> None:
             "activities.retry.counter.intial = 2",
             "did you mean activities.retry.counter.initial?",
         ),
-        ("[admin]\nlisten = 1", "admin = { listen = 1 }", "unknown section"),
+        ("[admn]\nlisten = 1", "admn = { listen = 1 }", "unknown section"),
     ],
 )
 def test_unknown_key_is_an_error_that_suggests_the_right_one(
@@ -563,3 +563,20 @@ def test_tails_postgres_schema_and_retention(tmp_path: Path) -> None:
     env = {"TAILRUNNER_TAILS__POSTGRES_SCHEMA": "bad-name;drop"}
     with pytest.raises(ConfigError, match=r"tails.postgres_schema.*SQL identifier"):
         load_config(path, environ=env)
+
+
+def test_admin_and_metrics_sections(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(
+        '[admin]\nlisten = "127.0.0.1:0"\ntoken_env = "MY_TOKEN"\n[metrics]\nlisten = ""\n'
+    )
+    config = load_config(path, environ={})
+    assert (config.admin.listen, config.admin.token_env) == ("127.0.0.1:0", "MY_TOKEN")
+    assert config.metrics.listen == "", "empty turns /metrics off"
+    with pytest.raises(ConfigError, match=r"admin.token_env.*environment variable name"):
+        load_config(path, environ={"TAILRUNNER_ADMIN__TOKEN_ENV": "not a name"})
+
+
+def test_the_admin_token_variable_is_not_mistaken_for_an_override() -> None:
+    config = load_config(None, {"TAILRUNNER_ADMIN_TOKEN": "s3cret"})
+    assert config.admin.token_env == "TAILRUNNER_ADMIN_TOKEN"

@@ -25,9 +25,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tailrunner.cli import demo, journal, plugins, run
+    from tailrunner.cli import admin, demo, journal, plugins, run
 
-    for module in (demo, run, journal, plugins):
+    for module in (demo, run, journal, plugins, admin):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from pathlib import Path
 
 import anyio
 import click
 import structlog
 
+from tailrunner.admin.metrics import Metrics, serve_metrics
+from tailrunner.admin.server import AdminServer
 from tailrunner.config import Config, load_config
 from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerError
 from tailrunner.journal.client import JournalClient
@@ -33,6 +37,10 @@ def run(config_path: Path | None) -> None:
     the journal, discovers the aggregates each activity follows and runs one
     task per (activity, aggregate) under the configured engine, resuming
     each from its stored tail.
+
+    It prints the addresses of its admin service (``tailrunner status``,
+    ``tailrunner task …``) and of its Prometheus metrics on stdout; the
+    admin token, if any, comes from the variable ``admin.token_env`` names.
 
     Every config key can be overridden by an environment variable
     ``TAILRUNNER_SECTION__KEY``, e.g. ``TAILRUNNER_ENGINE__KIND=eager``.
@@ -70,6 +78,7 @@ async def _run(config: Config) -> None:
         run_retention=config.tails.run_retention,
         postgres_schema=config.tails.postgres_schema,
     )
+    token = os.environ.get(config.admin.token_env) or None
     try:
         async with JournalClient.connect(config.journal.address) as journal:
             runner = Runner(
@@ -79,13 +88,35 @@ async def _run(config: Config) -> None:
                 options=config.engine_options(),
                 discovery_interval=config.engine.discovery_interval,
             )
+            # Observing from before the first run, so that no run is missed.
+            metrics = Metrics(
+                engine=runner.engine, journal=journal, lag_interval=config.metrics.lag_interval
+            )
+            admin = AdminServer(
+                engine=runner.engine,
+                tails=tails,
+                journal=journal,
+                listen=config.admin.listen,
+                token=token,
+            )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with anyio.create_task_group() as tg:
+                async with admin, anyio.create_task_group() as tg:
                     await tg.start(runner.run)
+                    metrics_port = None
+                    if config.metrics.listen:
+                        metrics_port = await tg.start(serve_metrics, metrics, config.metrics.listen)
+                    # Operators and tests read the bound addresses (port 0 picks one).
+                    click.echo(f"admin on {admin.address}")
+                    if metrics_port is not None:
+                        host = config.metrics.listen.rpartition(":")[0]
+                        click.echo(f"metrics on http://{host}:{metrics_port}/metrics")
+                    sys.stdout.flush()
                     log.info(
                         "running",
                         engine=config.engine.kind,
                         journal=config.journal.address,
+                        admin=admin.address,
+                        auth=token is not None,
                         activities=[a.name for a in activities],
                     )
                     async for signum in signals:

@@ -182,14 +182,31 @@ class Runner:
             env=env,
         )
         self.recorded: list[str] = []
+        self.admin: str | None = None
+        self.metrics: str | None = None
+        #: What it printed that is not a log line (start-up errors, tracebacks).
+        self.other: list[str] = []
 
     def lines(self) -> Iterator[dict[str, object]]:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            if line.startswith("admin on "):
+                self.admin = line.removeprefix("admin on ").strip()
+            elif line.startswith("metrics on "):
+                self.metrics = line.removeprefix("metrics on ").strip()
             try:
                 yield json.loads(line)
             except json.JSONDecodeError:
-                continue  # not a log line (a traceback would fail the wait below)
+                self.other.append(line.rstrip())
+
+    def wait_started(self) -> None:
+        """Read until the runner has printed its admin and metrics addresses."""
+        for _ in self.lines():
+            if self.admin is not None and self.metrics is not None:
+                return
+        raise AssertionError(
+            f"runner exited (code {self.proc.poll()}) before it started: {self.other[-5:]}"
+        )
 
     def wait_any_recorded(self) -> str:
         """Read log lines until the runner records an event; return its id."""
@@ -199,9 +216,9 @@ class Runner:
                 return self.recorded[-1]
         raise AssertionError(f"runner exited (code {self.proc.poll()}) before recording anything")
 
-    def wait_recorded(self, event_ids: list[str]) -> None:
-        """Read log lines until every id in ``event_ids`` was recorded."""
-        missing = set(event_ids) - set(self.recorded)
+    def wait_recorded(self, event_ids: list[str], *, since: int = 0) -> None:
+        """Read log lines until each of ``event_ids`` was recorded at ``since`` or later."""
+        missing = set(event_ids) - set(self.recorded[since:])
         if not missing:
             return
         for entry in self.lines():

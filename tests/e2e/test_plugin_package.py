@@ -41,6 +41,12 @@ def test_installed_plugin_runs_resumes_and_survives_a_journal_restart(
             [tails]
             store = "sqlite:///tails.db"
 
+            [admin]
+            listen = "127.0.0.1:0"
+
+            [metrics]
+            listen = "127.0.0.1:0"
+
             [log]
             format = "json"
             level = "info"

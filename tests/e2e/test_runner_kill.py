@@ -96,6 +96,12 @@ def test_sigkilled_runner_resumes_and_skips_no_event(
             [tails]
             store = "{store_url}"
 
+            [admin]
+            listen = "127.0.0.1:0"
+
+            [metrics]
+            listen = "127.0.0.1:0"
+
             [log]
             format = "json"
             """
