@@ -291,20 +291,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     f"task {activity}/{aggregate_id} is COMPLETE: restart it to run it again"
                 )
             log.info("controlling", action=action, state=task.state.value, **_fields(task))
-            await apply(task)
-            await self._landed(task)
+            # A running task takes the control when its run's cancellation
+            # lands; an activity that ignores cancellation must not hang us.
+            with anyio.move_on_after(self._control_timeout):
+                await apply(task)
             (reply,) = await self._describe([_Row.of_task(task)])
         except TailrunnerError as exc:
             await _abort(context, exc, rpc=rpc)
         return reply
-
-    async def _landed(self, task: Task) -> None:
-        # A running task takes a control when its run's cancellation lands,
-        # and the engine offers no event for that (yet): poll briefly, so
-        # that the reply shows the new state.
-        with anyio.move_on_after(self._control_timeout):
-            while task.control is not None:  # noqa: ASYNC110
-                await anyio.sleep(0.005)
 
     async def _is_event_of(self, aggregate_id: UUID, event_id: ULID) -> bool:
         if int(event_id) == 0:

@@ -16,7 +16,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 from uuid import UUID
@@ -49,6 +49,8 @@ class Control:
     state: TaskState
     replace_tail: bool = False
     tail: ULID | None = None
+    #: Set once the control is applied and stored.
+    applied: anyio.Event = field(default_factory=anyio.Event, compare=False)
 
 
 #: A task's next state, and the loop time of its timer if it waits for one.
@@ -192,12 +194,15 @@ class Scheduler:
 
     async def _control(self, task: Task, control: Control) -> None:
         if task.scope is not None:
-            # Running: the run applies the control when its cancellation lands.
+            # Running: the run applies the control when its cancellation
+            # lands; wait for that, so the caller sees the new state.
             task.control = control
             task.scope.cancel()
+            await control.applied.wait()
             return
         self._apply_control(task, control)
         await self._store(task, None, task.errors + 1)
+        control.applied.set()
         log.info("controlled", state=task.state.value, **_fields(task))
 
     def _apply_control(self, task: Task, control: Control) -> None:
@@ -325,6 +330,7 @@ class Scheduler:
             control, task.control = task.control or Control(TaskState.STOPPED), None
             self._apply_control(task, control)
             await self._store(task, None, attempt)
+            control.applied.set()
             log.info("controlled", state=task.state.value, **_fields(task))
             return
         state, due = self._decide(task, result)
