@@ -11,7 +11,12 @@
     │   ├── AggregateTypeMismatch  an append names another type than the aggregate has
     │   ├── JournalUnavailable the journal cannot be reached (retryable)
     │   └── StreamCancelled    a call ended with gRPC CANCELLED: a stop, not a failure
-    └── StoreError             a journal or tail store cannot be opened or failed
+    ├── StoreError             a journal or tail store cannot be opened or failed
+    └── AdminError             a call to a runner's admin service failed
+        ├── TaskNotFound       NOT_FOUND: no such task here
+        ├── TaskNotControllable FAILED_PRECONDITION: not in this state
+        ├── NotAuthenticated   UNAUTHENTICATED: no token, or the wrong one
+        └── AdminUnavailable   the admin address cannot be reached (retryable)
 
 gRPC and database errors are mapped to these where they enter tailrunner
 (``raise JournalUnavailable(...) from exc``), once, keeping the cause.
@@ -80,3 +85,23 @@ class StoreError(TailrunnerError):
 
 class StreamCancelled(JournalError):
     """A journal call ended with gRPC ``CANCELLED``: a stop, not a failure."""
+
+
+class AdminError(TailrunnerError):
+    """A call to a runner's admin service failed."""
+
+
+class TaskNotFound(AdminError):
+    """Neither the runner nor its tail store knows the task, or the runner does not run it."""
+
+
+class TaskNotControllable(AdminError):
+    """The control does not fit the task's state (stopping a complete task)."""
+
+
+class NotAuthenticated(AdminError):
+    """The runner wants a bearer token, and the call had none or another one."""
+
+
+class AdminUnavailable(AdminError):
+    """The runner's admin address cannot be reached; worth retrying."""

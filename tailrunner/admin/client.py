@@ -1,7 +1,7 @@
 """``AdminClient``: a runner's ``tailrunner.v1.Runner`` service, for the CLI.
 
 It is synchronous (a plain gRPC channel, no event loop): the CLI makes a
-call or two and exits. gRPC errors are mapped to :mod:`tailrunner.admin.errors`
+call or two and exits. gRPC errors are mapped to :mod:`tailrunner.errors`
 here, once:
 
 =====================  =============================================
@@ -28,16 +28,16 @@ from uuid import UUID
 import grpc
 from ulid import ULID
 
-from tailrunner.admin.errors import (
+from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
+from tailrunner.engines.task import TaskState
+from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
+    InvalidArgument,
     NotAuthenticated,
     TaskNotControllable,
     TaskNotFound,
 )
-from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
-from tailrunner.engines.task import TaskState
-from tailrunner.errors import InvalidArgument
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.tails.store import RunRecord

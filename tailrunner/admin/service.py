@@ -35,7 +35,6 @@ import grpc
 import structlog
 from ulid import ULID
 
-from tailrunner.admin.errors import TaskNotControllable, TaskNotFound
 from tailrunner.admin.lag import Lag, count_after
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
@@ -45,6 +44,8 @@ from tailrunner.errors import (
     JournalUnavailable,
     StoreError,
     TailrunnerError,
+    TaskNotControllable,
+    TaskNotFound,
 )
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.api import JournalApi

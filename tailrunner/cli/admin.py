@@ -24,16 +24,16 @@ from rich.text import Text
 from ulid import ULID
 
 from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
-from tailrunner.admin.errors import (
+from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
+from tailrunner.engines.task import TaskState
+from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
+    InvalidArgument,
     NotAuthenticated,
     TaskNotControllable,
     TaskNotFound,
 )
-from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
-from tailrunner.engines.task import TaskState
-from tailrunner.errors import InvalidArgument
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.tails.store import RunRecord
 
