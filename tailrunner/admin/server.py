@@ -12,13 +12,12 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import anyio
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from tailrunner.admin.service import (
     DEFAULT_CONTROL_TIMEOUT,
@@ -27,6 +26,7 @@ from tailrunner.admin.service import (
 )
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.errors import InvalidArgument
+from tailrunner.grpcserve import start_grpc_server
 from tailrunner.journal.api import JournalApi
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.tails.store import TailStore
@@ -181,25 +181,13 @@ class AdminServer:
         """
         if self._server is not None:
             raise RuntimeError("the admin server was already started")
-        server = grpc.aio.server(
-            interceptors=self._interceptors, options=[("grpc.so_reuseport", 0)]
+        server, health_servicer, port = await start_grpc_server(
+            listen=self._listen,
+            service_name=SERVICE_NAME,
+            add_servicer=lambda s: runner_pb2_grpc.add_RunnerServicer_to_server(self._service, s),
+            interceptors=self._interceptors,
         )
-        runner_pb2_grpc.add_RunnerServicer_to_server(self._service, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        try:
-            port = server.add_insecure_port(self._listen)
-        except RuntimeError as exc:
-            raise InvalidArgument(
-                "listen", f"cannot listen on {self._listen}: the address is in use or not local"
-            ) from exc
-        await server.start()
-        for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._server, self._health, self._port = server, health_servicer, cast(int, port)
+        self._server, self._health, self._port = server, health_servicer, port
         log.info("listening", service="admin", address=self.address, auth=bool(self._interceptors))
 
     async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:

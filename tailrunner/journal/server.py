@@ -14,10 +14,10 @@ from typing import Self, cast
 import anyio
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.grpcserve import start_grpc_server
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE, JournalService, MiB
@@ -113,29 +113,16 @@ class JournalServer:
         # Room for appends of several maximal events; one event over the limit
         # must reach the service to be refused by name, not by gRPC.
         max_request = max(4 * MiB, 4 * self._max_event_size + MiB)
-        server = grpc.aio.server(
+        server, health_servicer, port = await start_grpc_server(
+            listen=self._listen,
+            service_name=SERVICE_NAME,
+            add_servicer=lambda s: journal_pb2_grpc.add_JournalServicer_to_server(self._service, s),
             options=[
-                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", max_request),
                 ("grpc.max_send_message_length", -1),
-            ]
+            ],
         )
-        journal_pb2_grpc.add_JournalServicer_to_server(self._service, server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        try:
-            port = server.add_insecure_port(self._listen)
-        except RuntimeError as exc:
-            raise InvalidArgument(
-                "listen", f"cannot listen on {self._listen}: the address is in use or not local"
-            ) from exc
-        await server.start()
-        for service in ("", SERVICE_NAME):
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._server, self._health, self._port = server, health_servicer, cast(int, port)
+        self._server, self._health, self._port = server, health_servicer, port
         log.info("listening", address=self.address)
 
     async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
