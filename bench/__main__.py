@@ -159,6 +159,7 @@ def main() -> None:
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
 
     started = datetime.now(UTC)
+    commit = git_commit()
     results: dict[str, dict[str, Any]] = {}
     for name in selected:
         print(f"bench: {name} …", file=sys.stderr, flush=True)
@@ -168,7 +169,7 @@ def main() -> None:
 
     info = machine()
     header = (
-        f"tailrunner benchmarks, {started:%Y-%m-%d %H:%M} UTC, commit {git_commit() or '?'},"
+        f"tailrunner benchmarks, {started:%Y-%m-%d %H:%M} UTC, commit {commit or '?'},"
         f" {info['cores']} cores ({info['cpu']}), Python {info['python']}"
         f"{', --quick' if args.quick else ''}"
     )
@@ -184,7 +185,7 @@ def main() -> None:
         json.dumps(
             {
                 "date": started.isoformat(),
-                "commit": git_commit(),
+                "commit": commit,
                 "quick": args.quick,
                 "machine": info,
                 "benchmarks": results,

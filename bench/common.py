@@ -233,6 +233,13 @@ async def temp_dir(prefix: str) -> AsyncIterator[Path]:
 @asynccontextmanager
 async def serving(kind: str, *args: str) -> AsyncIterator[str]:
     """Run ``python -m bench.serve kind args`` for the block; yields its address."""
+    async with serving_process(kind, *args) as (address, _):
+        yield address
+
+
+@asynccontextmanager
+async def serving_process(kind: str, *args: str) -> AsyncIterator[tuple[str, int]]:
+    """Like :func:`serving`, and yields the server's process id too (for profilers)."""
     async with child("bench.serve", kind, *args) as server:
         hello = await server.read()
-        yield str(hello["address"])
+        yield str(hello["address"]), server.process.pid

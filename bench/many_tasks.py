@@ -28,10 +28,12 @@ task records, no run records and no tail store.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -461,7 +463,16 @@ def child_main(argv: Sequence[str]) -> None:
     parser.add_argument("count", type=int)
     args = parser.parse_args(argv)
     quiet_logs()
-    anyio.run(CHILDREN[args.kind], Reporter(), args.address, args.count, backend="asyncio")
+    profile = os.environ.get("BENCH_PROFILE")  # set by bench.profile
+    if not profile:
+        anyio.run(CHILDREN[args.kind], Reporter(), args.address, args.count, backend="asyncio")
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    with profiler:
+        anyio.run(CHILDREN[args.kind], Reporter(), args.address, args.count, backend="asyncio")
+    Path(profile).write_text(profiler.output_text(unicode=False, color=False))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import anyio
 import grpc
@@ -102,109 +103,115 @@ def eager_reader(seen: Seen, ready: anyio.Event) -> object:
 Sampler = Callable[[], Awaitable[float]]
 
 
+@asynccontextmanager
+async def samplers(
+    journal_address: str, baseline_address: str
+) -> AsyncIterator[dict[str, Sampler]]:
+    """One sampler each for the baseline, eager and lazy, ready to be called in turn."""
+    retry = RetryPolicy(initial=0.01, max_delay=0.1, jitter=0.0)
+    async with (
+        JournalClient.connect(journal_address) as client,
+        grpc.aio.insecure_channel(baseline_address) as channel,
+        anyio.create_task_group() as tg,
+    ):
+        # -- lazy
+        lazy_seen, lazy_idle = Seen(), Idle()
+        lazy_aggregate = AggregateRef(type="latency-lazy", id=uuid.uuid4())
+        await client.append(lazy_aggregate, [NewEvent(type="first", data=DATA)])
+        lazy_activity = lazy_reader(lazy_seen)
+        lazy = build_engine(
+            EngineOptions(kind="lazy", capacity=4, retry=retry),
+            journal=client,
+            tails=MemoryTailStore(),
+            activities=[lazy_activity],  # type: ignore[list-item]
+        )
+        lazy.add_observer(lazy_idle.observe)
+        lazy.start_activity(lazy_aggregate, lazy_activity, None)  # type: ignore[arg-type]
+        await tg.start(lazy.run)
+        await lazy_idle.wait()
+
+        async def lazy_sample() -> float:
+            start = time.perf_counter()
+            result = await client.append(lazy_aggregate, [NewEvent(type="e", data=DATA)])
+            seen_at = await lazy_seen.wait_for(result.tail.bytes)
+            await lazy_idle.wait()
+            return seen_at - start
+
+        # -- eager
+        eager_seen, eager_ready = Seen(), anyio.Event()
+        eager_aggregate = AggregateRef(type="latency-eager", id=uuid.uuid4())
+        eager_activity = eager_reader(eager_seen, eager_ready)
+        eager = build_engine(
+            EngineOptions(kind="eager", capacity=4, retry=retry),
+            journal=client,
+            tails=MemoryTailStore(),
+            activities=[eager_activity],  # type: ignore[list-item]
+        )
+        eager.start_activity(eager_aggregate, eager_activity, None)  # type: ignore[arg-type]
+        await tg.start(eager.run)
+        with anyio.fail_after(10):
+            await eager_ready.wait()
+
+        async def eager_sample() -> float:
+            start = time.perf_counter()
+            result = await client.append(eager_aggregate, [NewEvent(type="e", data=DATA)])
+            return await eager_seen.wait_for(result.tail.bytes) - start
+
+        # -- baseline
+        stub = journal_pb2_grpc.JournalStub(channel)
+        base_seen = Seen()
+        base_id = uuid.uuid4().bytes
+        base_ready = anyio.Event()
+
+        async def base_reader() -> None:
+            call = stub.Events(journal_pb2.EventsRequest(aggregate_id=base_id, watch=True))
+            async for response in call:
+                for event in response.events:
+                    base_seen.mark(event.id)
+                base_ready.set()
+
+        tg.start_soon(base_reader)
+        with anyio.fail_after(10):
+            await base_ready.wait()
+
+        async def base_sample() -> float:
+            start = time.perf_counter()
+            response = await stub.Append(
+                journal_pb2.AppendRequest(
+                    aggregate_type="latency-base",
+                    aggregate_id=base_id,
+                    events=[journal_pb2.NewEvent(type="e", data=DATA)],
+                )
+            )
+            return await base_seen.wait_for(response.tail) - start
+
+        yield {"baseline": base_sample, "eager": eager_sample, "lazy": lazy_sample}
+        tg.cancel_scope.cancel()
+
+
 async def measure(quick: bool) -> list[Figure]:
     samples = 200 if quick else 2000
     blocks = 2 if quick else 4
-    retry = RetryPolicy(initial=0.01, max_delay=0.1, jitter=0.0)
     async with temp_dir("latency") as tmp:
         url = f"sqlite:///{tmp / 'journal.db'}?synchronous=NORMAL"
         async with (
             serving("journal", "--store", url) as journal_address,
             serving("baseline") as baseline_address,
-            JournalClient.connect(journal_address) as client,
-            grpc.aio.insecure_channel(baseline_address) as channel,
-            anyio.create_task_group() as tg,
+            samplers(journal_address, baseline_address) as by_name,
         ):
-            # -- lazy
-            lazy_seen, lazy_idle = Seen(), Idle()
-            lazy_aggregate = AggregateRef(type="latency-lazy", id=uuid.uuid4())
-            await client.append(lazy_aggregate, [NewEvent(type="first", data=DATA)])
-            lazy_activity = lazy_reader(lazy_seen)
-            lazy = build_engine(
-                EngineOptions(kind="lazy", capacity=4, retry=retry),
-                journal=client,
-                tails=MemoryTailStore(),
-                activities=[lazy_activity],  # type: ignore[list-item]
-            )
-            lazy.add_observer(lazy_idle.observe)
-            lazy.start_activity(lazy_aggregate, lazy_activity, None)  # type: ignore[arg-type]
-            await tg.start(lazy.run)
-            await lazy_idle.wait()
-
-            async def lazy_sample() -> float:
-                start = time.perf_counter()
-                result = await client.append(lazy_aggregate, [NewEvent(type="e", data=DATA)])
-                seen_at = await lazy_seen.wait_for(result.tail.bytes)
-                await lazy_idle.wait()
-                return seen_at - start
-
-            # -- eager
-            eager_seen, eager_ready = Seen(), anyio.Event()
-            eager_aggregate = AggregateRef(type="latency-eager", id=uuid.uuid4())
-            eager_activity = eager_reader(eager_seen, eager_ready)
-            eager = build_engine(
-                EngineOptions(kind="eager", capacity=4, retry=retry),
-                journal=client,
-                tails=MemoryTailStore(),
-                activities=[eager_activity],  # type: ignore[list-item]
-            )
-            eager.start_activity(eager_aggregate, eager_activity, None)  # type: ignore[arg-type]
-            await tg.start(eager.run)
-            with anyio.fail_after(10):
-                await eager_ready.wait()
-
-            async def eager_sample() -> float:
-                start = time.perf_counter()
-                result = await client.append(eager_aggregate, [NewEvent(type="e", data=DATA)])
-                return await eager_seen.wait_for(result.tail.bytes) - start
-
-            # -- baseline
-            stub = journal_pb2_grpc.JournalStub(channel)
-            base_seen = Seen()
-            base_id = uuid.uuid4().bytes
-            base_ready = anyio.Event()
-
-            async def base_reader() -> None:
-                call = stub.Events(journal_pb2.EventsRequest(aggregate_id=base_id, watch=True))
-                async for response in call:
-                    for event in response.events:
-                        base_seen.mark(event.id)
-                    base_ready.set()
-
-            tg.start_soon(base_reader)
-            with anyio.fail_after(10):
-                await base_ready.wait()
-
-            async def base_sample() -> float:
-                start = time.perf_counter()
-                response = await stub.Append(
-                    journal_pb2.AppendRequest(
-                        aggregate_type="latency-base",
-                        aggregate_id=base_id,
-                        events=[journal_pb2.NewEvent(type="e", data=DATA)],
-                    )
-                )
-                return await base_seen.wait_for(response.tail) - start
-
-            samplers: dict[str, Sampler] = {
-                "baseline": base_sample,
-                "eager": eager_sample,
-                "lazy": lazy_sample,
-            }
-            results: dict[str, list[float]] = {name: [] for name in samplers}
+            results: dict[str, list[float]] = {name: [] for name in by_name}
             # Warm-up, then blocks in turn.
-            for sampler in samplers.values():
+            for sampler in by_name.values():
                 for _ in range(20):
                     await sampler()
             per_block = samples // blocks
             for _ in range(blocks):
-                for name, sampler in samplers.items():
+                for name, sampler in by_name.items():
                     for _ in range(per_block):
                         results[name].append(await sampler())
                         # A pause, so that samples are independent arrivals
                         # rather than a back-to-back pipeline.
                         await anyio.sleep(0.0005)
-            tg.cancel_scope.cancel()
 
     def ms(name: str, p: float) -> float:
         return percentile(results[name], p) * 1000
