@@ -51,6 +51,9 @@ from tailrunner.runner import Runner
 from tailrunner.tails.sqlite import SQLiteTailStore
 
 DETAIL = "x" * 32
+#: Seconds the follower may take after the last append. Generous: a lost
+#: signal leaves an aggregate to the lazy engine's backstop (5 minutes).
+DRAIN_LIMIT = 900.0
 
 
 def payload(n: int) -> bytes:
@@ -165,7 +168,7 @@ async def run_tailrunner(folder: str, aggregates: int, events: int) -> float:
                 await client.append(
                     things[n % aggregates], [NewEvent(type="happened", data=payload(n))]
                 )
-            with anyio.fail_after(600):
+            with anyio.fail_after(DRAIN_LIMIT):
                 await reached.wait()
             elapsed = time.perf_counter() - start
             tg.cancel_scope.cancel()
