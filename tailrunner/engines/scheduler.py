@@ -376,8 +376,7 @@ class Scheduler:
         )
         try:
             with anyio.CancelScope(shield=True):
-                await self._tails.save(record)
-                await self._tails.record_run(run)
+                await self._tails.save_with_run(record, run)
         except Exception as exc:
             log.error("tail store failed", error=f"{type(exc).__name__}: {exc}", **_fields(task))
             return False

@@ -42,6 +42,10 @@ class MemoryTailStore:
         require_aware(record.updated_at, field="updated_at")
         self._records.setdefault(record.activity, {})[record.aggregate.id] = record
 
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        await self.save(record)
+        await self.record_run(run)
+
     async def record_run(self, run: RunRecord) -> None:
         require_aware(run.started_at, field="started_at")
         require_aware(run.finished_at, field="finished_at")

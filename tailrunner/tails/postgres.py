@@ -264,6 +264,12 @@ class PostgresTailStore:
         await self._run("save", self._sql.save, _tail_params(record), fetch=False)
 
     async def record_run(self, run: RunRecord) -> None:
+        await self._record_run("record_run", run, None)
+
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        await self._record_run("save_with_run", run, record)
+
+    async def _record_run(self, what: str, run: RunRecord, record: TailRecord | None) -> None:
         params = _run_params(run)
         prune = {
             "activity": run.activity,
@@ -273,11 +279,13 @@ class PostgresTailStore:
 
         async def insert_and_prune(conn: Connection) -> None:
             async with conn.transaction():
+                if record is not None:
+                    await conn.execute(self._sql.save, _tail_params(record))
                 await conn.execute(self._sql.insert_run, params)
                 await conn.execute(self._sql.prune_runs, prune)
 
         # Not retried: a lost connection may have committed the insert.
-        await self._with_connection("record_run", insert_and_prune, retry=False)
+        await self._with_connection(what, insert_and_prune, retry=False)
 
     async def list_runs(
         self, activity: str, aggregate_id: UUID, *, limit: int = 100

@@ -205,6 +205,15 @@ class SQLiteTailStore:
     async def record_run(self, run: RunRecord) -> None:
         await self._call("record_run", _record_run, _run_params(run), self._run_retention)
 
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        await self._call(
+            "save_with_run",
+            _record_run,
+            _run_params(run),
+            self._run_retention,
+            _tail_params(record),
+        )
+
     async def list_runs(
         self, activity: str, aggregate_id: UUID, *, limit: int = 100
     ) -> list[RunRecord]:
@@ -376,10 +385,18 @@ def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> No
         raise
 
 
-def _record_run(conn: sqlite3.Connection, params: tuple[object, ...], retention: int) -> None:
+def _record_run(
+    conn: sqlite3.Connection,
+    params: tuple[object, ...],
+    retention: int,
+    tail_params: tuple[object, ...] | None = None,
+) -> None:
+    """Insert a run record and prune old ones; with ``tail_params``, save the tail too."""
     activity, aggregate_id = params[0], params[1]
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if tail_params is not None:
+            conn.execute(_SAVE, tail_params)
         conn.execute(_INSERT_RUN, params)
         conn.execute(_PRUNE_RUNS, (activity, aggregate_id, activity, aggregate_id, retention - 1))
         conn.execute("COMMIT")

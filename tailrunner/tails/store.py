@@ -130,6 +130,10 @@ class TailStore(Protocol):
         """Store ``record``, replacing the task's previous one; durable when it returns."""
         ...
 
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        """:meth:`save` and :meth:`record_run` in one transaction: one commit per run."""
+        ...
+
     async def record_run(self, run: RunRecord) -> None:
         """Add ``run`` to its task's run log, dropping all but the newest ``run_retention``.
 

@@ -297,6 +297,15 @@ async def test_updated_at_keeps_its_instant_to_the_microsecond(store: TailStore)
 # -- run records --------------------------------------------------------------
 
 
+async def test_save_with_run_stores_both(store: TailStore) -> None:
+    agg = ref(7)
+    saved = record(agg, tail=ULID.from_int(9), state="RETRY", attempts=2, last_error="E: x")
+    ran = run(agg, 2, outcome="error", error="E: x")
+    await store.save_with_run(saved, ran)
+    assert await store.get("act", agg.id) == saved
+    assert await store.list_runs("act", agg.id) == [ran]
+
+
 async def test_run_records_come_back_newest_first(store: TailStore) -> None:
     agg = ref(1)
     runs = [
