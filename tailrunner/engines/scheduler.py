@@ -306,7 +306,17 @@ class Scheduler:
                 await self._wake.wait()
 
     async def _run_task(self, task: Task) -> None:
-        name = task.activity.name
+        # The run keeps its capacity slot until its outcome is stored: the
+        # store is part of the run, and finished runs must not pile up behind
+        # a slow tail store while new ones start.
+        try:
+            await self._run_and_settle(task)
+        finally:
+            self._running -= 1
+            self._running_by_activity[task.activity.name] -= 1
+            self._poke()
+
+    async def _run_and_settle(self, task: Task) -> None:
         attempt = task.errors + 1
         try:
             with anyio.CancelScope() as scope:
@@ -321,9 +331,6 @@ class Scheduler:
                 )
         finally:
             task.scope = None
-            self._running -= 1
-            self._running_by_activity[name] -= 1
-            self._poke()
         task.runs += 1
         if scope.cancelled_caught:
             # An operator's control: run_once already saved the checkpoint.
@@ -341,6 +348,11 @@ class Scheduler:
             # state is kept in memory; only a restart could repeat its run.)
             state = TaskState.RETRY
             due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
+        if state is TaskState.SLEEPING and task.signalled:
+            # A signal came while the outcome was being stored (the task was
+            # still RUNNING): it must not be lost to the backstop.
+            task.signalled = False
+            state, due = TaskState.PENDING, None
         self._set_state(task, state, due)
         self._log(task, result, state, due)
         for observer in self._observers:

@@ -11,6 +11,7 @@ from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.task import TaskState
 from tailrunner.model import Signal, SignalBatch
 from tailrunner.tails.memory import MemoryTailStore
+from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import CHANGES, FAST_RETRY, Script, append, new_aggregate, running
@@ -158,3 +159,51 @@ async def test_real_journal_signals_drive_the_lazy_engine(journal: LoopbackJourn
             ids = await append(journal, agg, f"e{n}")
             await script.wait_for(lambda ids=ids: ids[0] in script.seen())
     assert len(script.seen()) == 3
+
+
+class GatedTails(MemoryTailStore):
+    """Holds the first stored outcome until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storing = anyio.Event()
+        self.gate = anyio.Event()
+
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        if not self.gate.is_set():
+            self.storing.set()
+            await self.gate.wait()
+        await super().save_with_run(record, run)
+
+
+async def test_signal_while_the_outcome_is_stored_is_not_lost(journal: LoopbackJournal) -> None:
+    agg = new_aggregate()
+    signals = ScriptedSignals(journal)
+    script = Script()
+    tails = GatedTails()
+    engine = LazyEngine(
+        journal=signals,  # type: ignore[arg-type]
+        tails=tails,
+        activities=[script.activity()],
+        retry=FAST_RETRY,
+        backstop=600.0,  # far away: only the signal can bring the event
+    )
+    engine.add_observer(lambda task, result: CHANGES.notify())
+    async with running(engine):
+        with anyio.fail_after(5):
+            await engine.connected.wait()  # its resync is past: only our signal counts
+        task = engine.start_activity(agg, engine.activities["script"], None)
+        try:
+            with anyio.fail_after(5):
+                await tails.storing.wait()
+            # The run has returned EOF; its outcome is being stored: the task
+            # is still RUNNING when this signal lands.
+            ids = await append(journal, agg, "during-store")
+            signal = Signal(aggregate_type="thing", aggregate_id=agg.id, head=ids[0])
+            await signals.send(SignalBatch(signals=(signal,)))
+            with anyio.fail_after(5):
+                await anyio.wait_all_tasks_blocked()
+            assert task.signalled, "the signal reached the running task"
+        finally:
+            tails.gate.set()  # the store is shielded: never leave it waiting
+        await script.wait_for(lambda: ids[0] in script.seen())
