@@ -75,7 +75,7 @@ DATA = b'{"n": 1, "what": "happened"}'
 class Gate:
     """A store that can hold back its append notifications (appends without signals).
 
-    Everything else passes through to the wrapped store, ``read_raw`` included.
+    Everything else passes through to the wrapped store, ``read_wire`` included.
     """
 
     def __init__(self, inner: JournalStore) -> None:

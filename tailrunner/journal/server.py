@@ -20,16 +20,21 @@ from tailrunner.errors import InvalidArgument
 from tailrunner.grpcserve import start_grpc_server
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
 from tailrunner.journal.memory import MemoryJournalStore
-from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE, JournalService, MiB
+from tailrunner.journal.service import (
+    DEFAULT_MAX_EVENT_SIZE,
+    SERVICE,
+    JournalService,
+    MiB,
+    add_to_server,
+)
 from tailrunner.journal.sqlite import SYNCHRONOUS_LEVELS, SQLiteJournalStore, Synchronous
 from tailrunner.journal.store import JournalStore
-from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
 DEFAULT_STORE = "sqlite:///journal.db"
-SERVICE_NAME: str = journal_pb2.DESCRIPTOR.services_by_name["Journal"].full_name
+SERVICE_NAME: str = SERVICE
 #: Seconds in-flight calls get to finish when the server stops.
 DEFAULT_GRACE = 5.0
 _STORE_URLS = "sqlite:///PATH (e.g. sqlite:///journal.db, sqlite:////var/lib/journal.db) or memory:"
@@ -116,7 +121,7 @@ class JournalServer:
         server, health_servicer, port = await start_grpc_server(
             listen=self._listen,
             service_name=SERVICE_NAME,
-            add_servicer=lambda s: journal_pb2_grpc.add_JournalServicer_to_server(self._service, s),
+            add_servicer=lambda s: add_to_server(self._service, s),
             options=[
                 ("grpc.max_receive_message_length", max_request),
                 ("grpc.max_send_message_length", -1),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import nullcontext
 from typing import NoReturn, Protocol, runtime_checkable
 from uuid import UUID
@@ -30,10 +30,10 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
 from tailrunner.journal.hub import Hub
-from tailrunner.journal.sqlite import RawEvent
 from tailrunner.journal.store import JournalStore
+from tailrunner.journal.wire_format import encode_event, event_id, events_messages
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
-from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.proto.v1 import journal_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -50,24 +50,36 @@ MAX_PAGE_SIZE = 1000
 #: A batch is cut into messages of about this many bytes, well below the
 #: 4 MiB that gRPC clients accept by default.
 _MESSAGE_BUDGET = 2 * MiB
-#: A rough per-event overhead for the message budget (ids, type, framing).
-_EVENT_OVERHEAD = 96
 #: Signals per ``SignalsResponse`` message.
 _SIGNALS_PER_MESSAGE = 1000
 _PAGE_TOKEN_VERSION = 1
 
 
+#: The full name of the service, as in the ``.proto``.
+_DESCRIPTOR = journal_pb2.DESCRIPTOR.services_by_name["Journal"]
+SERVICE = _DESCRIPTOR.full_name
+_CAUGHT_UP = journal_pb2.EventsResponse(will_block=True).SerializeToString()
+
+#: A batch ready to send: its messages (serialized ``EventsResponse``), the
+#: cursor after it, whether more follow.
+_Batch = tuple[list[bytes], bytes, bool]
+
+
 @runtime_checkable
-class RawEventReader(Protocol):
-    """A store that can also read events as plain tuples (like SQLiteJournalStore)."""
+class WireEventReader(Protocol):
+    """A store that keeps events in their wire form and reads them so (like SQLiteJournalStore)."""
 
-    async def read_raw(
+    async def read_wire(
         self, aggregate_id: UUID, *, after: bytes, limit: int
-    ) -> tuple[str, list[RawEvent]]: ...
+    ) -> tuple[str, list[bytes]]: ...
 
 
-class JournalService(journal_pb2_grpc.JournalServicer):
-    """Serves one :class:`~tailrunner.journal.store.JournalStore` over gRPC."""
+class JournalService:
+    """Serves one :class:`~tailrunner.journal.store.JournalStore` over gRPC.
+
+    Register it with :func:`add_to_server`: ``Events`` yields its messages
+    already serialized, which the generated registration would not take.
+    """
 
     def __init__(
         self,
@@ -82,8 +94,8 @@ class JournalService(journal_pb2_grpc.JournalServicer):
         if max_event_size < 1:
             raise InvalidArgument("max_event_size", "must be at least 1 byte")
         self._store = store
-        # A store that hands out plain tuples spares the hot path one object per event.
-        self._raw_reader = store if isinstance(store, RawEventReader) else None
+        # A store that keeps the wire form spares the hot path all work per event.
+        self._wire_reader = store if isinstance(store, WireEventReader) else None
         self._hub = hub
         self._max_event_size = max_event_size
 
@@ -101,7 +113,7 @@ class JournalService(journal_pb2_grpc.JournalServicer):
 
     async def Events(
         self, request: journal_pb2.EventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[journal_pb2.EventsResponse]:
+    ) -> AsyncIterator[bytes]:
         try:
             aggregate_id = uuid_from_bytes(request.aggregate_id, field="aggregate_id")
             ulid_from_bytes(request.after, field="after")
@@ -115,31 +127,29 @@ class JournalService(journal_pb2_grpc.JournalServicer):
             caught_up = False
             while True:
                 try:
-                    responses, cursor, more = await self._read(
+                    messages, cursor, more = await self._read(
                         aggregate_id, request.aggregate_id, cursor, limit
                     )
                 except TailrunnerError as exc:
                     await _abort(context, exc, rpc="Events")
-                if responses:
-                    for response in responses:
-                        yield response
+                if messages:
+                    for message in messages:
+                        yield message
                     caught_up = caught_up or not more
                 elif watcher is not None and not caught_up:
                     # An empty aggregate: tell the watcher it is caught up before blocking.
-                    yield journal_pb2.EventsResponse(will_block=True)
+                    yield _CAUGHT_UP
                     caught_up = True
                 if more:
                     continue
                 if watcher is None or not await watcher.wait():
                     return
 
-    async def _read(
-        self, aggregate_id: UUID, raw_id: bytes, after: bytes, limit: int
-    ) -> tuple[list[journal_pb2.EventsResponse], bytes, bool]:
+    async def _read(self, aggregate_id: UUID, raw_id: bytes, after: bytes, limit: int) -> _Batch:
         """The next batch as messages, the new cursor, and whether more events follow."""
         # One event more than the batch tells whether this batch catches the reader up.
-        if self._raw_reader is not None:
-            aggregate_type, rows = await self._raw_reader.read_raw(
+        if self._wire_reader is not None:
+            aggregate_type, rows = await self._wire_reader.read_wire(
                 aggregate_id, after=after, limit=limit + 1
             )
         else:
@@ -148,12 +158,8 @@ class JournalService(journal_pb2_grpc.JournalServicer):
             )
             aggregate_type = events[0].aggregate_type if events else ""
             rows = [
-                (
-                    e.id.bytes,
-                    None if e.parent is None else e.parent.bytes,
-                    e.type,
-                    e.data,
-                    e.metadata or None,
+                encode_event(
+                    e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
                 )
                 for e in events
             ]
@@ -162,8 +168,10 @@ class JournalService(journal_pb2_grpc.JournalServicer):
             rows = rows[:limit]
         if not rows:
             return [], after, False
-        responses = _events_responses(rows, aggregate_type, raw_id, will_block=not more)
-        return responses, rows[-1][0], more
+        messages = events_messages(
+            rows, aggregate_type, raw_id, will_block=not more, budget=_MESSAGE_BUDGET
+        )
+        return messages, event_id(rows[-1]), more
 
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext
@@ -278,36 +286,45 @@ def decode_page_token(token: str, aggregate_type: str) -> UUID | None:
     return UUID(bytes=raw[1:17])
 
 
-def _events_responses(
-    rows: Sequence[RawEvent], aggregate_type: str, aggregate_id: bytes, *, will_block: bool
-) -> list[journal_pb2.EventsResponse]:
-    # The hot path of every reader: one message per batch unless the batch
-    # is large in bytes; attributes set on messages made in place by add().
-    responses = []
-    response = journal_pb2.EventsResponse()
-    add = response.events.add
-    size = 0
-    for id_, parent, type_, data, metadata in rows:
-        event_size = len(data) + _EVENT_OVERHEAD
-        if size and size + event_size > _MESSAGE_BUDGET:
-            responses.append(response)
-            response = journal_pb2.EventsResponse()
-            add = response.events.add
-            size = 0
-        size += event_size
-        message = add()
-        message.id = id_
-        if parent is not None:
-            message.parent = parent
-        message.aggregate_type = aggregate_type
-        message.aggregate_id = aggregate_id
-        message.type = type_
-        message.data = data
-        if metadata:
-            message.metadata.update(metadata)
-    response.will_block = will_block
-    responses.append(response)
-    return responses
+def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
+    """Serve ``service`` as ``tailrunner.v1.Journal`` on ``server``.
+
+    As the generated ``add_JournalServicer_to_server`` does, but ``Events``
+    messages go out as the service serialized them.
+    """
+    handlers = {
+        "Append": grpc.unary_unary_rpc_method_handler(
+            service.Append,
+            request_deserializer=journal_pb2.AppendRequest.FromString,
+            response_serializer=journal_pb2.AppendResponse.SerializeToString,
+        ),
+        "Events": grpc.unary_stream_rpc_method_handler(
+            service.Events,
+            request_deserializer=journal_pb2.EventsRequest.FromString,
+            response_serializer=_serialized,
+        ),
+        "AggregateSignals": grpc.unary_stream_rpc_method_handler(
+            service.AggregateSignals,
+            request_deserializer=journal_pb2.SignalsRequest.FromString,
+            response_serializer=journal_pb2.SignalsResponse.SerializeToString,
+        ),
+        "ListAggregates": grpc.unary_unary_rpc_method_handler(
+            service.ListAggregates,
+            request_deserializer=journal_pb2.ListAggregatesRequest.FromString,
+            response_serializer=journal_pb2.ListAggregatesResponse.SerializeToString,
+        ),
+    }
+    declared = {method.name for method in _DESCRIPTOR.methods}
+    if set(handlers) != declared:  # the .proto grew or lost a method: serve all or none
+        raise RuntimeError(
+            f"tailrunner.v1.Journal declares {sorted(declared)}, served are {sorted(handlers)}"
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _serialized(message: bytes) -> bytes:
+    return message
 
 
 def _signals_responses(batch: SignalBatch) -> Iterator[journal_pb2.SignalsResponse]:

@@ -15,8 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar, get_args
 from uuid import UUID
 
@@ -29,6 +28,7 @@ from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import AppendListener
+from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 
 log = structlog.get_logger(__name__)
@@ -39,7 +39,7 @@ log = structlog.get_logger(__name__)
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS aggregates (
@@ -49,46 +49,35 @@ CREATE TABLE IF NOT EXISTS aggregates (
     event_count INTEGER NOT NULL
 ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS aggregates_by_type ON aggregates (type, id)",
+    # ``wire``: the event as tailrunner.journal.wire_format stores it, the
+    # bytes a reader is sent; its aggregate is the key and the aggregates row.
     """
 CREATE TABLE IF NOT EXISTS events (
     aggregate_id BLOB NOT NULL,
     id BLOB NOT NULL,
-    parent BLOB,
-    type TEXT NOT NULL,
-    data BLOB NOT NULL,
-    metadata TEXT,
+    wire BLOB NOT NULL,
     PRIMARY KEY (aggregate_id, id)
 ) WITHOUT ROWID""",
 )
 
 _SELECT_AGGREGATE = "SELECT type, head FROM aggregates WHERE id = ?"
 _SELECT_TYPE = "SELECT type FROM aggregates WHERE id = ?"
-_INSERT_EVENT = (
-    "INSERT INTO events (aggregate_id, id, parent, type, data, metadata) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_INSERT_EVENT = "INSERT INTO events (aggregate_id, id, wire) VALUES (?, ?, ?)"
 _INSERT_AGGREGATE = "INSERT INTO aggregates (id, type, head, event_count) VALUES (?, ?, ?, ?)"
 _UPDATE_AGGREGATE = "UPDATE aggregates SET head = ?, event_count = event_count + ? WHERE id = ?"
 # An empty blob sorts before every id, so ``after`` = b"" reads from epoch.
-_READ_EVENTS = (
-    "SELECT id, parent, type, data, metadata FROM events"
-    " WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
-)
+_READ_EVENTS = "SELECT wire FROM events WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
 _LIST_ALL = "SELECT id, type, head, event_count FROM aggregates WHERE id > ? ORDER BY id LIMIT ?"
 _LIST_TYPE = (
     "SELECT id, type, head, event_count FROM aggregates"
     " WHERE type = ? AND id > ? ORDER BY id LIMIT ?"
 )
 
-_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 #: Aggregate types are immutable, so they are cached; bounded, and simply
 #: cleared when full (a miss costs one primary-key lookup).
 _TYPE_CACHE_SIZE = 65_536
 
 T = TypeVar("T")
-
-#: An event as :meth:`SQLiteJournalStore.read_raw` gives it:
-#: ``(id, parent, type, data, metadata)``.
-RawEvent = tuple[bytes, bytes | None, str, bytes, Mapping[str, str] | None]
 
 
 class SQLiteJournalStore:
@@ -177,20 +166,19 @@ class SQLiteJournalStore:
             self._remember_type(key, aggregate_type)
         return events
 
-    async def read_raw(
+    async def read_wire(
         self, aggregate_id: UUID, *, after: bytes, limit: int
-    ) -> tuple[str, list[RawEvent]]:
-        """Like :meth:`read`, as plain tuples: the gRPC service's hot path.
+    ) -> tuple[str, list[bytes]]:
+        """Like :meth:`read`, in the stored form: the gRPC service's hot path.
 
         :param after: the raw id to read after (``b""`` for epoch).
         :returns: the aggregate's type (``""`` when no events came) and up to
-            ``limit`` events as ``(id, parent, type, data, metadata)``, ids as
-            16 raw bytes, ``parent`` and ``metadata`` ``None`` when absent.
+            ``limit`` events as :mod:`~tailrunner.journal.wire_format` stores them.
         """
         self._check_open()
         key = aggregate_id.bytes
         aggregate_type, rows = await self._readers.run(
-            _read_raw, key, self._types.get(key), after, limit
+            _read_wire, key, self._types.get(key), after, limit
         )
         if rows:
             self._remember_type(key, aggregate_type)
@@ -318,11 +306,18 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
             )
         if version < _SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
-            # Statement by statement: executescript() would commit on its own.
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
+            try:
+                if version == 1:
+                    _migrate_from_1(conn)
+                # Statement by statement: executescript() would commit on its own.
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
@@ -332,8 +327,28 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-def _encode_metadata(metadata: Mapping[str, str]) -> str | None:
-    return json.dumps(dict(metadata), separators=(",", ":")) if metadata else None
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept events as columns (``parent, type, data, metadata``);
+    schema 2 keeps their wire form. Runs inside the opening transaction."""
+    conn.execute("ALTER TABLE events RENAME TO events_1")
+    conn.execute(_SCHEMA[2])
+    rows = conn.execute(
+        "SELECT aggregate_id, id, parent, type, data, metadata FROM events_1"
+        " ORDER BY aggregate_id, id"
+    )
+    conn.executemany(
+        _INSERT_EVENT,
+        (
+            (
+                key,
+                id_,
+                encode_event(id_, parent, type_, data, None if meta is None else json.loads(meta)),
+            )
+            for key, id_, parent, type_, data, meta in rows
+        ),
+    )
+    conn.execute("DROP TABLE events_1")
+    log.info("migrated the journal store to schema 2 (events in their wire form)")
 
 
 def _append(
@@ -361,7 +376,7 @@ def _append(
         conn.executemany(
             _INSERT_EVENT,
             [
-                (key, id_, parent, new.type, new.data, _encode_metadata(new.metadata))
+                (key, id_, encode_event(id_, parent, new.type, new.data, new.metadata))
                 for id_, parent, new in zip(raw, parents, events, strict=True)
             ],
         )
@@ -385,61 +400,23 @@ def _read(  # noqa: PLR0917 (a worker-thread entry point: positional args only)
     after: bytes,
     limit: int,
 ) -> tuple[list[Event], str]:
-    rows = conn.execute(_READ_EVENTS, (key, after, limit)).fetchall()
-    if not rows:
-        return [], aggregate_type or ""
-    if aggregate_type is None:
-        (aggregate_type,) = conn.execute(_SELECT_TYPE, (key,)).fetchone()
-    # The hot path of every reader: locals, no per-row lookups beyond the needed.
-    ulid, event, loads, empty = ULID, Event, json.loads, _NO_METADATA
-    out: list[Event] = []
-    append = out.append
-    previous: ULID | None = None
-    previous_raw = b""
-    for id_, parent_raw, type_, data, metadata in rows:
-        event_id = ulid(id_)
-        if parent_raw is None:
-            parent = None
-        elif parent_raw == previous_raw:
-            parent = previous
-        else:
-            parent = ulid(parent_raw)
-        append(
-            event(
-                id=event_id,
-                parent=parent,
-                aggregate_type=aggregate_type,
-                aggregate_id=aggregate_id,
-                type=type_,
-                data=data,
-                metadata=empty if metadata is None else loads(metadata),
-            )
-        )
-        previous, previous_raw = event_id, id_
-    return out, aggregate_type
+    aggregate_type, rows = _read_wire(conn, key, aggregate_type, after, limit)
+    return [decode_event(wire, aggregate_type, aggregate_id) for wire in rows], aggregate_type
 
 
-def _read_raw(
+def _read_wire(
     conn: sqlite3.Connection,
     key: bytes,
     aggregate_type: str | None,
     after: bytes,
     limit: int,
-) -> tuple[str, list[RawEvent]]:
-    rows: list[Any] = conn.execute(_READ_EVENTS, (key, after, limit)).fetchall()
+) -> tuple[str, list[bytes]]:
+    rows = conn.execute(_READ_EVENTS, (key, after, limit)).fetchall()
     if not rows:
         return aggregate_type or "", []
     if aggregate_type is None:
         (aggregate_type,) = conn.execute(_SELECT_TYPE, (key,)).fetchone()
-    # Rows are already (id, parent, type, data, metadata); only metadata,
-    # when some event has any, needs decoding.
-    if any(row[4] is not None for row in rows):
-        loads = json.loads
-        rows = [
-            (id_, parent, type_, data, None if metadata is None else loads(metadata))
-            for id_, parent, type_, data, metadata in rows
-        ]
-    return aggregate_type, rows
+    return aggregate_type, [wire for (wire,) in rows]
 
 
 def _fetchone(conn: sqlite3.Connection, sql: str, params: tuple[object, ...]) -> Any:

@@ -238,6 +238,72 @@ async def test_sqlite_keeps_events_across_a_reopen(tmp_path: Path, ref: Aggregat
         await reopened.aclose()
 
 
+# Schema 1, as the first releases wrote it: events as columns.
+_SCHEMA_1 = (
+    "CREATE TABLE aggregates (id BLOB PRIMARY KEY, type TEXT NOT NULL, head BLOB NOT NULL,"
+    " event_count INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX aggregates_by_type ON aggregates (type, id)",
+    "CREATE TABLE events (aggregate_id BLOB NOT NULL, id BLOB NOT NULL, parent BLOB,"
+    " type TEXT NOT NULL, data BLOB NOT NULL, metadata TEXT, PRIMARY KEY (aggregate_id, id))"
+    " WITHOUT ROWID",
+)
+
+
+async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
+    tmp_path: Path, ref: AggregateRef
+) -> None:
+    path = tmp_path / "journal.db"
+    first, second = ULID(), ULID()
+    other = AggregateRef(type="other", id=uuid4())
+    with sqlite3.connect(path) as conn:
+        for statement in _SCHEMA_1:
+            conn.execute(statement)
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (ref.id.bytes, first.bytes, None, "placed", b'{"n":1}', '{"by":"alice"}'),
+                (ref.id.bytes, second.bytes, first.bytes, "paid", b"", None),
+                (other.id.bytes, first.bytes, None, "made", b"x", None),
+            ],
+        )
+        conn.executemany(
+            "INSERT INTO aggregates VALUES (?, ?, ?, ?)",
+            [
+                (ref.id.bytes, ref.type, second.bytes, 2),
+                (other.id.bytes, other.type, first.bytes, 1),
+            ],
+        )
+        conn.execute("PRAGMA user_version = 1")
+
+    store = await SQLiteJournalStore.open(path)
+    try:
+        events = await store.read(ref.id, after=None, limit=10)
+        assert [(e.id, e.parent, e.type, e.data) for e in events] == [
+            (first, None, "placed", b'{"n":1}'),
+            (second, first, "paid", b""),
+        ]
+        assert [dict(e.metadata) for e in events] == [{"by": "alice"}, {}]
+        assert {(e.aggregate_type, e.aggregate_id) for e in events} == {(ref.type, ref.id)}
+        assert [e.type for e in await store.read(other.id, after=None, limit=10)] == ["made"]
+        # The migrated journal takes appends where it left off.
+        appended = await store.append(ref, [NewEvent(type="shipped")], expected_tail=second)
+        assert appended.tail > second
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "events_1" not in tables
+
+
+async def test_sqlite_refuses_a_journal_of_a_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "journal.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match=r"journal\.db: schema version 99 is newer"):
+        await SQLiteJournalStore.open(path)
+
+
 async def test_sqlite_uses_wal_and_the_asked_synchronous_level(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     store = await SQLiteJournalStore.open(path, synchronous="NORMAL")

@@ -1,0 +1,118 @@
+"""Events in their wire form: how the journal stores them and serves them.
+
+A stored event is the ``tailrunner.v1.Event`` message it will be sent as,
+without its aggregate fields (the store's key and its aggregates table hold
+those). Serving a batch of ``Events`` is then framing those bytes, no
+decoding and re-encoding per event: the reader's hot path on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from uuid import UUID
+
+from ulid import ULID
+
+from tailrunner.model import Event
+from tailrunner.proto.v1 import journal_pb2
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+# Field tags of EventsResponse and Event (field number << 3 | wire type 2,
+# length-delimited), as the protobuf encoding defines them.
+_EVENTS_TAG = b"\x0a"  # EventsResponse.events = 1
+_AGGREGATE_TYPE_TAG = b"\x1a"  # Event.aggregate_type = 3
+_AGGREGATE_ID_TAG = b"\x22"  # Event.aggregate_id = 4
+_WILL_BLOCK_TRUE = b"\x10\x01"  # EventsResponse.will_block = 2, varint 1
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# Lengths of most events, encoded once.
+_VARINTS = tuple(_varint(n) for n in range(1 << 14))
+
+
+def encode_event(
+    event_id: bytes,
+    parent: bytes | None,
+    event_type: str,
+    data: bytes,
+    metadata: Mapping[str, str] | None,
+) -> bytes:
+    """The stored form of one event: its ``Event`` message without aggregate fields."""
+    return journal_pb2.Event(
+        id=event_id, parent=parent or b"", type=event_type, data=data, metadata=metadata or None
+    ).SerializeToString()
+
+
+def decode_event(wire: bytes, aggregate_type: str, aggregate_id: UUID) -> Event:
+    """The :class:`Event` of a stored event of the aggregate ``aggregate_id``."""
+    message = journal_pb2.Event.FromString(wire)
+    return Event(
+        id=ULID(message.id),
+        parent=ULID(message.parent) if message.parent else None,
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        type=message.type,
+        data=message.data,
+        metadata=dict(message.metadata) if message.metadata else _NO_METADATA,
+    )
+
+
+def event_id(wire: bytes) -> bytes:
+    """The raw id of a stored event."""
+    return journal_pb2.Event.FromString(wire).id
+
+
+def events_messages(
+    stored: Sequence[bytes],
+    aggregate_type: str,
+    aggregate_id: bytes,
+    *,
+    will_block: bool,
+    budget: int,
+) -> list[bytes]:
+    """Stored events as serialized ``EventsResponse`` messages of about ``budget`` bytes.
+
+    Each event gets its aggregate fields appended (protobuf allows fields in
+    any order); ``will_block`` is set on the last message only.
+    """
+    encoded_type = aggregate_type.encode()
+    suffix = (
+        _AGGREGATE_TYPE_TAG
+        + _varint(len(encoded_type))
+        + encoded_type
+        + _AGGREGATE_ID_TAG
+        + _varint(len(aggregate_id))
+        + aggregate_id
+    )
+    extra = len(suffix)
+    varints, varint, limit = _VARINTS, _varint, len(_VARINTS)
+    messages: list[bytes] = []
+    parts: list[bytes] = []
+    append = parts.append
+    size = 0
+    for wire in stored:
+        length = len(wire) + extra
+        if size and size + length > budget:
+            messages.append(b"".join(parts))
+            parts = []
+            append = parts.append
+            size = 0
+        size += length
+        append(_EVENTS_TAG)
+        append(varints[length] if length < limit else varint(length))
+        append(wire)
+        append(suffix)
+    if will_block:
+        append(_WILL_BLOCK_TRUE)
+    messages.append(b"".join(parts))
+    return messages
