@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import nullcontext
+from types import MappingProxyType
 from typing import NoReturn, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -54,6 +55,8 @@ _MESSAGE_BUDGET = 2 * MiB
 _SIGNALS_PER_MESSAGE = 1000
 _PAGE_TOKEN_VERSION = 1
 
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 #: The full name of the service, as in the ``.proto``.
 _DESCRIPTOR = journal_pb2.DESCRIPTOR.services_by_name["Journal"]
@@ -237,19 +240,21 @@ class JournalService:
             raise InvalidArgument("events", "an append needs at least one event")
         events: list[NewEvent] = []
         limit = self._max_event_size
+        append, no_metadata = events.append, _NO_METADATA
         for index, new in enumerate(request.events):
-            if not new.type:
+            event_type, data, wire_metadata = new.type, new.data, new.metadata
+            if not event_type:
                 raise InvalidArgument(f"events[{index}].type", "must not be empty")
-            size = len(new.data)
-            metadata = dict(new.metadata) if new.metadata else {}
-            for key, value in metadata.items():
-                size += len(key.encode()) + len(value.encode())
+            size = len(data)
+            metadata = dict(wire_metadata) if wire_metadata else no_metadata
+            if metadata:
+                size += sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
             if size > limit:
                 raise InvalidArgument(
                     f"events[{index}].data",
                     f"the event is {size} bytes (data and metadata), over the limit of {limit}",
                 )
-            events.append(NewEvent(type=new.type, data=new.data, metadata=metadata))
+            append(NewEvent(type=event_type, data=data, metadata=metadata))
         return aggregate, events, expected_tail
 
 

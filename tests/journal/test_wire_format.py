@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from uuid import uuid4
 
+import pytest
 from ulid import ULID
 
 from tailrunner.journal.wire_format import decode_event, encode_event, event_id, events_messages
@@ -82,3 +83,32 @@ def test_decode_gives_back_what_was_encoded() -> None:
         decode_event(encode_event(this.bytes, None, "x", b"", None), "o", aggregate_id).parent
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("parent", "event_type", "data", "metadata"),
+    [
+        (True, "placed", b'{"sku":"a-1"}', None),
+        (False, "x", b"", None),
+        (True, "é" * 200, b"z" * 20_000, {"a": "b", "ü": "ß" * 300, "": ""}),
+        (False, "t" * 20_000, b"\x00\xff" * 10, {"by": "alice"}),
+    ],
+    ids=["plain", "first-event-no-data", "long-unicode-metadata", "long-type"],
+)
+def test_hand_encoding_parses_as_the_message_protobuf_would_build(
+    parent: bool, event_type: str, data: bytes, metadata: dict[str, str] | None
+) -> None:
+    this, before = ULID().bytes, ULID().bytes if parent else None
+
+    parsed = journal_pb2.Event.FromString(encode_event(this, before, event_type, data, metadata))
+
+    assert parsed == journal_pb2.Event(
+        id=this, parent=before or b"", type=event_type, data=data, metadata=metadata
+    )
+
+
+def test_ids_that_are_not_16_bytes_are_refused() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        encode_event(b"short", None, "t", b"", None)
+    with pytest.raises(ValueError, match="16 bytes"):
+        encode_event(ULID().bytes, b"short", "t", b"", None)
