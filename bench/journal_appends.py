@@ -12,7 +12,9 @@ one transaction per batch, at the same ``synchronous`` level.
 Read-back: one aggregate's events (100,000) through ``Events(watch=false)``
 against ``SELECT`` of the same rows with raw sqlite3, in pages of 1,000.
 
-Goal: batched (100) appends ≥ 0.5 of the raw inserts' events/s.
+Goal: batched (100) appends ≥ 0.5 of the raw inserts' events/s. The notes
+of the batched figures also give gRPC's own ceiling: the same calls to the
+minimal server of :mod:`bench.baseline_server`, which stores nothing.
 """
 
 from __future__ import annotations
@@ -45,10 +47,8 @@ CREATE TABLE IF NOT EXISTS events (
 _RAW_INSERT = (
     "INSERT INTO events (aggregate_id, id, parent, type, data, metadata) VALUES (?, ?, ?, ?, ?, ?)"
 )
-_RAW_READ = (
-    "SELECT id, parent, type, data, metadata FROM events"
-    " WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
-)
+# The journal's own file, read as the store keeps it (each event's wire form).
+_RAW_READ = "SELECT id, wire FROM events WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
 
 
 def raw_appends(path: Path, synchronous: str, batches: Sequence[Sequence[NewEvent]]) -> float:
@@ -133,6 +133,18 @@ async def measure(quick: bool) -> list[Figure]:
         100: 2_000 if quick else 20_000,
     }
     async with temp_dir("appends") as tmp:
+        # gRPC's own ceiling: the same calls to a server that stores nothing.
+        async with (
+            serving("baseline") as address,
+            JournalClient.connect(address) as client,
+        ):
+            await client_appends(client, make_batches(50, 1))  # warm-up
+            ceiling = median(
+                [
+                    await client_appends(client, make_batches(plans[100], 100))
+                    for _ in range(repeats)
+                ]
+            )
         for synchronous in ("FULL", "NORMAL"):
             url = f"sqlite:///{tmp / f'journal-{synchronous}.db'}?synchronous={synchronous}"
             async with (
@@ -147,6 +159,12 @@ async def measure(quick: bool) -> list[Figure]:
                         ours.append(await client_appends(client, batches))
                         raw_path = tmp / f"raw-{synchronous}-{size}-{rep}.db"
                         theirs.append(raw_appends(raw_path, synchronous, batches))
+                    note = f"{events:,} events, one call at a time, median of {repeats}"
+                    if size == 100:
+                        note += (
+                            f"; the same calls to a gRPC server that stores nothing:"
+                            f" {ceiling:,.0f} events/s ({ceiling / median(theirs):.2f} of raw)"
+                        )
                     figures.append(
                         Figure(
                             name=f"journal append, batch {size}, {synchronous}",
@@ -156,7 +174,7 @@ async def measure(quick: bool) -> list[Figure]:
                             baseline_name="raw sqlite3 inserts of the same rows",
                             higher_is_better=True,
                             goal=Goal(on="ratio", op=">=", limit=0.5) if size > 1 else None,
-                            note=f"{events:,} events, one call at a time, median of {repeats}",
+                            note=note,
                         )
                     )
         # Read-back of one aggregate.
