@@ -22,9 +22,15 @@ class AggregateRef:
         return f"{self.type}/{self.id}"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+# eq=False: Event has its own __eq__ and __hash__ (below).
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class Event:
-    """One event of an aggregate, as the journal stored it."""
+    """One event of an aggregate, as the journal stored it.
+
+    Events are equal when their fields are, whatever their class: the
+    reader's events (:class:`~tailrunner.journal.received.ReceivedEvent`)
+    equal the plain ones with the same fields.
+    """
 
     id: ULID
     #: The event before this one in the same aggregate; ``None`` for the first.
@@ -45,6 +51,43 @@ class Event:
         :raises ValueError: when the payload is not JSON.
         """
         return json.loads(self.data)
+
+    # What the dataclass would generate, except that the other side may be
+    # any Event (the generated __eq__ wants the same class).
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (
+            self.id,
+            self.parent,
+            self.aggregate_type,
+            self.aggregate_id,
+            self.type,
+            self.data,
+            self.metadata,
+        ) == (
+            other.id,
+            other.parent,
+            other.aggregate_type,
+            other.aggregate_id,
+            other.type,
+            other.data,
+            other.metadata,
+        )
+
+    def __hash__(self) -> int:
+        # As generated: every field, so a dict of metadata makes it unhashable.
+        return hash(
+            (
+                self.id,
+                self.parent,
+                self.aggregate_type,
+                self.aggregate_id,
+                self.type,
+                self.data,
+                self.metadata,
+            )
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
