@@ -16,10 +16,8 @@ anything else                               :class:`JournalError`
 
 from __future__ import annotations
 
-import dataclasses
-import types
-from collections.abc import AsyncGenerator, Callable, Sequence
-from types import MappingProxyType, TracebackType
+from collections.abc import AsyncGenerator, Sequence
+from types import TracebackType
 from typing import Self
 from uuid import UUID
 
@@ -37,11 +35,11 @@ from tailrunner.errors import (
     TailMismatch,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
+from tailrunner.journal.received import received_batch
 from tailrunner.model import (
     AggregateInfo,
     AggregateRef,
     AppendResult,
-    Event,
     EventBatch,
     NewEvent,
     Signal,
@@ -62,7 +60,6 @@ _UNAVAILABLE = frozenset(
         grpc.StatusCode.UNKNOWN,
     }
 )
-_NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
 _CHANNEL_OPTIONS = (
     # The journal bounds its messages itself (events have a size limit).
     ("grpc.max_receive_message_length", -1),
@@ -182,7 +179,7 @@ class JournalClient:
         call = self._stub.Events(request)
         try:
             async for response in call:
-                yield _event_batch(response, aggregate_id)
+                yield received_batch(response, aggregate_id)
         except grpc.aio.AioRpcError as exc:
             raise _map_error(exc) from exc
         finally:
@@ -267,91 +264,6 @@ class JournalClient:
                 yield info
             if not token:
                 return
-
-
-def _event_batch(response: journal_pb2.EventsResponse, aggregate_id: UUID) -> EventBatch:
-    messages = response.events
-    if not messages:
-        return EventBatch(events=(), will_block=response.will_block)
-    if _SET_EVENT_SLOTS is None:
-        events = [_plain_event(message, aggregate_id) for message in messages]
-        return EventBatch(events=tuple(events), will_block=response.will_block)
-    # The hot path of every reader. What an event shares with its batch (the
-    # aggregate; the previous id as parent) is made once; objects are made
-    # with __new__ and their slots set directly (see _event_slot_setters).
-    set_id, set_parent, set_aggregate_type, set_aggregate_id, set_type, set_data, set_metadata = (
-        _SET_EVENT_SLOTS
-    )
-    new, event_class, ulid_class, empty = object.__new__, Event, ULID, _NO_METADATA
-    aggregate_type = messages[0].aggregate_type
-    events = []
-    append = events.append
-    previous: ULID | None = None
-    previous_raw = b""
-    for message in messages:
-        raw = message.id
-        event_id = new(ulid_class)
-        event_id.bytes = raw
-        parent_raw = message.parent
-        if not parent_raw:
-            parent = None
-        elif parent_raw == previous_raw:
-            parent = previous
-        else:
-            parent = new(ulid_class)
-            parent.bytes = parent_raw
-        event = new(event_class)
-        set_id(event, event_id)
-        set_parent(event, parent)
-        set_aggregate_type(event, aggregate_type)
-        set_aggregate_id(event, aggregate_id)
-        set_type(event, message.type)
-        set_data(event, message.data)
-        metadata = message.metadata
-        set_metadata(event, dict(metadata) if metadata else empty)
-        append(event)
-        previous, previous_raw = event_id, raw
-    return EventBatch(events=tuple(events), will_block=response.will_block)
-
-
-def _plain_event(message: journal_pb2.Event, aggregate_id: UUID) -> Event:
-    return Event(
-        id=ULID(message.id),
-        parent=ULID(message.parent) if message.parent else None,
-        aggregate_type=message.aggregate_type,
-        aggregate_id=aggregate_id,
-        type=message.type,
-        data=message.data,
-        metadata=dict(message.metadata) if message.metadata else _NO_METADATA,
-    )
-
-
-_EVENT_FIELDS = ("id", "parent", "aggregate_type", "aggregate_id", "type", "data", "metadata")
-
-
-def _event_slot_setters() -> tuple[Callable[[object, object], None], ...] | None:
-    """Setters of Event's slots, in ``_EVENT_FIELDS`` order; ``None`` if unsafe.
-
-    Event is a frozen slots dataclass: its ``__init__`` sets each field with
-    ``object.__setattr__``, which costs about four times what setting the slot
-    does. Setting slots directly is only the same thing while Event has
-    exactly these fields and runs nothing after init, and while a ULID is
-    nothing but its ``bytes``; otherwise events are made the plain way.
-    """
-    fields = tuple(field.name for field in dataclasses.fields(Event))
-    if fields != _EVENT_FIELDS or hasattr(Event, "__post_init__"):
-        return None
-    probe = object.__new__(ULID)
-    probe.bytes = bytes(16)
-    if vars(ULID(bytes(16))) != vars(probe):
-        return None
-    descriptors = [Event.__dict__.get(name) for name in _EVENT_FIELDS]
-    if not all(isinstance(d, types.MemberDescriptorType) for d in descriptors):
-        return None
-    return tuple(d.__set__ for d in descriptors if d is not None)
-
-
-_SET_EVENT_SLOTS = _event_slot_setters()
 
 
 def _map_error(exc: grpc.aio.AioRpcError, *, expected_tail: ULID | None = None) -> Exception:

@@ -571,9 +571,9 @@ async def test_events_read_over_grpc_equal_the_stored_events(
     stored = await store.read(ref.id, after=None, limit=10)
 
     assert [e for b in await _all_batches(client, ref.id) for e in b.events] == stored
-    # The plain way of making events (used if Event ever changes shape) agrees.
+    # The plain way of making ULIDs (used if ULID ever changes shape) agrees.
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("tailrunner.journal.client._SET_EVENT_SLOTS", None)
+        patch.setattr("tailrunner.journal.received._RAW_ULIDS", False)
         assert [e for b in await _all_batches(client, ref.id) for e in b.events] == stored
 
 
