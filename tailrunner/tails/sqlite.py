@@ -151,6 +151,8 @@ class SQLiteTailStore:
         self._path = path
         self._conn = conn
         self._lock = anyio.Lock()
+        #: Writes waiting for the next group commit (see _commit).
+        self._pending: list[_Write] = []
         self._run_retention = check_retention(run_retention)
         self._closed = False
 
@@ -199,20 +201,13 @@ class SQLiteTailStore:
         return _tail_record(rows[0]) if rows else None
 
     async def save(self, record: TailRecord) -> None:
-        # One statement outside a transaction commits (and syncs) by itself.
-        await self._call("save", _execute, _SAVE, _tail_params(record))
+        await self._commit("save", _Write(tail=_tail_params(record)))
 
     async def record_run(self, run: RunRecord) -> None:
-        await self._call("record_run", _record_run, _run_params(run), self._run_retention)
+        await self._commit("record_run", _Write(run=_run_params(run)))
 
     async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
-        await self._call(
-            "save_with_run",
-            _record_run,
-            _run_params(run),
-            self._run_retention,
-            _tail_params(record),
-        )
+        await self._commit("save_with_run", _Write(tail=_tail_params(record), run=_run_params(run)))
 
     async def list_runs(
         self, activity: str, aggregate_id: UUID, *, limit: int = 100
@@ -300,6 +295,52 @@ class SQLiteTailStore:
             await anyio.to_thread.run_sync(self._conn.close)
         log.debug("closed", path=self._path)
 
+    async def _commit(self, what: str, write: _Write) -> None:
+        """Commit ``write`` durably, together with the writes queued meanwhile.
+
+        Group commit: while one commit syncs, the writes of other runs queue
+        up; whoever takes the lock next commits all of them in one
+        transaction (one fsync), in the order they came. Each caller returns
+        once its own write is committed, or raises its own error.
+        """
+        self._pending.append(write)
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            if not write.done:  # cancelled while queued: never committed
+                self._pending.remove(write)
+            raise
+        try:
+            if not write.done:
+                self._check_open()
+                batch, self._pending = self._pending, []
+                # Shielded: the batch holds other callers' writes, and each
+                # must learn whether it committed.
+                with anyio.CancelScope(shield=True):
+                    await self._commit_batch(what, batch)
+        finally:
+            self._lock.release()
+        if write.error is not None:
+            raise write.error
+
+    async def _commit_batch(self, what: str, batch: list[_Write]) -> None:
+        retention = self._run_retention
+        try:
+            await anyio.to_thread.run_sync(_commit_writes, self._conn, batch, retention)
+        except sqlite3.Error as exc:
+            if len(batch) == 1:
+                batch[0].error = self._error(what, exc)
+            else:  # one at a time, so that each write gets its own outcome
+                for write in batch:
+                    try:
+                        await anyio.to_thread.run_sync(
+                            _commit_writes, self._conn, [write], retention
+                        )
+                    except sqlite3.Error as one:
+                        write.error = self._error(what, one)
+        for write in batch:
+            write.done = True
+
     async def _call(self, what: str, func: Callable[..., T], *args: object) -> T:
         async with self._lock:
             self._check_open()
@@ -385,28 +426,37 @@ def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> No
         raise
 
 
-def _record_run(
-    conn: sqlite3.Connection,
-    params: tuple[object, ...],
-    retention: int,
-    tail_params: tuple[object, ...] | None = None,
-) -> None:
-    """Insert a run record and prune old ones; with ``tail_params``, save the tail too."""
-    activity, aggregate_id = params[0], params[1]
+class _Write:
+    """One caller's write, waiting for a group commit: a tail, a run record, or both."""
+
+    __slots__ = ("done", "error", "run", "tail")
+
+    def __init__(
+        self, *, tail: tuple[object, ...] | None = None, run: tuple[object, ...] | None = None
+    ) -> None:
+        self.tail = tail
+        self.run = run
+        self.done = False
+        self.error: StoreError | None = None
+
+
+def _commit_writes(conn: sqlite3.Connection, writes: Sequence[_Write], retention: int) -> None:
+    """The tails and run records of ``writes`` (pruning old runs), in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if tail_params is not None:
-            conn.execute(_SAVE, tail_params)
-        conn.execute(_INSERT_RUN, params)
-        conn.execute(_PRUNE_RUNS, (activity, aggregate_id, activity, aggregate_id, retention - 1))
+        for write in writes:
+            if write.tail is not None:
+                conn.execute(_SAVE, write.tail)
+            if write.run is not None:
+                activity, aggregate_id = write.run[0], write.run[1]
+                conn.execute(_INSERT_RUN, write.run)
+                conn.execute(
+                    _PRUNE_RUNS, (activity, aggregate_id, activity, aggregate_id, retention - 1)
+                )
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
-
-
-def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> None:
-    conn.execute(sql, params)
 
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:

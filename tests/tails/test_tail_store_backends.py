@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,15 +12,17 @@ import anyio
 import psycopg
 import pytest
 from psycopg import sql
+from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.model import AggregateRef
 from tailrunner.tails import postgres as postgres_store
+from tailrunner.tails import sqlite as sqlite_store
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.open import open_tail_store
 from tailrunner.tails.postgres import PostgresTailStore, redact
 from tailrunner.tails.sqlite import SQLiteTailStore
-from tailrunner.tails.store import TailRecord
+from tailrunner.tails.store import RunRecord, TailRecord
 
 
 def a_record() -> TailRecord:
@@ -84,6 +87,89 @@ async def test_sqlite_store_shares_a_file_with_another_component(tmp_path: Path)
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (7,)
     conn.close()
+
+
+def a_run(record: TailRecord) -> RunRecord:
+    now = datetime.now(UTC)
+    return RunRecord(
+        activity=record.activity,
+        aggregate=record.aggregate,
+        attempt=1,
+        started_at=now,
+        finished_at=now,
+        tail_before=None,
+        tail_after=record.tail,
+        outcome="eof",
+    )
+
+
+async def test_sqlite_commits_concurrent_saves_together_and_keeps_each(tmp_path: Path) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    commits: list[str] = []
+    store._conn.set_trace_callback(
+        lambda statement: commits.append(statement) if statement == "COMMIT" else None
+    )
+    records = [replace(a_record(), tail=ULID()) for _ in range(50)]
+    try:
+        async with anyio.create_task_group() as tg:
+            for record in records:
+                tg.start_soon(store.save_with_run, record, a_run(record))
+        assert len(commits) < len(records) / 2  # group commits, not one per save
+        for record in records:
+            assert await store.get("act", record.aggregate.id) == record
+            (run,) = await store.list_runs("act", record.aggregate.id)
+            assert run.tail_after == record.tail
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_failing_write_fails_alone_in_its_group(tmp_path: Path) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    good = [a_record() for _ in range(2)]
+    outcomes: dict[str, BaseException | None] = {}
+
+    async def commit(name: str, write: sqlite_store._Write) -> None:
+        try:
+            await store._commit(name, write)
+            outcomes[name] = None
+        except StoreError as exc:
+            outcomes[name] = exc
+
+    try:
+        # Queue three writes behind the held lock, so that they commit as one group.
+        await store._lock.acquire()
+        async with anyio.create_task_group() as tg:
+            for name, params in [
+                ("first", sqlite_store._tail_params(good[0])),
+                ("bad", ("too", "few")),
+                ("last", sqlite_store._tail_params(good[1])),
+            ]:
+                tg.start_soon(commit, name, sqlite_store._Write(tail=params))
+            await anyio.wait_all_tasks_blocked()
+            assert len(store._pending) == 3
+            store._lock.release()
+        assert outcomes["first"] is None
+        assert outcomes["last"] is None
+        assert "bad" in outcomes and isinstance(outcomes["bad"], StoreError)
+        for record in good:
+            assert await store.get("act", record.aggregate.id) == record
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_a_save_cancelled_while_queued_is_never_committed(tmp_path: Path) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    record = a_record()
+    try:
+        async with store._lock, anyio.create_task_group() as tg:
+            tg.start_soon(store.save, record)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        assert store._pending == []
+        await store.save(a_record())  # the next group does not carry it along
+        assert await store.get("act", record.aggregate.id) is None
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_transaction_that_ends_itself_saves_nothing(tmp_path: Path) -> None:
