@@ -30,6 +30,7 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import AppendListener
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
+from tailrunner.sqlite_wal import use_wal
 
 log = structlog.get_logger(__name__)
 
@@ -290,9 +291,8 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
     try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() != "wal":
+        mode = use_wal(conn)
+        if mode != "wal":
             raise StoreError(
                 f"cannot open the journal store {path}: it needs a file that can use WAL"
                 f" (journal mode is {mode})"
@@ -307,6 +307,8 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
         if version < _SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # Again under the write lock: another process may have migrated meanwhile.
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
                 if version == 1:
                     _migrate_from_1(conn)
                 # Statement by statement: executescript() would commit on its own.

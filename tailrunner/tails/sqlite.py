@@ -28,6 +28,7 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.model import AggregateRef
+from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
     QueryCursor,
@@ -367,9 +368,8 @@ def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, bool]:
     except sqlite3.Error as exc:
         raise refuse(str(exc)) from exc
     try:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if str(mode).lower() != "wal":
+        mode = use_wal(conn)
+        if mode != "wal":
             raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         latest = len(MIGRATIONS)

@@ -249,12 +249,9 @@ _SCHEMA_1 = (
 )
 
 
-async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
-    tmp_path: Path, ref: AggregateRef
+def _write_schema_1_journal(
+    path: Path, ref: AggregateRef, other: AggregateRef, first: ULID, second: ULID
 ) -> None:
-    path = tmp_path / "journal.db"
-    first, second = ULID(), ULID()
-    other = AggregateRef(type="other", id=uuid4())
     with sqlite3.connect(path) as conn:
         for statement in _SCHEMA_1:
             conn.execute(statement)
@@ -274,6 +271,16 @@ async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
             ],
         )
         conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
+    tmp_path: Path, ref: AggregateRef
+) -> None:
+    path = tmp_path / "journal.db"
+    first, second = ULID(), ULID()
+    other = AggregateRef(type="other", id=uuid4())
+    _write_schema_1_journal(path, ref, other, first, second)
 
     store = await SQLiteJournalStore.open(path)
     try:
@@ -294,6 +301,30 @@ async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
         assert conn.execute("PRAGMA user_version").fetchone() == (2,)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert "events_1" not in tables
+
+
+async def test_sqlite_two_processes_opening_a_schema_1_journal_migrate_it_once(
+    tmp_path: Path, ref: AggregateRef
+) -> None:
+    path = tmp_path / "journal.db"
+    first, second = ULID(), ULID()
+    _write_schema_1_journal(path, ref, AggregateRef(type="other", id=uuid4()), first, second)
+
+    stores: list[SQLiteJournalStore] = []
+
+    async def open_one() -> None:
+        stores.append(await SQLiteJournalStore.open(path))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(open_one)
+    try:
+        for store in stores:
+            events = await store.read(ref.id, after=None, limit=10)
+            assert [(e.id, e.parent) for e in events] == [(first, None), (second, first)]
+    finally:
+        for store in stores:
+            await store.aclose()
 
 
 async def test_sqlite_refuses_a_journal_of_a_newer_schema(tmp_path: Path) -> None:

@@ -172,6 +172,24 @@ async def test_sqlite_a_save_cancelled_while_queued_is_never_committed(tmp_path:
         await store.aclose()
 
 
+async def test_sqlite_runners_opening_a_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    # Switching a new file to WAL takes an exclusive lock that SQLite does not
+    # wait for by itself; every opener must still get the file.
+    for attempt in range(10):
+        path = tmp_path / f"tails-{attempt}.db"
+        stores: list[SQLiteTailStore] = []
+
+        async def open_one(path: Path = path, stores: list[SQLiteTailStore] = stores) -> None:
+            stores.append(await SQLiteTailStore.open(path))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(open_one)
+        for store in stores:
+            await store.aclose()
+        assert len(stores) == 4
+
+
 async def test_sqlite_transaction_that_ends_itself_saves_nothing(tmp_path: Path) -> None:
     store = await SQLiteTailStore.open(tmp_path / "tails.db")
     try:
