@@ -57,6 +57,13 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        # As generated: every field, so a dict of metadata makes it unhashable.
+        return hash(self._values())
+
+    def _values(self) -> tuple[object, ...]:
         return (
             self.id,
             self.parent,
@@ -65,28 +72,6 @@ class Event:
             self.type,
             self.data,
             self.metadata,
-        ) == (
-            other.id,
-            other.parent,
-            other.aggregate_type,
-            other.aggregate_id,
-            other.type,
-            other.data,
-            other.metadata,
-        )
-
-    def __hash__(self) -> int:
-        # As generated: every field, so a dict of metadata makes it unhashable.
-        return hash(
-            (
-                self.id,
-                self.parent,
-                self.aggregate_type,
-                self.aggregate_id,
-                self.type,
-                self.data,
-                self.metadata,
-            )
         )
 
 
