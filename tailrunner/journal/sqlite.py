@@ -92,6 +92,8 @@ class SQLiteJournalStore:
         self._path = path
         self._writer = writer
         self._write_lock = anyio.Lock()
+        #: Appends waiting for the next group commit (see append).
+        self._pending: list[_Append] = []
         self._readers = _ReadPool(path, read_connections)
         self._listeners = Listeners()
         self._types: dict[bytes, str] = {}
@@ -137,20 +139,61 @@ class SQLiteJournalStore:
         *,
         expected_tail: ULID | None,
     ) -> AppendResult:
+        """Append ``events`` to ``aggregate``, durably, all or none.
+
+        Group commit: while one commit syncs, other appends queue up;
+        whoever takes the write lock next commits all of them in one
+        transaction (one fsync), each in its own savepoint and in the order
+        they came, so that one append's tail mismatch fails only that one.
+        """
         if not events:
             raise InvalidArgument("events", "an append needs at least one event")
-        async with self._write_lock:
-            self._check_open()
-            try:
-                ids = await anyio.to_thread.run_sync(
-                    _append, self._writer, aggregate, events, expected_tail
-                )
-            except sqlite3.Error as exc:
-                raise StoreError(f"journal store {self._path}: append failed: {exc}") from exc
-            self._remember_type(aggregate.id.bytes, aggregate.type)
-            # Still under the lock, so that listeners hear of commits in commit order.
-            self._listeners.notify(aggregate, ids[-1])
+        self._check_open()
+        request = _Append(aggregate, events, expected_tail)
+        self._pending.append(request)
+        try:
+            await self._write_lock.acquire()
+        except BaseException:
+            if not request.done:  # cancelled while queued: never committed
+                self._pending.remove(request)
+            raise
+        try:
+            if not request.done:
+                self._check_open()
+                batch, self._pending = self._pending, []
+                # Shielded: the group holds other callers' appends, and each
+                # must learn its outcome; listeners must hear of every commit.
+                with anyio.CancelScope(shield=True):
+                    await self._commit_group(batch)
+        finally:
+            self._write_lock.release()
+        if request.error is not None:
+            raise request.error
+        ids = request.ids
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
+
+    async def _commit_group(self, group: list[_Append]) -> None:
+        try:
+            await anyio.to_thread.run_sync(_append_group, self._writer, group)
+        except sqlite3.Error as exc:
+            if len(group) == 1:
+                group[0].error = StoreError(f"journal store {self._path}: append failed: {exc}")
+            else:  # one at a time, so that each append gets its own outcome
+                for request in group:
+                    request.error = None
+                    try:
+                        await anyio.to_thread.run_sync(_append_group, self._writer, [request])
+                    except sqlite3.Error as one:
+                        request.error = StoreError(
+                            f"journal store {self._path}: append failed: {one}"
+                        )
+        for request in group:
+            request.done = True
+            if request.error is None:
+                aggregate = request.aggregate
+                self._remember_type(aggregate.id.bytes, aggregate.type)
+                # Under the write lock, so that listeners hear of commits in commit order.
+                self._listeners.notify(aggregate, request.ids[-1])
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
         self._check_open()
@@ -353,44 +396,81 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
     log.info("migrated the journal store to schema 2 (events in their wire form)")
 
 
-def _append(
-    conn: sqlite3.Connection,
-    aggregate: AggregateRef,
-    events: Sequence[NewEvent],
-    expected_tail: ULID | None,
-) -> list[ULID]:
-    key = aggregate.id.bytes
+class _Append:
+    """One caller's append, waiting for a group commit, and then its outcome."""
+
+    __slots__ = ("aggregate", "done", "error", "events", "expected_tail", "ids")
+
+    def __init__(
+        self, aggregate: AggregateRef, events: Sequence[NewEvent], expected_tail: ULID | None
+    ) -> None:
+        self.aggregate = aggregate
+        self.events = events
+        self.expected_tail = expected_tail
+        self.done = False
+        self.ids: list[ULID] = []
+        self.error: Exception | None = None
+
+
+def _append_group(conn: sqlite3.Connection, group: Sequence[_Append]) -> None:
+    """Commit the appends of ``group`` in one transaction, each in a savepoint.
+
+    An append refused by the journal's rules (a tail or type mismatch) is
+    rolled back alone and gets its error; a SQLite error rolls back all.
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        row = conn.execute(_SELECT_AGGREGATE, (key,)).fetchone()
-        head: ULID | None = None
-        if row is not None:
-            if row[0] != aggregate.type:
-                raise AggregateTypeMismatch(
-                    f"aggregate {aggregate.id} has type {row[0]!r}, not {aggregate.type!r}"
+        for request in group:
+            conn.execute("SAVEPOINT one_append")
+            try:
+                request.ids = _append_rows(
+                    conn, request.aggregate, request.events, request.expected_tail
                 )
-            head = ULID(row[1])
-        if expected_tail is not None and expected_tail != head:
-            raise TailMismatch(expected_tail, head)
-        ids = next_ulids(head, len(events))
-        raw = [i.bytes for i in ids]
-        parents = [None if head is None else head.bytes, *raw[:-1]]
-        conn.executemany(
-            _INSERT_EVENT,
-            [
-                (key, id_, encode_event(id_, parent, new.type, new.data, new.metadata))
-                for id_, parent, new in zip(raw, parents, events, strict=True)
-            ],
-        )
-        if row is None:
-            conn.execute(_INSERT_AGGREGATE, (key, aggregate.type, raw[-1], len(raw)))
-        else:
-            conn.execute(_UPDATE_AGGREGATE, (raw[-1], len(raw), key))
+            except sqlite3.Error:
+                raise
+            except Exception as exc:  # the append's own outcome, raised to its caller
+                conn.execute("ROLLBACK TO one_append")
+                request.error = exc
+            conn.execute("RELEASE one_append")
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _append_rows(
+    conn: sqlite3.Connection,
+    aggregate: AggregateRef,
+    events: Sequence[NewEvent],
+    expected_tail: ULID | None,
+) -> list[ULID]:
+    """Insert one append's events and move its aggregate's head; the new ids."""
+    key = aggregate.id.bytes
+    row = conn.execute(_SELECT_AGGREGATE, (key,)).fetchone()
+    head: ULID | None = None
+    if row is not None:
+        if row[0] != aggregate.type:
+            raise AggregateTypeMismatch(
+                f"aggregate {aggregate.id} has type {row[0]!r}, not {aggregate.type!r}"
+            )
+        head = ULID(row[1])
+    if expected_tail is not None and expected_tail != head:
+        raise TailMismatch(expected_tail, head)
+    ids = next_ulids(head, len(events))
+    raw = [i.bytes for i in ids]
+    parents = [None if head is None else head.bytes, *raw[:-1]]
+    conn.executemany(
+        _INSERT_EVENT,
+        [
+            (key, id_, encode_event(id_, parent, new.type, new.data, new.metadata))
+            for id_, parent, new in zip(raw, parents, events, strict=True)
+        ],
+    )
+    if row is None:
+        conn.execute(_INSERT_AGGREGATE, (key, aggregate.type, raw[-1], len(raw)))
+    else:
+        conn.execute(_UPDATE_AGGREGATE, (raw[-1], len(raw), key))
     return ids
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import cast
 from uuid import UUID, uuid4
@@ -21,7 +22,7 @@ from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.server import open_store
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
-from tailrunner.model import AggregateRef, NewEvent
+from tailrunner.model import AggregateRef, AppendResult, NewEvent
 
 
 async def test_append_then_read_round_trip(store: JournalStore, ref: AggregateRef) -> None:
@@ -333,6 +334,73 @@ async def test_sqlite_refuses_a_journal_of_a_newer_schema(tmp_path: Path) -> Non
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreError, match=r"journal\.db: schema version 99 is newer"):
         await SQLiteJournalStore.open(path)
+
+
+async def test_sqlite_commits_concurrent_appends_together_each_with_its_outcome(
+    tmp_path: Path, ref: AggregateRef
+) -> None:
+    store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    commits: list[str] = []
+    store._writer.set_trace_callback(
+        lambda statement: commits.append(statement) if statement == "COMMIT" else None
+    )
+    heard: list[tuple[UUID, ULID]] = []
+    store.add_listener(lambda aggregate, head: heard.append((aggregate.id, head)))
+    start = await store.append(ref, [NewEvent(type="created")], expected_tail=None)
+    others = [AggregateRef(type="thing", id=uuid4()) for _ in range(20)]
+    results: dict[str, AppendResult | TailMismatch] = {}
+
+    async def append(name: str, aggregate: AggregateRef, expected: ULID | None) -> None:
+        try:
+            results[name] = await store.append(
+                aggregate, [NewEvent(type=name), NewEvent(type=name)], expected_tail=expected
+            )
+        except TailMismatch as exc:
+            results[name] = exc
+
+    commits.clear()
+    try:
+        async with anyio.create_task_group() as tg:
+            for n, other in enumerate(others):
+                tg.start_soon(append, f"other-{n}", other, None)
+            # Two appends to one aggregate in the same group: the first moves
+            # the head, so the second's expectation is stale.
+            tg.start_soon(append, "wins", ref, start.tail)
+            tg.start_soon(append, "loses", ref, start.tail)
+
+        assert len(commits) < len(others) / 2  # group commits, not one per append
+        lost = results["loses"]
+        assert isinstance(lost, TailMismatch)
+        events = await store.read(ref.id, after=None, limit=10)
+        assert [e.type for e in events] == ["created", "wins", "wins"]
+        assert lost.actual == events[-1].id
+        for n, other in enumerate(others):
+            stored = await store.read(other.id, after=None, limit=10)
+            assert [e.type for e in stored] == [f"other-{n}"] * 2
+            assert [e.parent for e in stored] == [None, stored[0].id]
+        # Every committed append was heard once, with its new head; the loser was not.
+        committed = [r for r in results.values() if isinstance(r, AppendResult)]
+        assert len(heard) == 1 + len(committed)
+        assert {head for _, head in heard[1:]} == {r.tail for r in committed}
+    finally:
+        await store.aclose()
+
+
+async def test_sqlite_an_append_cancelled_while_queued_is_never_committed(
+    tmp_path: Path, ref: AggregateRef
+) -> None:
+    store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    try:
+        async with store._write_lock, anyio.create_task_group() as tg:
+            tg.start_soon(partial(store.append, ref, [NewEvent(type="never")], expected_tail=None))
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+        assert store._pending == []
+        other = AggregateRef(type="thing", id=uuid4())
+        await store.append(other, [NewEvent(type="later")], expected_tail=None)
+        assert await store.read(ref.id, after=None, limit=10) == []
+    finally:
+        await store.aclose()
 
 
 async def test_sqlite_uses_wal_and_the_asked_synchronous_level(tmp_path: Path) -> None:
