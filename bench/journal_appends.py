@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
 
+import anyio
 from ulid import ULID
 
 from bench.common import Figure, Goal, median, run_module, serving, temp_dir
@@ -33,6 +34,9 @@ from bench.stream_throughput import fill, payload
 from tailrunner.ids import next_ulids
 from tailrunner.journal.client import JournalClient
 from tailrunner.model import AggregateRef, NewEvent
+
+#: Concurrent callers in the group-commit figure.
+WRITERS = 16
 
 _RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -108,6 +112,23 @@ async def client_appends(client: JournalClient, batches: Sequence[Sequence[NewEv
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
+async def concurrent_appends(
+    client: JournalClient, batches: Sequence[Sequence[NewEvent]], writers: int
+) -> float:
+    """``writers`` callers at once, each on its own aggregate, sharing ``batches``; events/s."""
+
+    async def write(mine: Sequence[Sequence[NewEvent]]) -> None:
+        aggregate = AggregateRef(type="appends", id=uuid.uuid4())
+        for batch in mine:
+            await client.append(aggregate, batch)
+
+    start = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for n in range(writers):
+            tg.start_soon(write, batches[n::writers])
+    return sum(len(b) for b in batches) / (time.perf_counter() - start)
+
+
 async def client_read(client: JournalClient, aggregate_id: uuid.UUID) -> tuple[int, float]:
     start = time.perf_counter()
     count = 0
@@ -175,6 +196,26 @@ async def measure(quick: bool) -> list[Figure]:
                             higher_is_better=True,
                             goal=Goal(on="ratio", op=">=", limit=0.5) if size > 1 else None,
                             note=note,
+                        )
+                    )
+                if synchronous == "FULL":
+                    # Concurrent writers share commits (the store's group commit).
+                    ours, theirs = [], []
+                    for rep in range(repeats):
+                        batches = make_batches(plans[1], 1)
+                        ours.append(await concurrent_appends(client, batches, WRITERS))
+                        raw_path = tmp / f"raw-{synchronous}-concurrent-{rep}.db"
+                        theirs.append(raw_appends(raw_path, synchronous, batches))
+                    figures.append(
+                        Figure(
+                            name=f"journal append, batch 1, {WRITERS} writers, FULL",
+                            unit="events/s",
+                            tailrunner=median(ours),
+                            baseline=median(theirs),
+                            baseline_name="raw sqlite3 inserts of the same rows",
+                            higher_is_better=True,
+                            note=f"{plans[1]:,} events, {WRITERS} callers at once on their own"
+                            f" aggregates; raw: one transaction per event; median of {repeats}",
                         )
                     )
         # Read-back of one aggregate.
