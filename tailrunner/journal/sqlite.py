@@ -25,6 +25,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
+from tailrunner.group_commit import GroupCommit
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import AppendListener
@@ -92,8 +93,7 @@ class SQLiteJournalStore:
         self._path = path
         self._writer = writer
         self._write_lock = anyio.Lock()
-        #: Appends waiting for the next group commit (see append).
-        self._pending: list[_Append] = []
+        self._group = GroupCommit(self._write_lock, self._commit_group, self._check_open)
         self._readers = _ReadPool(path, read_connections)
         self._listeners = Listeners()
         self._types: dict[bytes, str] = {}
@@ -150,23 +150,7 @@ class SQLiteJournalStore:
             raise InvalidArgument("events", "an append needs at least one event")
         self._check_open()
         request = _Append(aggregate, events, expected_tail)
-        self._pending.append(request)
-        try:
-            await self._write_lock.acquire()
-        except BaseException:
-            if not request.done:  # cancelled while queued: never committed
-                self._pending.remove(request)
-            raise
-        try:
-            if not request.done:
-                self._check_open()
-                batch, self._pending = self._pending, []
-                # Shielded: the group holds other callers' appends, and each
-                # must learn its outcome; listeners must hear of every commit.
-                with anyio.CancelScope(shield=True):
-                    await self._commit_group(batch)
-        finally:
-            self._write_lock.release()
+        await self._group.submit(request)
         if request.error is not None:
             raise request.error
         ids = request.ids
@@ -187,12 +171,11 @@ class SQLiteJournalStore:
                         request.error = StoreError(
                             f"journal store {self._path}: append failed: {one}"
                         )
+        # Still under the write lock, so that listeners hear of commits in commit order.
         for request in group:
-            request.done = True
             if request.error is None:
                 aggregate = request.aggregate
                 self._remember_type(aggregate.id.bytes, aggregate.type)
-                # Under the write lock, so that listeners hear of commits in commit order.
                 self._listeners.notify(aggregate, request.ids[-1])
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
@@ -399,7 +382,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 class _Append:
     """One caller's append, waiting for a group commit, and then its outcome."""
 
-    __slots__ = ("aggregate", "done", "error", "events", "expected_tail", "ids")
+    __slots__ = ("aggregate", "error", "events", "expected_tail", "ids")
 
     def __init__(
         self, aggregate: AggregateRef, events: Sequence[NewEvent], expected_tail: ULID | None
@@ -407,7 +390,6 @@ class _Append:
         self.aggregate = aggregate
         self.events = events
         self.expected_tail = expected_tail
-        self.done = False
         self.ids: list[ULID] = []
         self.error: Exception | None = None
 

@@ -27,6 +27,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
+from tailrunner.group_commit import GroupCommit
 from tailrunner.model import AggregateRef
 from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
@@ -152,8 +153,7 @@ class SQLiteTailStore:
         self._path = path
         self._conn = conn
         self._lock = anyio.Lock()
-        #: Writes waiting for the next group commit (see _commit).
-        self._pending: list[_Write] = []
+        self._group = GroupCommit(self._lock, self._commit_batch, self._check_open)
         self._run_retention = check_retention(run_retention)
         self._closed = False
 
@@ -297,40 +297,23 @@ class SQLiteTailStore:
         log.debug("closed", path=self._path)
 
     async def _commit(self, what: str, write: _Write) -> None:
-        """Commit ``write`` durably, together with the writes queued meanwhile.
+        """Commit ``write`` durably, in a group with the writes queued meanwhile.
 
-        Group commit: while one commit syncs, the writes of other runs queue
-        up; whoever takes the lock next commits all of them in one
-        transaction (one fsync), in the order they came. Each caller returns
-        once its own write is committed, or raises its own error.
+        Each caller returns once its own write is committed, or raises its
+        own error.
         """
-        self._pending.append(write)
-        try:
-            await self._lock.acquire()
-        except BaseException:
-            if not write.done:  # cancelled while queued: never committed
-                self._pending.remove(write)
-            raise
-        try:
-            if not write.done:
-                self._check_open()
-                batch, self._pending = self._pending, []
-                # Shielded: the batch holds other callers' writes, and each
-                # must learn whether it committed.
-                with anyio.CancelScope(shield=True):
-                    await self._commit_batch(what, batch)
-        finally:
-            self._lock.release()
+        write.what = what
+        await self._group.submit(write)
         if write.error is not None:
             raise write.error
 
-    async def _commit_batch(self, what: str, batch: list[_Write]) -> None:
+    async def _commit_batch(self, batch: list[_Write]) -> None:
         retention = self._run_retention
         try:
             await anyio.to_thread.run_sync(_commit_writes, self._conn, batch, retention)
         except sqlite3.Error as exc:
             if len(batch) == 1:
-                batch[0].error = self._error(what, exc)
+                batch[0].error = self._error(batch[0].what, exc)
             else:  # one at a time, so that each write gets its own outcome
                 for write in batch:
                     try:
@@ -338,9 +321,7 @@ class SQLiteTailStore:
                             _commit_writes, self._conn, [write], retention
                         )
                     except sqlite3.Error as one:
-                        write.error = self._error(what, one)
-        for write in batch:
-            write.done = True
+                        write.error = self._error(write.what, one)
 
     async def _call(self, what: str, func: Callable[..., T], *args: object) -> T:
         async with self._lock:
@@ -429,14 +410,15 @@ def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> No
 class _Write:
     """One caller's write, waiting for a group commit: a tail, a run record, or both."""
 
-    __slots__ = ("done", "error", "run", "tail")
+    __slots__ = ("error", "run", "tail", "what")
 
     def __init__(
         self, *, tail: tuple[object, ...] | None = None, run: tuple[object, ...] | None = None
     ) -> None:
+        #: The store method that made it, for error messages (set by _commit).
+        self.what = ""
         self.tail = tail
         self.run = run
-        self.done = False
         self.error: StoreError | None = None
 
 

@@ -395,7 +395,7 @@ async def test_sqlite_an_append_cancelled_while_queued_is_never_committed(
             tg.start_soon(partial(store.append, ref, [NewEvent(type="never")], expected_tail=None))
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
-        assert store._pending == []
+        assert store._group.pending == 0
         other = AggregateRef(type="thing", id=uuid4())
         await store.append(other, [NewEvent(type="later")], expected_tail=None)
         assert await store.read(ref.id, after=None, limit=10) == []

@@ -146,7 +146,7 @@ async def test_sqlite_a_failing_write_fails_alone_in_its_group(tmp_path: Path) -
             ]:
                 tg.start_soon(commit, name, sqlite_store._Write(tail=params))
             await anyio.wait_all_tasks_blocked()
-            assert len(store._pending) == 3
+            assert store._group.pending == 3
             store._lock.release()
         assert outcomes["first"] is None
         assert outcomes["last"] is None
@@ -165,7 +165,7 @@ async def test_sqlite_a_save_cancelled_while_queued_is_never_committed(tmp_path:
             tg.start_soon(store.save, record)
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
-        assert store._pending == []
+        assert store._group.pending == 0
         await store.save(a_record())  # the next group does not carry it along
         assert await store.get("act", record.aggregate.id) is None
     finally:
