@@ -29,7 +29,7 @@ from ulid import ULID
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import OutcomeKind, RunResult, run_once
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import FINAL_STATES, Task, TaskState
+from tailrunner.engines.task import FINAL_STATES, Task, TaskState, Waiting
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
@@ -156,6 +156,10 @@ class Scheduler:
             if task.activity.name == activity:
                 return task
         return None
+
+    def waiting(self, task: Task) -> Waiting:
+        """Why ``task`` waits and when it runs next (the operator's status view)."""
+        raise NotImplementedError  # filled in by the engine rework (issue 10)
 
     @property
     def running(self) -> int:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ulid import ULID
@@ -21,10 +23,11 @@ class TaskState(enum.StrEnum):
 
     ``PENDING``: ready to run, waiting for capacity. ``RUNNING``: its stream is
     open. ``SLEEPING``: caught up, waiting for a signal, a tick or the backstop.
-    ``RETRY``: waiting for a retry time. ``COMPLETE``: returned ``Done``, never
-    runs again. ``STOPPED``: cancelled or stopped by an operator.
-    ``SUSPENDED``: reached its attempt limit or suspended by an operator;
-    waits for an operator to resume it.
+    ``RETRY``: waiting for a retry time after an error (backoff).
+    ``WAITING``: waiting for the time it asked for (``SilentRetryAfter``); not
+    an error. ``COMPLETE``: returned ``Done``, never runs again.
+    ``STOPPED``: stopped by an operator. ``SUSPENDED``: reached its attempt
+    limit or suspended by an operator; waits for an operator to resume it.
     """
 
     PENDING = "PENDING"
@@ -34,6 +37,28 @@ class TaskState(enum.StrEnum):
     COMPLETE = "COMPLETE"
     STOPPED = "STOPPED"
     SUSPENDED = "SUSPENDED"
+    WAITING = "WAITING"
+
+
+class WaitReason(enum.StrEnum):
+    """Why a task that is not running waits, for the operator's status view."""
+
+    #: Backoff after an error or a silent retry (``RETRY``).
+    BACKOFF = "backoff"
+    #: The time its ``SilentRetryAfter`` asked for (``WAITING``).
+    RETRY_AFTER = "retry_after"
+    #: Cron: the next tick (``SLEEPING``).
+    CRON_TICK = "cron_tick"
+    #: Lazy: the next signal, or the backstop re-check at the latest (``SLEEPING``).
+    SIGNAL = "signal"
+    #: Eager: re-opening its watch stream after a pause (``SLEEPING``).
+    REOPEN = "reopen"
+    #: Ready, but every slot is taken (``PENDING``).
+    CAPACITY = "capacity"
+    #: Set aside until an operator resumes it (``SUSPENDED``).
+    SUSPENDED = "suspended"
+    #: Stopped by an operator (``STOPPED``).
+    STOPPED = "stopped"
 
 
 #: States a task never leaves by itself.
@@ -94,3 +119,22 @@ class Task:
             f"Task({self.activity.name!r}, {self.aggregate}, state={self.state.value},"
             f" tail={self.tail})"
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Waiting:
+    """Why a task waits and when it runs next, as the operator's status shows it.
+
+    :ivar reason: ``None`` while it runs, or when it is ``COMPLETE``.
+    :ivar next_run_at: when it runs next (aware, UTC); ``None`` when no time
+        is known (a lazy task waits for a signal, but see ``recheck_at``; a
+        suspended task waits for an operator).
+    :ivar recheck_at: lazy: the backstop's re-check at the latest.
+    :ivar control: an operator's control that waits for the current run to
+        end (``"stop"``, ``"suspend"``, ``"resume"``, ``"restart"``), else ``None``.
+    """
+
+    reason: WaitReason | None
+    next_run_at: datetime | None = None
+    recheck_at: datetime | None = None
+    control: str | None = None

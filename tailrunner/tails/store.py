@@ -30,6 +30,9 @@ from tailrunner.model import AggregateRef
 #: How many runs per task a store keeps unless told otherwise.
 DEFAULT_RUN_RETENTION = 100
 
+#: At most this many characters of a run's error (its traceback) are kept.
+MAX_ERROR_TEXT = 8192
+
 #: The values of :attr:`RunRecord.outcome`.
 RUN_OUTCOMES = frozenset(
     {"done", "eof", "cancelled", "silent_retry", "retry_after", "error", "stopped"}
@@ -56,6 +59,12 @@ class TailRecord:
     #: The activity returned ``Done``: never start it again.
     completed: bool = False
     updated_at: datetime
+    #: Consecutive runs that ended in neither ``EOF`` nor ``Done`` since the
+    #: last progress: the backoff exponent, kept so that a restart resumes it.
+    failures: int = 0
+    #: ``RETRY`` and ``WAITING``: when the next try is due (aware, UTC), so
+    #: that a restarted runner honours it; ``None`` otherwise.
+    next_run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -73,7 +82,8 @@ class RunRecord:
     events_seen: int = 0
     #: One of :data:`RUN_OUTCOMES`.
     outcome: str
-    #: The error text of a failed run (``"ValueError: bad event"``).
+    #: The error of a failed run: its traceback, bounded
+    #: (:data:`MAX_ERROR_TEXT`), whose last line is ``"ValueError: bad event"``.
     error: str | None = None
 
 
