@@ -10,6 +10,7 @@ import textwrap
 import types
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,15 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 from ulid import ULID
 
-from tailrunner.activities import EOF, Activity, ActivityContext, EventStream, Outcome, activity
+from tailrunner.activities import (
+    EOF,
+    Activity,
+    ActivityContext,
+    EventStream,
+    Outcome,
+    activity,
+    builtin,
+)
 from tailrunner.cli.main import main
 from tailrunner.errors import ConfigError, PluginError
 from tailrunner.plugins import PluginSet, hookimpl, load_plugins
@@ -187,6 +196,18 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         sys.modules.pop(module, None)
 
 
+#: The activities of tailrunner's own plugin ``builtin``, loaded beside any test plugin.
+BUILTIN = frozenset(a.name for a in builtin.tailrunner_activities())
+
+
+@pytest.fixture
+def no_installed_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide every installed entry point, tailrunner's own ``builtin`` included."""
+    monkeypatch.setattr(
+        "tailrunner.plugins.metadata.entry_points", lambda group: metadata.EntryPoints(())
+    )
+
+
 def good(name: str) -> str:
     return GOOD.format(name=name)
 
@@ -273,7 +294,7 @@ def test_each_kind_of_broken_plugin_is_reported_and_the_others_load(site: Site, 
     assert "\n" not in error
     assert info(plugins, "before") == (("before-act",), None)
     assert info(plugins, "after") == (("after-act",), None)
-    assert set(plugins.activities) == {"before-act", "after-act"}
+    assert set(plugins.activities) == {"before-act", "after-act", *BUILTIN}
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
@@ -394,6 +415,25 @@ def test_only_plugins_that_loaded_stay_registered(site: Site) -> None:
     assert plugins.manager.get_plugin("broken") is None
 
 
+# --------------------------------------------------------------------------- the built-in plugin
+
+
+def test_the_builtin_activities_load_from_tailrunners_own_entry_point() -> None:
+    with capture_logs() as logs:
+        plugins = load_plugins(strict=True)
+
+    [own] = [p for p in plugins.plugins if p.name == "builtin"]
+    assert (own.dist, own.value, own.error) == (
+        "tailrunner",
+        "tailrunner.activities.builtin",
+        None,
+    )
+    assert own.activities == ("counter",)
+    assert plugins.activities["counter"] is builtin.counter
+    assert builtin.counter in plugins.select(["*"])  # what the example configs enable
+    assert [e for e in logs if e["log_level"] == "error"] == []
+
+
 # --------------------------------------------------------------------------- in-process plugins
 
 
@@ -440,7 +480,7 @@ def test_the_same_activity_from_an_extra_and_an_entry_point_is_a_duplicate(site:
 
 
 @pytest.fixture
-def three() -> PluginSet:
+def three(no_installed_plugins: None) -> PluginSet:
     acts = []
     for name in ("counter", "report-daily", "report-weekly"):
 
@@ -482,7 +522,7 @@ def test_select_names_the_pattern_that_matches_nothing(three: PluginSet) -> None
     )
 
 
-def test_select_with_no_activities_says_so() -> None:
+def test_select_with_no_activities_says_so(no_installed_plugins: None) -> None:
     empty = load_plugins(strict=True, extra=[])
 
     with pytest.raises(ConfigError, match=r'"\*" matches no activity \(no plugin provides'):
@@ -494,7 +534,7 @@ def test_select_of_nothing_is_an_error(three: PluginSet) -> None:
         three.select([])
 
 
-def test_no_plugins_installed_is_not_an_error() -> None:
+def test_no_plugins_installed_is_not_an_error(no_installed_plugins: None) -> None:
     with capture_logs() as logs:
         plugins = load_plugins(strict=True)
 
@@ -543,18 +583,28 @@ def test_plugins_command_lists_plugins_activities_and_errors_with_status_0(
     assert '"event": "plugin failed"' in result.stderr
 
 
+def test_plugins_command_lists_the_builtin_counter(cli: Callable[..., Result]) -> None:
+    result = cli("plugins")
+
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("builtin  tailrunner "))
+    assert lines[heading].endswith("  (tailrunner.activities.builtin)")
+    assert lines[heading + 1] == "    counter  follows demo"
+
+
 def test_plugins_command_marks_activities_left_out_by_config(
     site: Site, cli: Callable[..., Result]
 ) -> None:
     site.install("reports", good("daily-report"))
-    site.install("counters", good("counter"))
+    site.install("tallies", good("tally"))
 
-    result = cli("plugins", env={"TAILRUNNER_ACTIVITIES__ENABLED": "counter"})
+    result = cli("plugins", env={"TAILRUNNER_ACTIVITIES__ENABLED": "tally"})
 
     assert "    daily-report  follows demo, order  (not enabled by activities.enabled)" in (
         result.stdout.splitlines()
     )
-    assert "    counter  follows demo, order" in result.stdout.splitlines()
+    assert "    tally  follows demo, order" in result.stdout.splitlines()
 
 
 def test_plugins_command_json(site: Site, cli: Callable[..., Result]) -> None:

@@ -1,13 +1,22 @@
-"""Activities that ship with tailrunner."""
+"""Activities that ship with tailrunner, registered as the plugin ``builtin``.
+
+tailrunner's own ``pyproject.toml`` names this module in the entry-point
+group ``tailrunner`` (``builtin = "tailrunner.activities.builtin"``), so an
+installed tailrunner loads these as any plugin's: ``tailrunner plugins``
+lists them and ``activities.enabled = ["*"]`` runs them.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from ulid import ULID
 
 from tailrunner.activities.context import ActivityContext
-from tailrunner.activities.decorator import activity
+from tailrunner.activities.decorator import Activity, activity
 from tailrunner.activities.outcomes import EOF, Outcome
 from tailrunner.activities.stream import EventStream
+from tailrunner.plugins import hookimpl
 
 #: The aggregate type the demo appends to and the counter follows.
 DEMO_TYPE = "demo"
@@ -29,3 +38,12 @@ async def counter(ctx: ActivityContext, tail: ULID | None, stream: EventStream) 
         if ctx.engine == "eager":
             await ctx.checkpoint(tail)
     return EOF(tail)
+
+
+@hookimpl
+def tailrunner_activities() -> Iterable[Activity]:
+    """The built-in activities, for the plugin loader.
+
+    :returns: ``[counter]``.
+    """
+    return [counter]
