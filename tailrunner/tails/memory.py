@@ -13,6 +13,7 @@ from tailrunner.tails.store import (
     RunRecord,
     TailRecord,
     check_limit,
+    check_record,
     check_retention,
     query_cursor,
     require_aware,
@@ -39,7 +40,7 @@ class MemoryTailStore:
         return self._records.get(activity, {}).get(aggregate_id)
 
     async def save(self, record: TailRecord) -> None:
-        require_aware(record.updated_at, field="updated_at")
+        check_record(record)
         self._records.setdefault(record.activity, {})[record.aggregate.id] = record
 
     async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
@@ -87,7 +88,7 @@ class MemoryTailStore:
     @asynccontextmanager
     async def transaction(self, record: TailRecord) -> AsyncIterator[None]:
         """Yield ``None``; save ``record`` when the block ends without an exception."""
-        require_aware(record.updated_at, field="updated_at")
+        check_record(record)
         yield None
         await self.save(record)
 

@@ -40,6 +40,7 @@ from tailrunner.tails.store import (
     RunRecord,
     TailRecord,
     check_limit,
+    check_record,
     check_retention,
     require_aware,
     state_filter,
@@ -89,6 +90,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX tail_runs_by_task ON {schema}.tail_runs (activity, aggregate_id, seq)",
     ),
+    (
+        # Issue 10: the backoff exponent and the next try's time survive a
+        # restart. Older rows read as "no failures, no time due".
+        "ALTER TABLE {schema}.tails ADD COLUMN failures integer NOT NULL DEFAULT 0",
+        "ALTER TABLE {schema}.tails ADD COLUMN next_run_at timestamptz",
+    ),
 )
 
 #: The advisory lock's first key ("tail"); the second is the schema name's hash.
@@ -96,7 +103,7 @@ _LOCK_CLASS = 0x7461696C
 
 _TAIL_COLUMNS = (
     "activity, aggregate_id, aggregate_type, tail, state, attempts, last_error, completed,"
-    " updated_at"
+    " updated_at, failures, next_run_at"
 )
 _RUN_COLUMNS = (
     "activity, aggregate_id, aggregate_type, attempt, started_at, finished_at, tail_before,"
@@ -124,12 +131,13 @@ class _Statements:
         return cls(
             save=q(
                 f"INSERT INTO {{schema}}.tails ({_TAIL_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (activity, aggregate_id) DO UPDATE SET"
                 " aggregate_type = excluded.aggregate_type, tail = excluded.tail,"
                 " state = excluded.state, attempts = excluded.attempts,"
                 " last_error = excluded.last_error, completed = excluded.completed,"
-                " updated_at = excluded.updated_at"
+                " updated_at = excluded.updated_at, failures = excluded.failures,"
+                " next_run_at = excluded.next_run_at"
             ),
             get=q(
                 f"SELECT {_TAIL_COLUMNS} FROM {{schema}}.tails"
@@ -523,6 +531,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def _tail_params(record: TailRecord) -> tuple[object, ...]:
+    check_record(record)
     return (
         record.activity,
         record.aggregate.id,
@@ -532,12 +541,26 @@ def _tail_params(record: TailRecord) -> tuple[object, ...]:
         record.attempts,
         record.last_error,
         record.completed,
-        require_aware(record.updated_at, field="updated_at"),
+        record.updated_at,
+        record.failures,
+        record.next_run_at,
     )
 
 
 def _tail_record(row: Sequence[Any]) -> TailRecord:
-    activity, id_, type_, tail, state, attempts, last_error, completed, updated_at = row
+    (
+        activity,
+        id_,
+        type_,
+        tail,
+        state,
+        attempts,
+        last_error,
+        completed,
+        updated_at,
+        failures,
+        next_run_at,
+    ) = row
     return TailRecord(
         activity=activity,
         aggregate=AggregateRef(type=type_, id=id_),
@@ -547,6 +570,8 @@ def _tail_record(row: Sequence[Any]) -> TailRecord:
         last_error=last_error,
         completed=completed,
         updated_at=_utc(updated_at),
+        failures=failures,
+        next_run_at=None if next_run_at is None else _utc(next_run_at),
     )
 
 

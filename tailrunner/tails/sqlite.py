@@ -36,6 +36,7 @@ from tailrunner.tails.store import (
     RunRecord,
     TailRecord,
     check_limit,
+    check_record,
     check_retention,
     require_aware,
     state_filter,
@@ -84,6 +85,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX tail_runs_by_task ON tail_runs (activity, aggregate_id, seq)",
     ),
+    (
+        # Issue 10: the backoff exponent and the next try's time survive a
+        # restart. Older rows read as "no failures, no time due".
+        "ALTER TABLE tails ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tails ADD COLUMN next_run_at INTEGER",
+    ),
 )
 
 _CREATE_VERSION_TABLE = (
@@ -101,14 +108,15 @@ _VERSION_TABLE_EXISTS = (
 
 _TAIL_COLUMNS = (
     "activity, aggregate_id, aggregate_type, tail, state, attempts, last_error, completed,"
-    " updated_at"
+    " updated_at, failures, next_run_at"
 )
 _SAVE = (
-    f"INSERT INTO tails ({_TAIL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO tails ({_TAIL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (activity, aggregate_id) DO UPDATE SET"
     " aggregate_type = excluded.aggregate_type, tail = excluded.tail, state = excluded.state,"
     " attempts = excluded.attempts, last_error = excluded.last_error,"
-    " completed = excluded.completed, updated_at = excluded.updated_at"
+    " completed = excluded.completed, updated_at = excluded.updated_at,"
+    " failures = excluded.failures, next_run_at = excluded.next_run_at"
 )
 _GET = f"SELECT {_TAIL_COLUMNS} FROM tails WHERE activity = ? AND aggregate_id = ?"
 _LOAD = f"SELECT {_TAIL_COLUMNS} FROM tails WHERE activity = ?"
@@ -462,6 +470,7 @@ def _ulid(raw: bytes | None) -> ULID | None:
 
 
 def _tail_params(record: TailRecord) -> tuple[object, ...]:
+    check_record(record)
     return (
         record.activity,
         record.aggregate.id.bytes,
@@ -471,12 +480,26 @@ def _tail_params(record: TailRecord) -> tuple[object, ...]:
         record.attempts,
         record.last_error,
         int(record.completed),
-        _micros(require_aware(record.updated_at, field="updated_at")),
+        _micros(record.updated_at),
+        record.failures,
+        None if record.next_run_at is None else _micros(record.next_run_at),
     )
 
 
 def _tail_record(row: Sequence[Any]) -> TailRecord:
-    activity, id_, type_, tail, state, attempts, last_error, completed, updated_at = row
+    (
+        activity,
+        id_,
+        type_,
+        tail,
+        state,
+        attempts,
+        last_error,
+        completed,
+        updated_at,
+        failures,
+        next_run_at,
+    ) = row
     return TailRecord(
         activity=activity,
         aggregate=AggregateRef(type=type_, id=UUID(bytes=id_)),
@@ -486,6 +509,8 @@ def _tail_record(row: Sequence[Any]) -> TailRecord:
         last_error=last_error,
         completed=bool(completed),
         updated_at=_from_micros(updated_at),
+        failures=failures,
+        next_run_at=None if next_run_at is None else _from_micros(next_run_at),
     )
 
 

@@ -102,6 +102,20 @@ def require_aware(value: datetime, *, field: str) -> datetime:
     return value
 
 
+def check_record(record: TailRecord) -> TailRecord:
+    """Check what every store refuses in a :class:`TailRecord` before it saves it.
+
+    :raises InvalidArgument: naming the field: a naive ``updated_at`` or
+        ``next_run_at``, or ``failures`` below 0.
+    """
+    require_aware(record.updated_at, field="updated_at")
+    if record.next_run_at is not None:
+        require_aware(record.next_run_at, field="next_run_at")
+    if record.failures < 0:
+        raise InvalidArgument("failures", f"{record.failures}: must not be negative")
+    return record
+
+
 def check_retention(run_retention: int) -> int:
     """Validate a store's ``run_retention``.
 

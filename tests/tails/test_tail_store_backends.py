@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -203,6 +203,96 @@ async def test_sqlite_transaction_that_ends_itself_saves_nothing(tmp_path: Path)
         await store.aclose()
 
 
+#: A version-1 tail store file as tailrunner wrote it before issue 10, by hand
+#: (not from MIGRATIONS, so that an edit of a released migration shows here).
+SQLITE_V1 = [
+    """CREATE TABLE tails (
+        activity TEXT NOT NULL, aggregate_id BLOB NOT NULL, aggregate_type TEXT NOT NULL,
+        tail BLOB, state TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT,
+        completed INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+        PRIMARY KEY (activity, aggregate_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX tails_by_updated ON tails (updated_at, activity, aggregate_id)",
+    "CREATE INDEX tails_by_state ON tails (state, updated_at, activity, aggregate_id)",
+    """CREATE TABLE tail_runs (
+        seq INTEGER PRIMARY KEY, activity TEXT NOT NULL, aggregate_id BLOB NOT NULL,
+        aggregate_type TEXT NOT NULL, attempt INTEGER NOT NULL, started_at INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL, tail_before BLOB, tail_after BLOB,
+        events_seen INTEGER NOT NULL, outcome TEXT NOT NULL, error TEXT
+    )""",
+    "CREATE INDEX tail_runs_by_task ON tail_runs (activity, aggregate_id, seq)",
+    "CREATE TABLE tails_schema_version"
+    " (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)",
+    "INSERT INTO tails_schema_version VALUES (1, 1)",
+]
+#: 2025-01-02T03:04:05.678901Z in the stores' microseconds since the epoch.
+V1_UPDATED = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+V1_MICROS = 1735787045678901
+
+
+def v1_expected(aggregate_id: uuid.UUID, tail: ULID) -> tuple[TailRecord, RunRecord]:
+    """The record and run the version-1 rows hold, as a migrated store must return them."""
+    aggregate = AggregateRef(type="thing", id=aggregate_id)
+    record = TailRecord(
+        activity="act",
+        aggregate=aggregate,
+        tail=tail,
+        state="RETRY",
+        attempts=2,
+        last_error="ValueError: bad event",
+        updated_at=V1_UPDATED,
+    )
+    run = RunRecord(
+        activity="act",
+        aggregate=aggregate,
+        attempt=2,
+        started_at=V1_UPDATED,
+        finished_at=V1_UPDATED,
+        tail_before=None,
+        tail_after=tail,
+        events_seen=3,
+        outcome="error",
+        error="ValueError: bad event",
+    )
+    return record, run
+
+
+async def test_sqlite_a_version_1_file_is_upgraded_keeping_its_rows(tmp_path: Path) -> None:
+    path = tmp_path / "tails.db"
+    aggregate_id, tail = uuid.uuid4(), ULID()
+    with sqlite3.connect(path) as conn:
+        for statement in SQLITE_V1:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO tails VALUES ('act', ?, 'thing', ?, 'RETRY', 2,"
+            " 'ValueError: bad event', 0, ?)",
+            (aggregate_id.bytes, tail.bytes, V1_MICROS),
+        )
+        conn.execute(
+            "INSERT INTO tail_runs (activity, aggregate_id, aggregate_type, attempt, started_at,"
+            " finished_at, tail_before, tail_after, events_seen, outcome, error)"
+            " VALUES ('act', ?, 'thing', 2, ?, ?, NULL, ?, 3, 'error', 'ValueError: bad event')",
+            (aggregate_id.bytes, V1_MICROS, V1_MICROS, tail.bytes),
+        )
+    conn.close()
+    expected, expected_run = v1_expected(aggregate_id, tail)
+
+    store = await SQLiteTailStore.open(path)
+    try:
+        assert await store.get("act", aggregate_id) == expected
+        assert await store.list_runs("act", aggregate_id) == [expected_run]
+        due = V1_UPDATED + timedelta(seconds=30)
+        await store.save(replace(expected, failures=5, next_run_at=due))
+        stored = await store.get("act", aggregate_id)
+        assert stored is not None and (stored.failures, stored.next_run_at) == (5, due)
+    finally:
+        await store.aclose()
+    with sqlite3.connect(path) as conn:
+        (version,) = conn.execute("SELECT version FROM tails_schema_version").fetchone()
+    conn.close()
+    assert version == len(sqlite_store.MIGRATIONS) == 2
+
+
 # -- PostgreSQL -------------------------------------------------------------------
 
 
@@ -255,6 +345,75 @@ async def test_postgres_transaction_whose_writes_failed_commits_nothing(
         assert await store.get("act", record.aggregate.id) is None
     finally:
         await store.aclose()
+
+
+#: A version-1 PostgreSQL schema as tailrunner made it before issue 10, by hand.
+POSTGRES_V1 = [
+    "CREATE SCHEMA {schema}",
+    """CREATE TABLE {schema}.tails (
+        activity text COLLATE "C" NOT NULL, aggregate_id uuid NOT NULL,
+        aggregate_type text NOT NULL, tail bytea CHECK (octet_length(tail) = 16),
+        state text NOT NULL, attempts integer NOT NULL, last_error text,
+        completed boolean NOT NULL, updated_at timestamptz NOT NULL,
+        PRIMARY KEY (activity, aggregate_id)
+    )""",
+    "CREATE INDEX tails_by_updated ON {schema}.tails (updated_at, activity, aggregate_id)",
+    "CREATE INDEX tails_by_state ON {schema}.tails (state, updated_at, activity, aggregate_id)",
+    """CREATE TABLE {schema}.tail_runs (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        activity text COLLATE "C" NOT NULL, aggregate_id uuid NOT NULL,
+        aggregate_type text NOT NULL, attempt integer NOT NULL,
+        started_at timestamptz NOT NULL, finished_at timestamptz NOT NULL,
+        tail_before bytea, tail_after bytea, events_seen bigint NOT NULL,
+        outcome text NOT NULL, error text
+    )""",
+    "CREATE INDEX tail_runs_by_task ON {schema}.tail_runs (activity, aggregate_id, seq)",
+    "CREATE TABLE {schema}.tails_schema_version"
+    " (id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)",
+    "INSERT INTO {schema}.tails_schema_version VALUES (1, 1)",
+]
+
+
+async def test_postgres_a_version_1_schema_is_upgraded_keeping_its_rows(
+    postgres_url: str, pg_schema: str
+) -> None:
+    aggregate_id, tail = uuid.uuid4(), ULID()
+    ident = sql.Identifier(pg_schema)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        for statement in POSTGRES_V1:
+            conn.execute(sql.SQL(statement).format(schema=ident))
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.tails VALUES ('act', %s, 'thing', %s, 'RETRY', 2,"
+                " 'ValueError: bad event', false, %s)"
+            ).format(ident),
+            (aggregate_id, tail.bytes, V1_UPDATED),
+        )
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {}.tail_runs (activity, aggregate_id, aggregate_type, attempt,"
+                " started_at, finished_at, tail_before, tail_after, events_seen, outcome, error)"
+                " VALUES ('act', %s, 'thing', 2, %s, %s, NULL, %s, 3, 'error',"
+                " 'ValueError: bad event')"
+            ).format(ident),
+            (aggregate_id, V1_UPDATED, V1_UPDATED, tail.bytes),
+        )
+    expected, expected_run = v1_expected(aggregate_id, tail)
+
+    store = await PostgresTailStore.open(postgres_url, schema=pg_schema)
+    try:
+        assert await store.get("act", aggregate_id) == expected
+        assert await store.list_runs("act", aggregate_id) == [expected_run]
+        due = V1_UPDATED + timedelta(seconds=30)
+        await store.save(replace(expected, failures=5, next_run_at=due))
+        stored = await store.get("act", aggregate_id)
+        assert stored is not None and (stored.failures, stored.next_run_at) == (5, due)
+    finally:
+        await store.aclose()
+    with psycopg.connect(postgres_url) as conn:
+        query = sql.SQL("SELECT version FROM {}.tails_schema_version").format(ident)
+        assert conn.execute(query).fetchall() == [(len(postgres_store.MIGRATIONS),)]
+    assert len(postgres_store.MIGRATIONS) == 2
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,13 @@ from tailrunner.tails import sqlite as sqlite_store
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.postgres import PostgresTailStore
 from tailrunner.tails.sqlite import SQLiteTailStore
-from tailrunner.tails.store import RunRecord, TailRecord, TailStore, query_cursor
+from tailrunner.tails.store import (
+    MAX_ERROR_TEXT,
+    RunRecord,
+    TailRecord,
+    TailStore,
+    query_cursor,
+)
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -294,6 +300,45 @@ async def test_updated_at_keeps_its_instant_to_the_microsecond(store: TailStore)
     assert stored.updated_at == plus_two
 
 
+async def test_backoff_fields_come_back_as_saved_and_can_be_cleared(store: TailStore) -> None:
+    # Issue 10, defect 11: a restarted runner resumes the backoff where it was.
+    due = datetime(2025, 6, 1, 14, 0, 7, 123456, tzinfo=timezone(timedelta(hours=-5)))
+    waiting = record(ref(1), tail=ULID(), state="RETRY", attempts=3, failures=4, next_run_at=due)
+    await store.save(waiting)
+    stored = await store.get("act", ref(1).id)
+    assert stored == waiting
+    assert stored is not None and stored.next_run_at == due and stored.failures == 4
+    assert (await store.load("act"))[ref(1).id] == waiting
+    assert await store.query(states=["RETRY"]) == [waiting]
+
+    caught_up = replace(waiting, state="SLEEPING", failures=0, next_run_at=None)
+    await store.save_with_run(caught_up, run(ref(1), 1))
+    assert await store.get("act", ref(1).id) == caught_up
+
+
+async def test_a_record_that_was_never_given_backoff_fields_has_the_defaults(
+    store: TailStore,
+) -> None:
+    await store.save(record(ref(1)))
+    stored = await store.get("act", ref(1).id)
+    assert stored is not None
+    assert (stored.failures, stored.next_run_at) == (0, None)
+
+
+async def test_a_naive_next_run_at_or_negative_failures_is_refused(store: TailStore) -> None:
+    naive = record(ref(1), next_run_at=datetime(2025, 1, 1))
+    negative = record(ref(2), failures=-1)
+    for bad, field in ((naive, "next_run_at"), (negative, "failures")):
+        with pytest.raises(InvalidArgument) as info:
+            await store.save(bad)
+        assert info.value.field == field
+        with pytest.raises(InvalidArgument) as info:
+            async with store.transaction(bad):
+                pass
+        assert info.value.field == field
+    assert await store.load("act") == {}
+
+
 # -- run records --------------------------------------------------------------
 
 
@@ -321,6 +366,24 @@ async def test_run_records_come_back_newest_first(store: TailStore) -> None:
     assert await store.list_runs("act", agg.id) == runs[::-1]
     assert await store.list_runs("act", agg.id, limit=2) == runs[:0:-1]
     assert await store.list_runs("act", uuid.uuid4()) == []
+
+
+async def test_a_run_error_of_the_whole_bound_comes_back_whole(store: TailStore) -> None:
+    # A traceback as the engine keeps it: many lines, any text, the exception last.
+    last = "ValueError: bad event"
+    frame = '  File "/srv/plugins/ünïcode.py", line 12, in follow\n    raise ValueError("…")\n'
+    body = "Traceback (most recent call last):\n"
+    body += frame * ((MAX_ERROR_TEXT - len(body) - len(last)) // len(frame))
+    traceback = body + "x" * (MAX_ERROR_TEXT - len(body) - len(last) - 1) + "\n" + last
+    assert len(traceback) == MAX_ERROR_TEXT
+    ran = run(ref(1), 1, outcome="error", error=traceback)
+    await store.save_with_run(record(ref(1), last_error=traceback), ran)
+
+    (stored,) = await store.list_runs("act", ref(1).id)
+    assert stored.error == traceback
+    assert stored.error.splitlines()[-1] == last
+    saved = await store.get("act", ref(1).id)
+    assert saved is not None and saved.last_error == traceback
 
 
 async def test_run_records_keep_only_the_newest_n_per_task(backend: Backend) -> None:
