@@ -82,13 +82,17 @@ class Task(_message.Message):
         SLEEPING: Task._State.ValueType  # 3
         """Caught up, waiting for a signal, a tick or the backstop."""
         RETRY: Task._State.ValueType  # 4
-        """Waiting for a retry time."""
+        """Waiting for a retry time after an error (backoff)."""
         COMPLETE: Task._State.ValueType  # 5
         """The activity returned Done: never runs again unless restarted."""
         STOPPED: Task._State.ValueType  # 6
         """Cancelled or stopped by an operator."""
         SUSPENDED: Task._State.ValueType  # 7
         """Reached its attempt limit, or suspended by an operator."""
+        WAITING: Task._State.ValueType  # 8
+        """Waiting for the time the activity asked for (SilentRetryAfter): not
+        an error.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """The states of tailrunner.engines.task.TaskState."""
@@ -101,13 +105,17 @@ class Task(_message.Message):
     SLEEPING: Task.State.ValueType  # 3
     """Caught up, waiting for a signal, a tick or the backstop."""
     RETRY: Task.State.ValueType  # 4
-    """Waiting for a retry time."""
+    """Waiting for a retry time after an error (backoff)."""
     COMPLETE: Task.State.ValueType  # 5
     """The activity returned Done: never runs again unless restarted."""
     STOPPED: Task.State.ValueType  # 6
     """Cancelled or stopped by an operator."""
     SUSPENDED: Task.State.ValueType  # 7
     """Reached its attempt limit, or suspended by an operator."""
+    WAITING: Task.State.ValueType  # 8
+    """Waiting for the time the activity asked for (SilentRetryAfter): not
+    an error.
+    """
 
     ACTIVITY_FIELD_NUMBER: _builtins.int
     AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
@@ -123,6 +131,10 @@ class Task(_message.Message):
     LAST_RUN_OUTCOME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LIVE_FIELD_NUMBER: _builtins.int
+    WAIT_REASON_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
+    RECHECK_TIME_FIELD_NUMBER: _builtins.int
+    PENDING_CONTROL_FIELD_NUMBER: _builtins.int
     activity: _builtins.str
     aggregate_type: _builtins.str
     aggregate_id: _builtins.str
@@ -140,13 +152,27 @@ class Task(_message.Message):
     attempts: _builtins.int
     """Consecutive failed runs at this tail."""
     last_error: _builtins.str
-    """The error of the last failed run; empty after a run that did not fail."""
+    """The error of the last failed run (its traceback, as Run.error); empty
+    after a run that did not fail.
+    """
     last_run_outcome: _builtins.str
     """done, eof, cancelled, silent_retry, retry_after, error or stopped."""
     live: _builtins.bool
     """This runner runs the task; false for a record in the tail store whose
     activity or aggregate this runner does not follow (it cannot be
     controlled here).
+    """
+    wait_reason: _builtins.str
+    """Why the task waits (tailrunner.engines.task.WaitReason): backoff (after
+    an error or a silent retry), retry_after (the time SilentRetryAfter asked
+    for), cron_tick, signal (lazy: the next signal, or recheck_time at the
+    latest), reopen (eager: re-opening its watch stream), capacity (ready,
+    every slot taken), suspended or stopped (until an operator resumes it).
+    Empty while it runs, when it is COMPLETE, or when the runner cannot tell.
+    """
+    pending_control: _builtins.str
+    """An operator's control (stop, suspend, resume or restart) that waits for
+    the current run to end; empty when none does.
     """
     @_builtins.property
     def last_run_start_time(self) -> Global___Timestamp:
@@ -159,6 +185,18 @@ class Task(_message.Message):
     @_builtins.property
     def update_time(self) -> Global___Timestamp:
         """When the task's record was last stored; unset when it never was."""
+
+    @_builtins.property
+    def next_run_time(self) -> Global___Timestamp:
+        """When the task runs next; unset when no time is known (a lazy task waits
+        for a signal, a suspended one for an operator, a ready one for capacity).
+        """
+
+    @_builtins.property
+    def recheck_time(self) -> Global___Timestamp:
+        """Lazy engine: the backstop's re-check without a signal, at the latest;
+        unset otherwise.
+        """
 
     def __init__(
         self,
@@ -177,10 +215,14 @@ class Task(_message.Message):
         last_run_outcome: _builtins.str = ...,
         update_time: Global___Timestamp | None = ...,
         live: _builtins.bool = ...,
+        wait_reason: _builtins.str = ...,
+        next_run_time: Global___Timestamp | None = ...,
+        recheck_time: Global___Timestamp | None = ...,
+        pending_control: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "lag", b"lag", "last_run_end_time", b"last_run_end_time", "last_run_start_time", b"last_run_start_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "lag", b"lag", "last_run_end_time", b"last_run_end_time", "last_run_start_time", b"last_run_start_time", "next_run_time", b"next_run_time", "recheck_time", b"recheck_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "activity", b"activity", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "attempts", b"attempts", "head", b"head", "lag", b"lag", "last_error", b"last_error", "last_run_end_time", b"last_run_end_time", "last_run_outcome", b"last_run_outcome", "last_run_start_time", b"last_run_start_time", "live", b"live", "state", b"state", "tail", b"tail", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "activity", b"activity", "aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "attempts", b"attempts", "head", b"head", "lag", b"lag", "last_error", b"last_error", "last_run_end_time", b"last_run_end_time", "last_run_outcome", b"last_run_outcome", "last_run_start_time", b"last_run_start_time", "live", b"live", "next_run_time", b"next_run_time", "pending_control", b"pending_control", "recheck_time", b"recheck_time", "state", b"state", "tail", b"tail", "update_time", b"update_time", "wait_reason", b"wait_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__lag: _TypeAlias = _typing.Literal["lag"]  # noqa: Y015
     _WhichOneofArgType__lag: _TypeAlias = _typing.Literal["_lag", b"_lag"]  # noqa: Y015
@@ -313,6 +355,10 @@ class Run(_message.Message):
     outcome: _builtins.str
     """done, eof, cancelled, silent_retry, retry_after, error or stopped."""
     error: _builtins.str
+    """A failed run's traceback, bounded to 8 KiB (8192 characters), whose
+    last line is the exception ("ValueError: bad event"); empty for a run
+    that did not fail.
+    """
     @_builtins.property
     def start_time(self) -> Global___Timestamp: ...
     @_builtins.property

@@ -116,8 +116,8 @@ class RunnerServicer:
 
     def ResumeTask(self, request, context):
         """Runs a STOPPED or SUSPENDED task again with a fresh attempt count: this
-        also clears a suspension for a poison event. A task in another state is
-        returned unchanged.
+        also clears a suspension for a poison event. FAILED_PRECONDITION for a
+        task in another state, naming the task and its state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

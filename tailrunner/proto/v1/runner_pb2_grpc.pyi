@@ -74,8 +74,8 @@ class RunnerStub:
     """
     ResumeTask: _grpc.UnaryUnaryMultiCallable[_runner_pb2.ResumeTaskRequest, _runner_pb2.Task]
     """Runs a STOPPED or SUSPENDED task again with a fresh attempt count: this
-    also clears a suspension for a poison event. A task in another state is
-    returned unchanged.
+    also clears a suspension for a poison event. FAILED_PRECONDITION for a
+    task in another state, naming the task and its state.
     """
     StopTask: _grpc.UnaryUnaryMultiCallable[_runner_pb2.StopTaskRequest, _runner_pb2.Task]
     """Cancels a running task, or keeps a waiting one from running: STOPPED,
@@ -116,8 +116,8 @@ class RunnerAsyncStub(RunnerStub):
     """
     ResumeTask: _aio.UnaryUnaryMultiCallable[_runner_pb2.ResumeTaskRequest, _runner_pb2.Task]  # type: ignore[assignment]
     """Runs a STOPPED or SUSPENDED task again with a fresh attempt count: this
-    also clears a suspension for a poison event. A task in another state is
-    returned unchanged.
+    also clears a suspension for a poison event. FAILED_PRECONDITION for a
+    task in another state, naming the task and its state.
     """
     StopTask: _aio.UnaryUnaryMultiCallable[_runner_pb2.StopTaskRequest, _runner_pb2.Task]  # type: ignore[assignment]
     """Cancels a running task, or keeps a waiting one from running: STOPPED,
@@ -185,8 +185,8 @@ class RunnerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_runner_pb2.Task, _abc.Awaitable[_runner_pb2.Task]]:
         """Runs a STOPPED or SUSPENDED task again with a fresh attempt count: this
-        also clears a suspension for a poison event. A task in another state is
-        returned unchanged.
+        also clears a suspension for a poison event. FAILED_PRECONDITION for a
+        task in another state, naming the task and its state.
         """
 
     @_abc_1.abstractmethod
