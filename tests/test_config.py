@@ -1,4 +1,7 @@
-"""Config: the examples load, the environment wins, and every bad value is named."""
+"""Config: the defaults, the environment wins, and every bad value is named.
+
+The example configs have their own tests: tests/test_example_configs.py.
+"""
 
 from __future__ import annotations
 
@@ -18,29 +21,6 @@ from tailrunner.config import (
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.toml"))
-EXAMPLE_NAMES = [path.stem for path in EXAMPLES]
-
-#: Every key a config can set (besides the per-activity tables).
-ALL_KEYS = {
-    "journal.address",
-    "engine.kind",
-    "engine.capacity",
-    "engine.backstop",
-    "engine.interval",
-    "engine.discovery_interval",
-    "retry.initial",
-    "retry.multiplier",
-    "retry.max_delay",
-    "retry.jitter",
-    "retry.max_attempts",
-    "activities.enabled",
-    "tails.store",
-    "log.format",
-    "log.level",
-    "plugins.strict",
-}
-
 
 def write(tmp_path: Path, text: str, name: str = "tailrunner.toml") -> Path:
     path = tmp_path / name
@@ -54,28 +34,7 @@ def error_of(path: Path | None, environ: dict[str, str] | None = None) -> str:
     return str(caught.value)
 
 
-# --------------------------------------------------------------------------- examples
-
-
-def test_the_examples_cover_lazy_eager_and_cron() -> None:
-    assert {"lazy", "eager", "cron"} <= set(EXAMPLE_NAMES)
-
-
-@pytest.mark.parametrize("path", EXAMPLES, ids=EXAMPLE_NAMES)
-def test_each_example_loads_and_sets_every_key(path: Path) -> None:
-    config = load_config(path, {})
-
-    assert config.engine.kind == path.stem
-    assert config.path == path
-    # An example is the reference for operators: it shows every key.
-    assert set(config.origins) >= ALL_KEYS
-    assert {config.origin(key) for key in ALL_KEYS} == {str(path)}
-
-
-def test_cron_example_reads_its_interval_as_a_cron_expression() -> None:
-    config = load_config(Path(__file__).parent.parent / "config" / "cron.toml", {})
-
-    assert (config.engine.interval, config.engine.cron) == (None, "*/5 * * * *")
+# --------------------------------------------------------------------------- defaults
 
 
 def test_no_file_and_no_environment_gives_the_defaults() -> None:
