@@ -26,6 +26,7 @@ import structlog
 from grpc_status import rpc_status
 from ulid import ULID
 
+from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.errors import (
     AggregateTypeMismatch,
     InvalidArgument,
@@ -94,7 +95,13 @@ class JournalClient:
         self._close_channel = close_channel
 
     @classmethod
-    def connect(cls, address: str, *, timeout: float | None = None) -> JournalClient:
+    def connect(
+        cls,
+        address: str,
+        *,
+        timeout: float | None = None,
+        reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
+    ) -> JournalClient:
         """A client of the journal at ``address`` (``HOST:PORT``).
 
         The connection is made by the first call, which raises
@@ -102,8 +109,17 @@ class JournalClient:
         Call it with the event loop running.
 
         :param timeout: seconds for unary calls (``None``: no deadline).
+        :param reconnect: also bounds the channel's own reconnect backoff.
+            gRPC's default grows to 120 s, and until it tries again every
+            call fails at once: after a long outage the journal's return
+            would go unnoticed for up to two minutes.
         """
-        channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        options = (
+            *_CHANNEL_OPTIONS,
+            ("grpc.initial_reconnect_backoff_ms", max(1, round(reconnect.initial * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(1, round(reconnect.max_delay * 1000))),
+        )
+        channel = grpc.aio.insecure_channel(address, options=options)
         return cls(channel, timeout=timeout, close_channel=True)
 
     async def __aenter__(self) -> Self:
