@@ -15,6 +15,7 @@ class RetryPolicy:
     (0.2: anywhere from 80 % to 120 % of that, capped at ``max_delay``) so
     that many tasks failing together do not retry in lockstep.
 
+    :ivar initial: seconds after the first failure; more than 0.
     :ivar max_attempts: after this many failures at the same tail the task is
         suspended for an operator; ``None`` retries forever (as nog does).
     """
@@ -26,8 +27,12 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
-        if self.initial < 0:
-            raise ValueError(f"retry initial delay {self.initial}: must not be negative")
+        if not self.initial > 0:  # also refuses NaN
+            # No "initial" after the colon: config.py reads that as the max_delay rule.
+            raise ValueError(
+                f"retry initial delay {self.initial}: must be more than 0"
+                " (a failing activity retried without a wait spins)"
+            )
         if self.multiplier < 1:
             raise ValueError(f"retry multiplier {self.multiplier}: must be at least 1")
         if self.max_delay < self.initial:

@@ -89,7 +89,8 @@ async def run_activity(
     stopped, or (with ``stop_on_retry``) waits to retry; under the eager
     engine, also when the activity waits on its watch stream after catching up.
 
-    :param retry: defaults to retries without delay, so tests stay fast.
+    :param retry: defaults to retries after 1 ms, so tests stay fast (a zero
+        delay is refused: it would spin).
     :param max_runs: stop after this many runs, idle or not.
     :raises TimeoutError: when the activity is not idle within ``time_limit`` seconds.
     """
@@ -98,7 +99,7 @@ async def run_activity(
     options = EngineOptions(
         kind=engine,
         capacity=1,
-        retry=retry or RetryPolicy(initial=0.0, max_delay=0.0, jitter=0.0),
+        retry=retry or RetryPolicy(initial=0.001, max_delay=0.001, jitter=0.0),
         interval=0.01,
     )
     scheduler = build_engine(
