@@ -18,6 +18,7 @@ text as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from croniter import croniter
 
+from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError
 
@@ -71,12 +73,27 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JournalConfig:
-    """``[journal]``: where the event journal is.
+    """``[journal]``: where the event journal is, and how to reach it again.
 
     :ivar address: the journal's gRPC address, ``HOST:PORT``.
+    :ivar reconnect_initial: seconds before the first attempt to reach the
+        journal again after it went away; doubles per failed attempt.
+    :ivar reconnect_max_delay: the longest wait between those attempts.
     """
 
     address: str = "127.0.0.1:7740"
+    reconnect_initial: float = DEFAULT_RECONNECT.initial
+    reconnect_max_delay: float = DEFAULT_RECONNECT.max_delay
+
+    def __post_init__(self) -> None:
+        self.reconnect  # noqa: B018  # a bad pair fails here, not at first use
+
+    @property
+    def reconnect(self) -> ReconnectPolicy:
+        """How the signal stream and discovery reconnect: not the activities' ``[retry]``."""
+        return dataclasses.replace(
+            DEFAULT_RECONNECT, initial=self.reconnect_initial, max_delay=self.reconnect_max_delay
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +332,7 @@ _SECTIONS = (
     "metrics",
 )
 _KEYS: Mapping[str, tuple[str, ...]] = {
-    "journal": ("address",),
+    "journal": ("address", "reconnect_initial", "reconnect_max_delay"),
     "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval"),
     "retry": ("initial", "multiplier", "max_delay", "jitter", "max_attempts"),
     "activities": ("enabled", "limits", "retry"),
@@ -500,9 +517,37 @@ class _Parser:
     def journal(self, table: Mapping[str, Any]) -> JournalConfig:
         self.known(table, ("journal",))
         d = JournalConfig()
+        address = self.get(table, ("journal", "address"), self.address, d.address)
+        initial, max_delay = self.reconnect(table, d)
         return JournalConfig(
-            address=self.get(table, ("journal", "address"), self.address, d.address),
+            address=address,
+            reconnect_initial=initial,
+            reconnect_max_delay=max_delay,
         )
+
+    def reconnect(self, table: Mapping[str, Any], d: JournalConfig) -> tuple[float, float]:
+        """``journal.reconnect_initial`` and ``journal.reconnect_max_delay``, checked together."""
+        positive = self.duration(positive=True)
+        initial = self.get(table, ("journal", "reconnect_initial"), positive, d.reconnect_initial)
+        max_delay = self.get(
+            table, ("journal", "reconnect_max_delay"), positive, d.reconnect_max_delay
+        )
+        if max_delay >= initial:
+            return initial, max_delay
+        # The one rule between the two keys: blame the one that was set,
+        # max_delay when both were, and name the other with its value.
+        defaults = {
+            "reconnect_initial": d.reconnect_initial,
+            "reconnect_max_delay": d.reconnect_max_delay,
+        }
+        blamed, other = (
+            ("reconnect_max_delay", "reconnect_initial")
+            if "reconnect_max_delay" in table
+            else ("reconnect_initial", "reconnect_max_delay")
+        )
+        shown = _show(table[other]) if other in table else f"{defaults[other]:g}s (the default)"
+        bound = "must not exceed" if blamed == "reconnect_initial" else "must be at least"
+        self.fail(("journal", blamed), table[blamed], f"{bound} journal.{other} = {shown}")
 
     def engine(self, table: Mapping[str, Any]) -> EngineConfig:
         self.known(table, ("engine",))
