@@ -152,8 +152,9 @@ class Task(_message.Message):
     attempts: _builtins.int
     """Consecutive failed runs at this tail."""
     last_error: _builtins.str
-    """The error of the last failed run (its traceback, as Run.error); empty
-    after a run that did not fail.
+    """The error of the last failed run, in one line ("ValueError: bad event";
+    ListRuns has the run's whole traceback); empty after a run that did not
+    fail.
     """
     last_run_outcome: _builtins.str
     """done, eof, cancelled, silent_retry, retry_after, error or stopped."""
