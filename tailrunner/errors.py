@@ -15,6 +15,7 @@
     └── AdminError             a call to a runner's admin service failed
         ├── TaskNotFound       NOT_FOUND: no such task here
         ├── TaskNotControllable FAILED_PRECONDITION: not in this state
+        ├── ControlNotStored   UNAVAILABLE: applied in memory, its save failed
         ├── NotAuthenticated   UNAUTHENTICATED: no token, or the wrong one
         └── AdminUnavailable   the admin address cannot be reached (retryable)
 
@@ -97,6 +98,14 @@ class TaskNotFound(AdminError):
 
 class TaskNotControllable(AdminError):
     """The control does not fit the task's state (stopping a complete task)."""
+
+
+class ControlNotStored(AdminError):
+    """A control was applied in the runner's memory, but its state could not be stored.
+
+    The runner keeps retrying the save; until it succeeds, a restart of the
+    runner would lose the control.
+    """
 
 
 class NotAuthenticated(AdminError):

@@ -13,6 +13,19 @@ filters the store cannot apply skip). ``PENDING`` and ``RUNNING`` tasks come
 first, from the engine: the store never holds ``RUNNING``, and it holds the
 state a task had before it was woken.
 
+Why a task waits and when it runs next comes from
+:meth:`~tailrunner.engines.scheduler.Scheduler.waiting` for a task the
+engine has, and from its stored state and ``next_run_at`` for a task only
+the store has.
+
+Controls: a control the engine could not store
+(:class:`~tailrunner.errors.StoreError`) is ``UNAVAILABLE`` with the
+``ErrorInfo`` reason :data:`CONTROL_NOT_STORED`, since the engine has
+applied it in memory and keeps retrying the save; a control that waits for
+a run to end past the control timeout (an activity that does not honour
+cancellation) is replied to with the task as it is and the control in
+``pending_control``; the engine applies it when the run ends.
+
 Requests are validated here (``INVALID_ARGUMENT`` naming the field) and
 tailrunner's errors mapped to status codes, here and only here.
 """
@@ -33,12 +46,16 @@ from uuid import UUID
 import anyio
 import grpc
 import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 from ulid import ULID
 
 from tailrunner.admin.lag import Lag, count_after
 from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import (
+    ControlNotStored,
     InvalidArgument,
     JournalError,
     JournalUnavailable,
@@ -72,6 +89,17 @@ _MIN_SCAN_BUDGET = 1000
 #: Store and journal calls at once while a page is described.
 _CONCURRENCY = 8
 _PAGE_TOKEN_VERSION = 1
+#: The ``google.rpc.ErrorInfo`` of a control whose state could not be stored.
+ERROR_DOMAIN = "tailrunner"
+CONTROL_NOT_STORED = "CONTROL_NOT_STORED"
+#: Why a task that only the store knows waits, by its stored state (no
+#: engine here to ask: ``SLEEPING`` and ``PENDING`` depend on the engine).
+_STORED_REASONS = {
+    TaskState.RETRY: WaitReason.BACKOFF,
+    TaskState.WAITING: WaitReason.RETRY_AFTER,
+    TaskState.SUSPENDED: WaitReason.SUSPENDED,
+    TaskState.STOPPED: WaitReason.STOPPED,
+}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -292,10 +320,24 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                     f"task {activity}/{aggregate_id} is COMPLETE: restart it to run it again"
                 )
             log.info("controlling", action=action, state=task.state.value, **_fields(task))
-            # A running task takes the control when its run's cancellation
-            # lands; an activity that ignores cancellation must not hang us.
-            with anyio.move_on_after(self._control_timeout):
-                await apply(task)
+            try:
+                # A running task takes the control when its run's cancellation
+                # lands; an activity that ignores cancellation must not hang
+                # us: the reply shows the control as pending. The engine
+                # refuses a control that does not fit (TaskNotControllable:
+                # resuming a task that is neither SUSPENDED nor STOPPED).
+                with anyio.move_on_after(self._control_timeout) as waited:
+                    await apply(task)
+            except StoreError as exc:
+                raise ControlNotStored(
+                    f"task {activity}/{aggregate_id}: {action} is applied in memory but not yet"
+                    " stored; the runner keeps retrying the save (a restart of the runner"
+                    f" before it succeeds would lose it): {exc}"
+                ) from exc
+            if waited.cancelled_caught:
+                log.warning(
+                    "control pending", action=action, timeout=self._control_timeout, **_fields(task)
+                )
             (reply,) = await self._describe([_Row.of_task(task)])
         except TailrunnerError as exc:
             await _abort(context, exc, rpc=rpc)
@@ -450,13 +492,27 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 tasks=missing,
                 error=lag_failures[0] if lag_failures else f"over {self._lag_timeout}s",
             )
-        return [_task_message(row, newest[i], lags[i]) for i, row in enumerate(rows)]
+        return [
+            _task_message(row, newest[i], lags[i], self._waiting(row)) for i, row in enumerate(rows)
+        ]
+
+    def _waiting(self, row: _Row) -> Waiting:
+        """Why the task of ``row`` waits: the engine's word, else what its record says."""
+        if row.live is not None:
+            return self._engine.waiting(row.live)
+        record = row.record
+        state = row.state
+        if record is None or state is None:
+            return Waiting(reason=None)
+        return Waiting(reason=_STORED_REASONS.get(state), next_run_at=record.next_run_at)
 
 
 # -- messages -----------------------------------------------------------------
 
 
-def _task_message(row: _Row, run: RunRecord | None, lag: Lag | None) -> runner_pb2.Task:
+def _task_message(
+    row: _Row, run: RunRecord | None, lag: Lag | None, waiting: Waiting
+) -> runner_pb2.Task:
     message = runner_pb2.Task(
         activity=row.activity,
         aggregate_type=row.aggregate.type,
@@ -482,6 +538,13 @@ def _task_message(row: _Row, run: RunRecord | None, lag: Lag | None) -> runner_p
     if lag is not None:
         message.head = _text(lag.head)
         message.lag = lag.events
+    if waiting.reason is not None:
+        message.wait_reason = waiting.reason.value
+    if waiting.next_run_at is not None:
+        message.next_run_time.CopyFrom(_timestamp(waiting.next_run_at))
+    if waiting.recheck_at is not None:
+        message.recheck_time.CopyFrom(_timestamp(waiting.recheck_at))
+    message.pending_control = waiting.control or ""
     return message
 
 
@@ -655,6 +718,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     elif isinstance(exc, TaskNotControllable):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    elif isinstance(exc, ControlNotStored):
+        log.error("control not stored", rpc=rpc, error=str(exc))
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=CONTROL_NOT_STORED, domain=ERROR_DOMAIN))
+        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc), details=[detail])
+        await context.abort_with_status(rpc_status.to_status(status))
     elif isinstance(exc, (StoreError, JournalUnavailable)):
         log.error("call failed", rpc=rpc, error=str(exc))
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
