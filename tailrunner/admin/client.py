@@ -11,6 +11,8 @@ status                 raised
 ``NOT_FOUND``          :class:`TaskNotFound`
 ``FAILED_PRECONDITION``  :class:`TaskNotControllable`
 ``UNAUTHENTICATED``    :class:`NotAuthenticated`
+``UNAVAILABLE`` with   :class:`ControlNotStored` (the control is applied
+``CONTROL_NOT_STORED``   in the runner's memory; its save is retried)
 ``UNAVAILABLE`` …      :class:`AdminUnavailable`
 anything else          :class:`AdminError`
 =====================  =============================================
@@ -26,13 +28,21 @@ from typing import Any, Self
 from uuid import UUID
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from ulid import ULID
 
-from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
-from tailrunner.engines.task import TaskState
+from tailrunner.admin.service import (
+    CONTROL_NOT_STORED,
+    ERROR_DOMAIN,
+    datetime_to_timestamp,
+    timestamp_to_datetime,
+)
+from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
+    ControlNotStored,
     InvalidArgument,
     NotAuthenticated,
     TaskNotControllable,
@@ -75,6 +85,15 @@ class TaskInfo:
     updated_at: datetime | None
     #: The runner runs this task (``False``: only a stored record).
     live: bool
+    #: Why it waits; ``None`` while it runs, when complete, or when the runner
+    #: cannot tell (or names a reason this client does not know).
+    wait_reason: WaitReason | None = None
+    #: When it runs next; ``None`` when no time is known.
+    next_run_at: datetime | None = None
+    #: Lazy engine: the backstop's re-check without a signal, at the latest.
+    recheck_at: datetime | None = None
+    #: An operator's control waiting for the current run to end (``"stop"`` …).
+    pending_control: str | None = None
 
 
 class AdminClient:
@@ -229,6 +248,7 @@ class AdminClient:
         """Run a stopped or suspended task again, with a fresh attempt count.
 
         :raises TaskNotFound: the runner does not run this task.
+        :raises TaskNotControllable: the task is neither stopped nor suspended.
         """
         request = runner_pb2.ResumeTaskRequest(activity=activity, aggregate_id=str(aggregate_id))
         return _task_info(self._call(self._stub.ResumeTask, request))
@@ -274,6 +294,8 @@ class AdminClient:
             return TaskNotControllable(details)
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return NotAuthenticated(details)
+        if code == grpc.StatusCode.UNAVAILABLE and _error_reason(exc) == CONTROL_NOT_STORED:
+            return ControlNotStored(details)
         if code in _UNAVAILABLE:
             where = f" at {self._address}" if self._address else ""
             return AdminUnavailable(f"cannot reach the runner's admin service{where}: {details}")
@@ -302,7 +324,37 @@ def _task_info(message: runner_pb2.Task) -> TaskInfo:
         if message.HasField("update_time")
         else None,
         live=message.live,
+        wait_reason=_wait_reason(message.wait_reason),
+        next_run_at=timestamp_to_datetime(message.next_run_time)
+        if message.HasField("next_run_time")
+        else None,
+        recheck_at=timestamp_to_datetime(message.recheck_time)
+        if message.HasField("recheck_time")
+        else None,
+        pending_control=message.pending_control or None,
     )
+
+
+def _wait_reason(text: str) -> WaitReason | None:
+    try:
+        return WaitReason(text) if text else None
+    except ValueError:  # a newer runner's reason
+        return None
+
+
+def _error_reason(exc: grpc.RpcError) -> str | None:
+    """The ``google.rpc.ErrorInfo`` reason of tailrunner's own domain on a failed call."""
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+            return str(info.reason)
+    return None
 
 
 def _run_record(message: runner_pb2.Run) -> RunRecord:

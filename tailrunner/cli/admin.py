@@ -5,6 +5,9 @@ The admin token is read from an environment variable (``--token-env``,
 ``$TAILRUNNER_ADMIN_TOKEN`` by default), never from the command line, where
 other users could read it in the process list. :data:`COMMANDS` is what
 :mod:`tailrunner.cli.main` registers.
+
+Text that comes from the runner (names, errors, tracebacks) is escaped
+(:mod:`tailrunner.cli.terminal`) and never read as Rich markup.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from ulid import ULID
 
 from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
-from tailrunner.engines.task import TaskState
+from tailrunner.cli.terminal import last_line, printable
+from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
+    ControlNotStored,
     InvalidArgument,
     NotAuthenticated,
     TaskNotControllable,
@@ -50,11 +55,27 @@ _STATE_STYLES = {
     TaskState.PENDING: "cyan",
     TaskState.SLEEPING: "dim",
     TaskState.RETRY: "yellow",
+    TaskState.WAITING: "dim",
     TaskState.SUSPENDED: "bold red",
     TaskState.STOPPED: "magenta",
     TaskState.COMPLETE: "blue",
 }
 _ERROR_WIDTH = 60
+#: How ``WAITS FOR`` names each reason.
+_REASON_TEXT = {
+    WaitReason.BACKOFF: "backoff",
+    WaitReason.RETRY_AFTER: "retry_after",
+    WaitReason.CRON_TICK: "cron tick",
+    WaitReason.SIGNAL: "signal",
+    WaitReason.REOPEN: "reopen",
+    WaitReason.CAPACITY: "capacity",
+    WaitReason.SUSPENDED: "suspended",
+    WaitReason.STOPPED: "stopped",
+}
+#: Runs ``task show`` looks through for the last failed one (a store keeps 100 by default).
+_FAILED_RUN_SEARCH = 100
+#: The column of ``task show``'s values, where a traceback's lines start too.
+_SHOW_INDENT = 12
 
 
 class _UUIDParam(click.ParamType[UUID]):
@@ -148,9 +169,14 @@ def status(
     as_json: bool,
     token_env: str,
 ) -> None:
-    """Show the runner's tasks: state, tail, lag (events behind), attempts, last run.
+    """Show the runner's tasks: state, why each waits and when it runs next, lag, last run.
 
-    Running and pending tasks come first, then the most recently updated.
+    WAITS FOR says what a task that is not running waits for: backoff (after
+    an error), retry_after (the time it asked for), cron tick, signal (lazy;
+    with the backstop's re-check), reopen (eager), capacity, suspended or
+    stopped, and a control (stop …) that waits for its run to end. NEXT RUN
+    says when it runs next, where a time is known. Running and pending tasks
+    come first, then the most recently updated.
 
     \b
     Examples:
@@ -196,14 +222,23 @@ def task() -> None:
 @_json_option
 @_token_option
 def show(activity: str, aggregate_id: UUID, address: str, as_json: bool, token_env: str) -> None:
-    """Show one task, with its journal head and lag.
+    """Show one task: its journal head and lag, why it waits, and its last failure.
+
+    The last failed run's whole traceback is shown (the newest of the runs
+    the runner keeps).
 
     \b
     Example:
       tailrunner task show counter 7c9e6679-7425-40de-944b-e07fc1f90ae7
     """
-    info = _with_client(address, token_env, lambda c: c.get_task(activity, aggregate_id))
-    _print_task(info, as_json)
+
+    def run(client: AdminClient) -> tuple[TaskInfo, RunRecord | None]:
+        info = client.get_task(activity, aggregate_id)
+        runs = client.list_runs(activity, aggregate_id, limit=_FAILED_RUN_SEARCH)
+        return info, next((r for r in runs if r.error), None)
+
+    info, failed = _with_client(address, token_env, run)
+    _print_task(info, as_json, failed=failed, with_failure=True)
 
 
 def _control_command(
@@ -293,6 +328,9 @@ def runs(
 ) -> None:
     """Show a task's recorded runs, newest first: try, start, duration, outcome, tails, error.
 
+    ERROR is the last line of a failed run's traceback; ``--json`` and
+    ``tailrunner task show`` give the whole traceback.
+
     \b
     Example:
       tailrunner runs counter 7c9e6679-7425-40de-944b-e07fc1f90ae7 --limit 5
@@ -315,11 +353,11 @@ def runs(
             str(record.attempt),
             f"{_ago(record.started_at, now)} ago",
             f"{took:.3f}s",
-            record.outcome,
+            _cell(record.outcome),
             str(record.events_seen),
             _tail_text(record.tail_before),
             _tail_text(record.tail_after),
-            _short(record.error),
+            _cell(_short(record.error)),
         )
     _console().print(table)
 
@@ -360,10 +398,17 @@ def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]
         raise click.ClickException(f"{address} refused the call: {hint}") from exc
     except AdminUnavailable as exc:
         raise click.ClickException(
-            f"{exc} (is {address} the runner's admin address? see --admin)"
+            printable(f"{exc} (is {address} the runner's admin address? see --admin)")
+        ) from exc
+    except ControlNotStored as exc:
+        raise click.ClickException(
+            printable(
+                f"{exc} (the runner shows the control already; check again with"
+                " tailrunner task show)"
+            )
         ) from exc
     except (TaskNotFound, TaskNotControllable, AdminError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc))) from exc
 
 
 def _console() -> Console:
@@ -380,32 +425,40 @@ def _print_status(tasks: list[TaskInfo]) -> None:
         console.print("no tasks")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("ACTIVITY", "AGGREGATE", "STATE", "TAIL"):
+    for column in ("ACTIVITY", "AGGREGATE", "STATE", "WAITS FOR", "NEXT RUN", "TAIL"):
         table.add_column(column, no_wrap=True)
     table.add_column("LAG", justify="right", no_wrap=True)
     table.add_column("TRIES", justify="right", no_wrap=True)
     for column in ("LAST RUN", "UPDATED"):
         table.add_column(column, no_wrap=True)
-    table.add_column("ERROR", overflow="ellipsis", max_width=_ERROR_WIDTH)
+    table.add_column("ERROR", overflow="ellipsis", max_width=_ERROR_WIDTH, no_wrap=True)
     now = datetime.now(UTC)
     for info in tasks:
         table.add_row(
-            info.activity,
-            str(info.aggregate),
+            _cell(info.activity),
+            _cell(str(info.aggregate)),
             _state_text(info),
+            _cell(_waits_for(info, now)),
+            _next_run_text(info, now),
             _tail_text(info.tail),
             "?" if info.lag is None else str(info.lag),
             str(info.attempts),
-            _last_run_text(info, now),
+            _cell(_last_run_text(info, now)),
             "-" if info.updated_at is None else f"{_ago(info.updated_at, now)} ago",
-            _short(info.last_error),
+            _cell(_short(info.last_error)),
         )
     console.print(table)
 
 
-def _print_task(info: TaskInfo, as_json: bool) -> None:
+def _print_task(
+    info: TaskInfo, as_json: bool, *, failed: RunRecord | None = None, with_failure: bool = False
+) -> None:
+    """Print one task; ``with_failure``: with its last failed run (``task show``)."""
     if as_json:
-        click.echo(_json_line(_task_json(info)))
+        record = _task_json(info)
+        if with_failure:
+            record["last_failed_run"] = None if failed is None else _run_json(failed)
+        click.echo(_json_line(record))
         return
     now = datetime.now(UTC)
     lag = "unknown (the journal did not answer in time)" if info.lag is None else str(info.lag)
@@ -413,6 +466,14 @@ def _print_task(info: TaskInfo, as_json: bool) -> None:
         ("activity", info.activity),
         ("aggregate", str(info.aggregate)),
         ("state", _state_text(info).plain),
+        ("waits for", _waits_for(info, now) or "-"),
+        ("next run", _when_text(info.next_run_at, now)),
+    ]
+    if info.recheck_at is not None:
+        rows.append(("backstop", _when_text(info.recheck_at, now)))
+    if info.pending_control is not None:
+        rows.append(("pending", f"{info.pending_control} (waits for the current run to end)"))
+    rows += [
         ("tail", _tail_text(info.tail)),
         ("head", _tail_text(info.head) if info.lag is not None else "?"),
         ("lag", lag),
@@ -421,7 +482,53 @@ def _print_task(info: TaskInfo, as_json: bool) -> None:
         ("last run", _last_run_text(info, now)),
         ("updated", "-" if info.updated_at is None else info.updated_at.isoformat()),
     ]
-    click.echo("\n".join(f"{name:<11} {value}" for name, value in rows))
+    if with_failure:
+        rows.append(("failed run", "-" if failed is None else _failed_run_text(failed, now)))
+    lines = [f"{name:<{_SHOW_INDENT - 1}} {printable(value)}" for name, value in rows]
+    if failed is not None and failed.error:
+        indent = " " * _SHOW_INDENT
+        lines += [indent + line for line in printable(failed.error, lines=True).splitlines()]
+    click.echo("\n".join(lines))
+
+
+def _cell(text: str) -> Text:
+    """A table cell of text from the runner: escaped, and not read as Rich markup."""
+    return Text(printable(text))
+
+
+def _waits_for(info: TaskInfo, now: datetime) -> str:
+    """Why the task waits, and any control that waits for its run: ``WAITS FOR``."""
+    parts: list[str] = []
+    if info.wait_reason is not None:
+        text = _REASON_TEXT.get(info.wait_reason, info.wait_reason.value)
+        if info.recheck_at is not None:
+            text += f" (backstop {_relative(info.recheck_at, now)})"
+        parts.append(text)
+    if info.pending_control is not None:
+        parts.append(f"{info.pending_control} pending")
+    return "; ".join(parts)
+
+
+def _next_run_text(info: TaskInfo, now: datetime) -> str:
+    return "-" if info.next_run_at is None else _relative(info.next_run_at, now)
+
+
+def _when_text(when: datetime | None, now: datetime) -> str:
+    return "-" if when is None else f"{_relative(when, now)} ({when.isoformat()})"
+
+
+def _failed_run_text(run: RunRecord, now: datetime) -> str:
+    return (
+        f"{run.outcome} {_ago(run.finished_at, now)} ago (try {run.attempt},"
+        f" from tail {_tail_text(run.tail_before)}):"
+    )
+
+
+def _relative(when: datetime, now: datetime) -> str:
+    """``in 12s`` for a time ahead; ``now`` for one that is due."""
+    if when <= now:
+        return "now"
+    return f"in {_span((when - now).total_seconds())}"
 
 
 def _state_text(info: TaskInfo) -> Text:
@@ -442,18 +549,23 @@ def _tail_text(tail: ULID | None) -> str:
 
 
 def _short(text: str | None) -> str:
+    """The last line of an error (a traceback's exception), cut to the ERROR column."""
     if not text:
         return ""
-    line = text.splitlines()[0]
+    line = last_line(text)
     return line if len(line) <= _ERROR_WIDTH else line[: _ERROR_WIDTH - 1] + "…"
 
 
 def _ago(when: datetime, now: datetime) -> str:
-    seconds = max(0, int((now - when).total_seconds()))
+    return _span((now - when).total_seconds())
+
+
+def _span(seconds: float) -> str:
+    whole = max(0, int(seconds))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+        if whole >= size:
+            return f"{whole // size}{unit}"
+    return f"{whole}s"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -480,6 +592,10 @@ def _task_json(info: TaskInfo) -> dict[str, Any]:
         "last_run_outcome": info.last_run_outcome,
         "updated": _iso(info.updated_at),
         "live": info.live,
+        "wait_reason": None if info.wait_reason is None else info.wait_reason.value,
+        "next_run": _iso(info.next_run_at),
+        "recheck": _iso(info.recheck_at),
+        "pending_control": info.pending_control,
     }
 
 

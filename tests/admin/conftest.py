@@ -118,6 +118,8 @@ class Behaviour:
     park: set[uuid.UUID] = field(default_factory=set)
     #: Raise an error (a poison event) instead of reading.
     fail: set[uuid.UUID] = field(default_factory=set)
+    #: The message of that error.
+    error: str = "poison event"
     #: Read to the end and return Done.
     done: set[uuid.UUID] = field(default_factory=set)
     #: Raise ``SilentRetryAfter`` for this time instead of reading.
@@ -138,7 +140,7 @@ class Behaviour:
             agg = ctx.aggregate.id
             self.started_from.setdefault(agg, []).append(tail)
             if agg in self.fail:
-                raise ValueError("poison event")
+                raise ValueError(self.error)
             if agg in self.retry_after:
                 raise SilentRetryAfter(self.retry_after[agg], tail=tail)
             async for batch in stream.batches():
