@@ -263,6 +263,7 @@ class Config:
             capacity=self.engine.capacity,
             retry=self.retry,
             retry_overrides=self.activities.retry,
+            reconnect=self.journal.reconnect,
             activity_limits=self.activities.limits,
             backstop=self.engine.backstop,
             interval=self.engine.interval,
@@ -400,15 +401,23 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
 
 
+#: Variables of the CLI's own (addresses of ``tailrunner status``, ``append`` …):
+#: never read as misspelt overrides.
+_CLI_VARIABLES = frozenset({"TAILRUNNER_JOURNAL", "TAILRUNNER_ADMIN", "TAILRUNNER_ADMIN_TOKEN"})
+
+
 def _env_key(name: str) -> Key | None:
     """The key a variable overrides; ``None`` for a variable that is not an override."""
     if not name.startswith(ENV_PREFIX):
         return None
     rest = name.removeprefix(ENV_PREFIX).lower()
     if "__" not in rest:
-        # Other TAILRUNNER_ variables are left alone (a CLI may use one, and
+        # Other TAILRUNNER_ variables are left alone (the CLI's
+        # TAILRUNNER_JOURNAL and TAILRUNNER_ADMIN name addresses, and
         # TAILRUNNER_ADMIN_TOKEN holds the admin token), unless they spell a
         # real section and key with a single underscore: that is a typo.
+        if name in _CLI_VARIABLES:
+            return None
         for section in _SECTIONS:
             tail = _KEYS[section][0] if rest == section else rest.removeprefix(section + "_")
             if tail != rest and tail in _KEYS[section]:

@@ -6,11 +6,12 @@
     ├── InvalidArgument        bad input; ``field`` names it (ids, event types, sizes)
     ├── ConfigError            a bad config key or value; the message names key and value
     ├── PluginError            a plugin failed to load or returned no activity
+    ├── InvalidOutcome         an activity reported a tail or time that cannot be used
     ├── JournalError           talking to the journal failed
     │   ├── TailMismatch       Append's expected tail is not the aggregate's head
     │   ├── AggregateTypeMismatch  an append names another type than the aggregate has
     │   ├── JournalUnavailable the journal cannot be reached (retryable)
-    │   └── StreamCancelled    a call ended with gRPC CANCELLED: a stop, not a failure
+    │   └── StreamCancelled    a call ended with gRPC CANCELLED
     ├── StoreError             a journal or tail store cannot be opened or failed
     └── AdminError             a call to a runner's admin service failed
         ├── TaskNotFound       NOT_FOUND: no such task here
@@ -22,7 +23,9 @@
 gRPC and database errors are mapped to these where they enter tailrunner
 (``raise JournalUnavailable(...) from exc``), once, keeping the cause.
 Cancellation is never one of these: it propagates as the event loop's
-cancellation exception, and a gRPC ``CANCELLED`` status is treated as a stop.
+cancellation exception. Only the cancellation of the engine's own scope
+(shutdown, an operator's stop) stops a run; a ``CancelledError`` or a gRPC
+``CANCELLED`` status from something the activity awaited is an error.
 
 Activity outcomes (``SilentRetry``, ``SilentRetryAfter``, ``Failed``) are
 exceptions too, but they are part of the activity contract and live in
@@ -59,6 +62,14 @@ class PluginError(TailrunnerError):
         self.plugin = plugin
 
 
+class InvalidOutcome(TailrunnerError):
+    """An activity returned, raised or checkpointed a tail (or time) that cannot be used.
+
+    The message names the activity, the value and what is allowed; the run
+    counts as failed and is retried from the last good tail.
+    """
+
+
 class JournalError(TailrunnerError):
     """The journal refused a call or could not be reached."""
 
@@ -85,7 +96,11 @@ class StoreError(TailrunnerError):
 
 
 class StreamCancelled(JournalError):
-    """A journal call ended with gRPC ``CANCELLED``: a stop, not a failure."""
+    """A journal call ended with gRPC ``CANCELLED``.
+
+    A stop only when the engine cancelled the run; otherwise (the call was
+    cancelled by something else) the run failed and is retried.
+    """
 
 
 class AdminError(TailrunnerError):

@@ -3,7 +3,8 @@
 Aggregates are found by ``ListAggregates`` at start, again every discovery
 interval and whenever the lazy engine's signal stream says ``resync``, and
 (lazy) by signals for aggregates not seen before. Each new task resumes from
-its stored tail; a task stored as complete stays complete.
+its stored record (:meth:`~tailrunner.engines.scheduler.Scheduler.restore`):
+its tail, its state if complete, stopped or suspended, and its backoff.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ from anyio.abc import TaskStatus
 
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.factory import EngineOptions, build_engine
-from tailrunner.engines.retry import RetryPolicy
+from tailrunner.engines.reconnect import ConnectionWatch
 from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import TaskState
+from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import TailRecord, TailStore
 
 log = structlog.get_logger(__name__)
-
-#: Stored states a task keeps across a restart; any other resumes as PENDING.
-_KEPT_STATES = {s.value: s for s in (TaskState.COMPLETE, TaskState.STOPPED, TaskState.SUSPENDED)}
 
 
 class Runner:
@@ -51,6 +49,7 @@ class Runner:
         self._tails = tails
         self._activities = list(activities)
         self._discovery_interval = discovery_interval
+        self._reconnect = options.reconnect
         self._rediscover = anyio.Event()
         self.engine: Scheduler = build_engine(
             options,
@@ -79,18 +78,27 @@ class Runner:
         self._rediscover.set()
 
     async def _discovery_loop(self) -> None:
-        failures = 0
-        retry = RetryPolicy(initial=0.5, max_delay=30.0)
+        # A failed discovery is retried on the journal's reconnect backoff
+        # (short, bounded), and an outage is logged once, not per attempt.
+        policy = self._reconnect
+        journal = ConnectionWatch(call="ListAggregates", policy=policy)
+        # Anything else (the tail store, say) is one state of its own.
+        other = ConnectionWatch(
+            call="discover",
+            policy=policy,
+            events=("discovery failed", "discovery still failing", "discovery works again"),
+        )
         while True:
             self._rediscover = anyio.Event()
             try:
                 await self.discover()
-                failures = 0
+                journal.reachable()
+                other.reachable()
                 delay = self._discovery_interval
+            except JournalError as exc:
+                delay = journal.unreachable(exc)
             except Exception as exc:
-                failures += 1
-                delay = retry.delay(failures)
-                log.warning("discovery failed", error=str(exc), delay=round(delay, 3))
+                delay = other.unreachable(exc)
             with anyio.move_on_after(delay):
                 await self._rediscover.wait()
 
@@ -134,8 +142,5 @@ class Runner:
     def _start(self, act: Activity, aggregate: AggregateRef, record: TailRecord | None) -> None:
         if record is None:
             self.engine.start_activity(aggregate, act, None)
-            return
-        state = _KEPT_STATES.get(record.state, TaskState.PENDING)
-        task = self.engine.start_activity(aggregate, act, record.tail, state=state)
-        task.errors = record.attempts
-        task.last_error = record.last_error
+        else:
+            self.engine.restore(aggregate, act, record)

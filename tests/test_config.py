@@ -539,3 +539,11 @@ def test_admin_and_metrics_sections(tmp_path: Path) -> None:
 def test_the_admin_token_variable_is_not_mistaken_for_an_override() -> None:
     config = load_config(None, {"TAILRUNNER_ADMIN_TOKEN": "s3cret"})
     assert config.admin.token_env == "TAILRUNNER_ADMIN_TOKEN"
+
+
+@pytest.mark.parametrize("name", ["TAILRUNNER_JOURNAL", "TAILRUNNER_ADMIN"])
+def test_the_cli_address_variables_are_not_taken_for_misspelt_overrides(name: str) -> None:
+    # `tailrunner status` and `append` read these; exporting one must not
+    # keep `tailrunner run` from starting.
+    config = load_config(None, environ={name: "127.0.0.1:7740"})
+    assert config.journal.address

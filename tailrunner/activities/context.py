@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from ulid import ULID
 
+from tailrunner.activities.stream import EventStream
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 
@@ -46,6 +47,8 @@ class ActivityContext:
     _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
     _transaction: Transaction = field(default=_no_transaction, repr=False)
     _tail: ULID | None = field(default=None, repr=False)
+    #: The run's stream when the engine tracks progress from it (auto checkpoints).
+    _stream: EventStream | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.log is None:
@@ -58,19 +61,33 @@ class ActivityContext:
 
     @property
     def tail(self) -> ULID | None:
-        """The newest tail of this run: the start tail, or the last checkpoint."""
-        return self._tail
+        """The newest tail of this run: the start tail, the last checkpoint or,
+        unless the activity opted out (``auto_checkpoint=False``), the last
+        event it finished reading (a sequential reader is done with an event
+        when it asks for the next one), whichever is newest.
+        """
+        if self._stream is None:
+            return self._tail
+        finished = self._stream.finished
+        if finished is None:
+            return self._tail
+        return finished if self._tail is None or finished > self._tail else self._tail
 
     async def checkpoint(self, tail: ULID | None) -> None:
         """Record that every event up to ``tail`` is handled.
 
         The engine stores it at once, and resumes from it when the run ends
         without a tail of its own: cancellation, or an exception other than
-        the outcomes. A long-running watch (eager engine) should checkpoint
-        after each event it handles, so that a restart does not replay them.
+        the outcomes. An activity that iterates its stream need not
+        checkpoint (the engine records how far it read); one that hands
+        events to background work opts out (``auto_checkpoint=False``) and
+        checkpoints what that work has finished.
+
+        :raises InvalidOutcome: ``tail`` is not ``None``, the run's start tail
+            or an event id this run's stream handed out.
         """
-        self._tail = tail
         await self._checkpoint(tail)
+        self._tail = tail
 
     def transaction(self, tail: ULID | None) -> AbstractAsyncContextManager[Any]:
         """A transaction of the tail store in which ``tail`` is saved: exactly-once effects.

@@ -27,6 +27,11 @@ class Activity:
     func: ActivityFunc
     #: At most this many runs of this activity at once (``None``: only the global limit).
     max_concurrency: int | None = None
+    #: The engine records how far the activity read its stream (a sequential
+    #: reader is done with an event when it asks for the next one). ``False``
+    #: for an activity that hands events to background work: only its own
+    #: checkpoints and returned tails count.
+    auto_checkpoint: bool = True
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -53,6 +58,7 @@ def activity(
     name: str,
     aggregate_types: Sequence[str],
     max_concurrency: int | None = None,
+    auto_checkpoint: bool = True,
 ) -> Callable[[ActivityFunc], Activity]:
     """Make an async function an :class:`Activity`.
 
@@ -68,6 +74,12 @@ def activity(
     :param aggregate_types: the aggregate types whose aggregates it follows,
         one task per (activity, aggregate).
     :param max_concurrency: at most this many runs at once.
+    :param auto_checkpoint: the engine records how far the activity read its
+        stream, so that it resumes after the last event it finished with
+        (it asked for the next one), also when the run is cancelled or the
+        stream never ends (eager). ``False`` for an activity that hands
+        events to background work and checkpoints (``ctx.checkpoint``) what
+        that work has finished.
     """
     types = (aggregate_types,) if isinstance(aggregate_types, str) else tuple(aggregate_types)
 
@@ -77,6 +89,7 @@ def activity(
             aggregate_types=types,
             func=func,
             max_concurrency=max_concurrency,
+            auto_checkpoint=auto_checkpoint,
             description=inspect.getdoc(func) or "",
         )
 

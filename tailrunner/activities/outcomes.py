@@ -45,13 +45,13 @@ class SilentRetry(Exception):
 class SilentRetryAfter(Exception):
     """Wait for a time (a deadline, a lease), then run again at ``when`` exactly.
 
-    ``when`` must be timezone-aware; a naive datetime is refused because it
-    would be read in an unknown zone.
+    ``when`` must name an instant: a timezone-aware datetime whose zone gives
+    an offset. A naive datetime (or a tzinfo without an offset) is refused
+    because it would be read in an unknown zone.
     """
 
     def __init__(self, when: datetime, *, tail: ULID | None, reason: str = "") -> None:
-        if when.tzinfo is None:
-            raise ValueError("SilentRetryAfter(when=…): when must be timezone-aware")
+        check_when(when)
         super().__init__(reason or f"silent retry after {when.isoformat()}")
         self.when = when
         self.tail = tail
@@ -69,6 +69,25 @@ class Failed(Exception):
     def __init__(self, message: str = "", *, tail: ULID | None) -> None:
         super().__init__(message or "activity failed")
         self.tail = tail
+
+
+def check_when(when: object) -> datetime:
+    """``when`` if it is a datetime that names an instant.
+
+    :raises ValueError: naming the value, for anything else.
+    """
+    if not isinstance(when, datetime):
+        raise ValueError(f"SilentRetryAfter(when={when!r}): expected a datetime")
+    try:
+        offset = when.utcoffset()
+    except Exception as exc:  # a broken tzinfo: its utcoffset() itself fails
+        raise ValueError(f"SilentRetryAfter(when={when!r}): its tzinfo gives no offset") from exc
+    if offset is None:
+        raise ValueError(
+            f"SilentRetryAfter(when={when!r}): when must be timezone-aware (e.g."
+            " datetime.now(UTC) + timedelta(...)); its tzinfo gives no offset"
+        )
+    return when
 
 
 #: What an activity may return.

@@ -3,8 +3,10 @@
 Every :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry`
 (not the process-wide default), so that several runners, or tests, can live
 in one process. Counters and the run duration histogram are fed by a
-:data:`~tailrunner.engines.scheduler.RunObserver` after every run; the
-gauges are read from the engine when scraped.
+:data:`~tailrunner.engines.scheduler.RunObserver` after every run, and the
+events processed by a :data:`~tailrunner.engines.scheduler.ProgressObserver`
+as runs go (an eager watch never ends); the gauges are read from the engine
+when scraped.
 
 :func:`serve_metrics` answers scrapes on the event loop rather than in
 prometheus_client's exporter thread: a scrape first refreshes the gauges,
@@ -14,7 +16,7 @@ the journal for heads (async).
 ==============================================  ======================================
 metric                                          meaning
 ==============================================  ======================================
-``tailrunner_events_processed_total{activity}``  events the activity's runs read
+``tailrunner_events_processed_total{activity}``  events handed to the activity's runs
 ``tailrunner_runs_total{activity,outcome}``      runs by outcome (``eof``, ``error`` …)
 ``tailrunner_retries_total{activity}``           runs after which a retry was scheduled
 ``tailrunner_run_duration_seconds{activity}``    how long runs took (histogram)
@@ -25,8 +27,7 @@ metric                                          meaning
                                                  counting ``COMPLETE`` tasks)
 ==============================================  ======================================
 
-Runs ended by an operator's stop are not observed by the engine's observers,
-so they are not counted in ``runs_total``.
+Runs ended by an operator's stop are counted with the outcome ``cancelled``.
 """
 
 from __future__ import annotations
@@ -135,12 +136,15 @@ class Metrics:
             for state in TaskState:
                 self.tasks.labels(name, state.value)
         engine.add_observer(self._observe)
+        engine.add_progress_observer(self._progress)
+
+    def _progress(self, task: Task, events: int) -> None:
+        # Reported as runs go, so that an eager watch that never ends counts too.
+        self.events_processed.labels(task.activity.name).inc(events)
 
     def _observe(self, task: Task, result: RunResult) -> None:
         name = task.activity.name
         self.runs.labels(name, result.kind.value).inc()
-        if result.events_seen:
-            self.events_processed.labels(name).inc(result.events_seen)
         if task.state is TaskState.RETRY:
             self.retries.labels(name).inc()
         duration = (result.finished_at - result.started_at).total_seconds()

@@ -80,7 +80,9 @@ async def _run(config: Config) -> None:
     )
     token = os.environ.get(config.admin.token_env) or None
     try:
-        async with JournalClient.connect(config.journal.address) as journal:
+        async with JournalClient.connect(
+            config.journal.address, reconnect=config.journal.reconnect
+        ) as journal:
             runner = Runner(
                 journal=journal,
                 tails=tails,

@@ -3,8 +3,11 @@
 Each task's activity reads ``Events(watch=true)``, which blocks for new
 events. When the stream breaks or the activity returns, the engine re-opens
 it from the returned tail: at once after progress, after the retry backoff
-after an error, and never again after ``Done``. Eager tasks hold a stream
-for as long as they run, so the capacity limit must exceed the task count.
+after an error, and never again after ``Done``. An activity that just
+iterates never returns: the engine stores its progress each time its reader
+catches up. Eager tasks hold a stream for as long as they run, so the
+capacity limit must exceed the task count; tasks beyond it wait for a slot
+(logged once, and shown as waiting for capacity).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import ClassVar
 
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 
 
 class EagerEngine(Scheduler):
@@ -28,3 +31,6 @@ class EagerEngine(Scheduler):
         # An activity that returns EOF without progress (say, at will_block)
         # would spin on re-opening; give it the first backoff step instead.
         return TaskState.SLEEPING, now + self._policy(task).initial
+
+    def _sleeping(self, task: Task) -> Waiting:
+        return Waiting(reason=WaitReason.REOPEN, next_run_at=self._wall_time(task.due))

@@ -10,8 +10,9 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.cron import CronEngine
 from tailrunner.engines.eager import EagerEngine
 from tailrunner.engines.lazy import LazyEngine
+from tailrunner.engines.reconnect import ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.scheduler import DEFAULT_SHUTDOWN_GRACE, Scheduler
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import TailStore
@@ -26,7 +27,11 @@ class EngineOptions:
     capacity: int = 100
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     retry_overrides: Mapping[str, RetryPolicy] = field(default_factory=dict)
+    #: How the engine reconnects to the journal (not the activities' retry).
+    reconnect: ReconnectPolicy = field(default_factory=ReconnectPolicy)
     activity_limits: Mapping[str, int] = field(default_factory=dict)
+    #: Seconds shutdown waits for cancelled runs before it names them and exits.
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     #: Lazy: seconds after which a sleeping task is re-checked without a signal.
     backstop: float = 300.0
     #: Cron: seconds between ticks, or a cron expression.
@@ -61,6 +66,8 @@ def build_engine(
         "retry": options.retry,
         "retry_overrides": options.retry_overrides,
         "activity_limits": options.activity_limits,
+        "reconnect": options.reconnect,
+        "shutdown_grace": options.shutdown_grace,
     }
     if options.kind == "lazy":
         return LazyEngine(

@@ -24,8 +24,10 @@ import structlog
 from anyio.abc import TaskGroup
 
 from tailrunner.engines.execute import RunResult
+from tailrunner.engines.reconnect import ConnectionWatch
 from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.errors import JournalError
 from tailrunner.model import AggregateRef, Signal
 
 log = structlog.get_logger(__name__)
@@ -71,25 +73,32 @@ class LazyEngine(Scheduler):
         tg.start_soon(self._signal_loop)
 
     async def _signal_loop(self) -> None:
-        failures = 0
+        # Reconnects have their own short, bounded backoff (not the
+        # activities' retry policy), and an outage is logged once.
+        watch = ConnectionWatch(call="AggregateSignals", policy=self._reconnect)
         while True:
             try:
                 async with aclosing(self._journal.signals(self._types)) as batches:
                     async for batch in batches:
-                        failures = 0
+                        watch.reachable()
                         if batch.resync:
                             self._resync()
                         for signal in batch.signals:
                             await self._signal(signal)
                 log.info("signal stream ended", types=self._types)
+                delay = watch.ended()
+            except JournalError as exc:
+                delay = watch.unreachable(exc)
             except Exception as exc:
-                failures += 1
-                log.warning("signal stream broke", error=str(exc), failures=failures)
+                # Not the journal: handling a signal failed (the runner's
+                # on_unknown, say). The next connection's resync makes up for it.
+                log.warning("signal handling failed", error=str(exc), exc_info=True)
+                delay = watch.ended()
             # Tasks keep their state while the stream is down; the next
             # connection's resync wakes them all.
             self.connected = anyio.Event()
             self.reconnects += 1
-            await anyio.sleep(self._retry.delay(max(failures, 1)))
+            await anyio.sleep(delay)
 
     def _resync(self) -> None:
         """The journal says: re-check everything (first message of every connection)."""
@@ -121,6 +130,10 @@ class LazyEngine(Scheduler):
         )
         return TaskState.SLEEPING, None
 
+    def _sleeping(self, task: Task) -> Waiting:
+        # The next signal wakes it; the backstop re-checks it at the latest.
+        return Waiting(reason=WaitReason.SIGNAL, recheck_at=self._wall_time(task.recheck_at))
+
     def _periodic(self, now: float) -> float | None:
         # The backstop is a sweep, not a timer per task: a timer per sleeping
         # task would leave a stale heap entry behind for every signal.
@@ -130,6 +143,6 @@ class LazyEngine(Scheduler):
         elif now >= self._next_sweep:
             for task in self.tasks():
                 if task.state is TaskState.SLEEPING and task.recheck_at <= now:
-                    self._set_state(task, TaskState.PENDING)
+                    self._make_ready(task)
             self._next_sweep = now + sweep_every
         return self._next_sweep

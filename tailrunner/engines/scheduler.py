@@ -1,23 +1,32 @@
-"""The machinery the three engines share: task table, ready queues, timers, capacity.
+"""The machinery the three engines share: task table, ready queues, timers, capacity, controls.
 
 A task that is not running is only a :class:`~tailrunner.engines.task.Task`
 record; coroutines exist only for running tasks, and never more than the
 capacity limit. One dispatcher loop moves ``PENDING`` tasks into runs (round
 robin over activities, within the global and per-activity limits), fires
-retry timers, and calls the engine's periodic hook (lazy backstop, cron
-ticks). Engines subclass :class:`Scheduler` and decide what an ``EOF``
-means and what wakes a sleeping task.
+timers, and calls the engine's periodic hook (lazy backstop, cron ticks).
+Engines subclass :class:`Scheduler` and decide what an ``EOF`` means and
+what wakes a sleeping task.
+
+One order for everything that changes a task: a task is **busy** from the
+moment a run starts until its outcome is stored and acted on, and while an
+operator's control is being stored. Nothing starts a busy task; wake-ups
+that arrive meanwhile set its ``signalled`` flag, and controls queue on it
+and are applied, in order, on top of the run's outcome when it settles. So
+one task never runs twice at once, and a stop cannot be overwritten by the
+outcome of the run it stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -28,8 +37,17 @@ from ulid import ULID
 
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import OutcomeKind, RunResult, run_once
+from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import FINAL_STATES, Task, TaskState, Waiting
+from tailrunner.engines.task import (
+    FINAL_STATES,
+    TIMED_STATES,
+    Task,
+    TaskState,
+    Waiting,
+    WaitReason,
+)
+from tailrunner.errors import JournalUnavailable, StoreError, TaskNotControllable
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
@@ -38,19 +56,26 @@ log = structlog.get_logger(__name__)
 
 #: Called after every run, once the task has its next state (tests, status, metrics).
 RunObserver = Callable[[Task, RunResult], None]
+#: Called with the number of events a task handled, as it makes progress.
+ProgressObserver = Callable[[Task, int], None]
+
+#: Seconds shutdown waits for runs to end after cancelling them.
+DEFAULT_SHUTDOWN_GRACE = 10.0
 
 _Timer = tuple[float, int, Task, int]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Control:
     """An operator's request: the state to put a task in, and maybe a new tail."""
 
+    action: str
     state: TaskState
     replace_tail: bool = False
     tail: ULID | None = None
-    #: Set once the control is applied and stored.
+    #: Set once the control is applied and stored (or its save failed: ``error``).
     applied: anyio.Event = field(default_factory=anyio.Event, compare=False)
+    error: Exception | None = None
 
 
 #: A task's next state, and the loop time of its timer if it waits for one.
@@ -68,6 +93,10 @@ class Scheduler:
     :param retry_overrides: retry policies by activity name.
     :param activity_limits: at most this many runs at once, by activity name
         (also :attr:`Activity.max_concurrency`; the lower wins).
+    :param reconnect: the backoff of runs that could not reach the journal
+        and of saves retried after a store failure (not the activities' policy).
+    :param shutdown_grace: seconds shutdown waits for cancelled runs to end;
+        after that it names each run still going and returns anyway.
     """
 
     name: ClassVar[str]
@@ -84,28 +113,50 @@ class Scheduler:
         retry: RetryPolicy | None = None,
         retry_overrides: Mapping[str, RetryPolicy] | None = None,
         activity_limits: Mapping[str, int] | None = None,
+        reconnect: ReconnectPolicy | None = None,
+        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity {capacity}: must be at least 1")
+        if shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace {shutdown_grace}: must not be negative")
         self._journal = journal
         self._tails = tails
         self._activities = {a.name: a for a in activities}
         self._capacity = capacity
         self._retry = retry or RetryPolicy()
         self._retry_overrides = dict(retry_overrides or {})
+        self._reconnect = reconnect or DEFAULT_RECONNECT
+        self._shutdown_grace = shutdown_grace
         self._limits: dict[str, int] = {}
         for a in activities:
             limits = [n for n in ((activity_limits or {}).get(a.name), a.max_concurrency) if n]
             if limits:
                 self._limits[a.name] = min(limits)
         self._tasks: dict[UUID, list[Task]] = {}
-        self._ready: dict[str, deque[Task]] = {a.name: deque() for a in activities}
+        self._task_count = 0
+        #: Ready tasks per activity, with the generation they were queued at.
+        self._ready: dict[str, deque[tuple[Task, int]]] = {a.name: deque() for a in activities}
+        #: The activities in the order the dispatcher serves them next (round robin).
+        self._turns: deque[str] = deque(self._activities)
         self._running_by_activity: dict[str, int] = dict.fromkeys(self._activities, 0)
         self._running = 0
         self._timers: list[_Timer] = []
         self._seq = itertools.count()
         self._wake: anyio.Event | None = None
         self._observers: list[RunObserver] = []
+        self._progress_observers: list[ProgressObserver] = []
+        #: Runs in progress: their asyncio tasks, and the scope shutdown cancels.
+        self._runs: dict[Task, asyncio.Task[None]] = {}
+        self._run_scopes: dict[Task, anyio.CancelScope] = {}
+        self._runs_changed = anyio.Event()
+        self._stopping = False
+        #: Tasks in a final state whose save failed: saved again until it works.
+        self._unsaved: set[Task] = set()
+        self._unsaved_added = anyio.Event()
+        self._over_capacity_logged = False
+        #: Runs still going when shutdown gave up waiting (after the grace period).
+        self.abandoned: list[Task] = []
 
     # -- the public interface every engine offers ---------------------------
 
@@ -126,20 +177,54 @@ class Scheduler:
             stored ``SUSPENDED``, ``STOPPED`` or ``COMPLETE`` task keeps its
             state across a restart.
         """
-        if self._activities.get(activity.name) is not activity:
-            raise ValueError(f"activity {activity.name!r} is not one of this engine's activities")
-        tasks = self._tasks.setdefault(aggregate.id, [])
-        for task in tasks:
-            if task.activity is activity:
-                return task
-        task = Task(activity, aggregate, tail)
-        tasks.append(task)
-        self._set_state(task, state)
+        task, new = self._task_for(aggregate, activity, tail)
+        if new:
+            self._set_state(task, state)
+        return task
+
+    def restore(self, aggregate: AggregateRef, activity: Activity, record: TailRecord) -> Task:
+        """Start a task from its stored record, as a restarted runner does.
+
+        A ``COMPLETE``, ``STOPPED`` or ``SUSPENDED`` task keeps its state; a
+        ``RETRY`` or ``WAITING`` task waits until its stored ``next_run_at``
+        (its backoff goes on where it was); any other runs as soon as it can.
+        The attempt count and backoff exponent carry over.
+        """
+        task, new = self._task_for(aggregate, activity, record.tail)
+        if not new:
+            return task
+        task.errors = record.attempts
+        task.failures = record.failures
+        task.last_error = record.last_error
+        try:
+            stored = TaskState(record.state)
+        except ValueError:
+            stored = TaskState.PENDING
+        if record.completed:
+            stored = TaskState.COMPLETE
+        if stored in FINAL_STATES:
+            self._set_state(task, stored)
+        elif stored in TIMED_STATES and record.next_run_at is not None:
+            self._set_state(task, stored, self._loop_time(record.next_run_at))
+        else:
+            self._set_state(task, TaskState.PENDING)
         return task
 
     def add_observer(self, observer: RunObserver) -> None:
-        """Call ``observer`` after every run (the task already has its next state)."""
+        """Call ``observer`` after every run (the task already has its next state).
+
+        An observer that raises is logged and does not stop the engine.
+        """
         self._observers.append(observer)
+
+    def add_progress_observer(self, observer: ProgressObserver) -> None:
+        """Call ``observer(task, events)`` as runs hand events to activities.
+
+        A watching run (eager) reports when its reader catches up, so its
+        events count although the run does not end; every run reports the
+        rest when it ends.
+        """
+        self._progress_observers.append(observer)
 
     def tasks(self) -> Iterator[Task]:
         """Every task this engine knows, in no particular order."""
@@ -151,28 +236,63 @@ class Scheduler:
         """The activities this engine may run, by name."""
         return self._activities
 
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
     def find(self, activity: str, aggregate_id: UUID) -> Task | None:
         for task in self._tasks.get(aggregate_id, ()):
             if task.activity.name == activity:
                 return task
         return None
 
-    def waiting(self, task: Task) -> Waiting:
-        """Why ``task`` waits and when it runs next (the operator's status view)."""
-        raise NotImplementedError  # filled in by the engine rework (issue 10)
-
     @property
     def running(self) -> int:
         """How many runs (open streams) there are right now."""
         return self._running
 
+    def waiting(self, task: Task) -> Waiting:
+        """Why ``task`` waits and when it runs next (the operator's status view)."""
+        control = task.controls[-1].action if task.controls else None
+        state = task.state
+        if task.busy or state is TaskState.RUNNING:
+            return Waiting(reason=None, control=control)
+        if state is TaskState.PENDING:
+            limit = self._limits.get(task.activity.name)
+            full = self._running >= self._capacity or (
+                limit is not None and self._running_by_activity[task.activity.name] >= limit
+            )
+            return Waiting(reason=WaitReason.CAPACITY if full else None)
+        if state is TaskState.RETRY:
+            return Waiting(reason=WaitReason.BACKOFF, next_run_at=self._wall_time(task.due))
+        if state is TaskState.WAITING:
+            return Waiting(reason=WaitReason.RETRY_AFTER, next_run_at=self._wall_time(task.due))
+        if state is TaskState.SLEEPING:
+            return self._sleeping(task)
+        if state is TaskState.SUSPENDED:
+            return Waiting(reason=WaitReason.SUSPENDED)
+        if state is TaskState.STOPPED:
+            return Waiting(reason=WaitReason.STOPPED)
+        return Waiting(reason=None)
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run tasks until cancelled; cancelling it stops every run promptly."""
-        async with anyio.create_task_group() as tg:
-            self._wake = anyio.Event()
-            await self._start_background(tg)
-            task_status.started()
-            await self._dispatch_loop(tg)
+        """Run tasks until cancelled; cancelling it stops every run.
+
+        Each run saves its progress when cancelled. Runs that have not ended
+        after the shutdown grace period are logged by activity and aggregate
+        and left behind (:attr:`abandoned`): shutdown does not wait forever
+        for an activity that ignores cancellation.
+        """
+        try:
+            async with anyio.create_task_group() as tg:
+                self._wake = anyio.Event()
+                await self._start_background(tg)
+                tg.start_soon(self._save_unsaved_loop)
+                task_status.started()
+                await self._dispatch_loop()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop_runs()
 
     # -- operator control (the seams for the runner's admin service) --------
 
@@ -180,42 +300,93 @@ class Scheduler:
         """Cancel a running task, or keep a waiting one from running: ``STOPPED``.
 
         The state is stored, so a stopped task stays stopped after a restart.
+        Returns once the control is applied and stored; for a running task,
+        once its run has ended (an activity that ignores cancellation delays
+        that: wrap the call in a timeout; the control stays queued and lands
+        when the run ends).
+
+        :raises TaskNotControllable: the task is ``COMPLETE``.
+        :raises StoreError: the state could not be stored; it is applied and
+            the engine keeps trying to store it.
         """
-        await self._control(task, Control(TaskState.STOPPED))
+        self._refuse_if_complete(task, "stop")
+        await self._control(task, Control("stop", TaskState.STOPPED))
 
     async def suspend(self, task: Task) -> None:
         """Like :meth:`stop`, but ``SUSPENDED``: set aside until an operator resumes it."""
-        await self._control(task, Control(TaskState.SUSPENDED))
+        self._refuse_if_complete(task, "suspend")
+        await self._control(task, Control("suspend", TaskState.SUSPENDED))
 
     async def resume(self, task: Task) -> None:
-        """Run a stopped or suspended task again, with a fresh attempt count."""
-        if task.state in (TaskState.STOPPED, TaskState.SUSPENDED):
-            await self._control(task, Control(TaskState.PENDING))
+        """Run a stopped or suspended task again, with a fresh attempt count.
+
+        :raises TaskNotControllable: the task is neither ``STOPPED`` nor
+            ``SUSPENDED`` (nor about to be, by a control queued before this one).
+        """
+        state = self._effective_state(task)
+        if state not in (TaskState.STOPPED, TaskState.SUSPENDED):
+            raise TaskNotControllable(
+                f"task {task.activity.name}/{task.aggregate.id} is {state.value}: only a"
+                " SUSPENDED or STOPPED task can be resumed"
+            )
+        await self._control(task, Control("resume", TaskState.PENDING))
 
     async def restart(self, task: Task, tail: ULID | None) -> None:
         """Run the task again from ``tail`` (``None``: from the first event), even if complete."""
-        await self._control(task, Control(TaskState.PENDING, replace_tail=True, tail=tail))
+        await self._control(
+            task, Control("restart", TaskState.PENDING, replace_tail=True, tail=tail)
+        )
+
+    def _refuse_if_complete(self, task: Task, action: str) -> None:
+        if self._effective_state(task) is TaskState.COMPLETE:
+            # Stopping a complete task would let a resume run it again.
+            raise TaskNotControllable(
+                f"task {task.activity.name}/{task.aggregate.id} is COMPLETE: cannot {action}"
+                " it; restart it to run it again"
+            )
+
+    def _effective_state(self, task: Task) -> TaskState:
+        """The state the task is in, or will be in once its queued controls land."""
+        if task.controls:
+            return task.controls[-1].state
+        return task.state
 
     async def _control(self, task: Task, control: Control) -> None:
-        if task.scope is not None:
-            # Running: the run applies the control when its cancellation
-            # lands; wait for that, so the caller sees the new state.
-            task.control = control
-            task.scope.cancel()
-            await control.applied.wait()
-            return
-        self._apply_control(task, control)
-        await self._store(task, None, task.errors + 1)
-        control.applied.set()
-        log.info("controlled", state=task.state.value, **_fields(task))
+        if task.controls is not None:
+            # Busy: the control lands when the run (or the control before it)
+            # settles, in arrival order; a running activity is cancelled.
+            task.controls.append(control)
+            if task.scope is not None:
+                task.scope.cancel()
+        else:
+            task.controls = [control]
+            # Void its timers and queued entries while the control is stored;
+            # shielded: the task must leave the busy state whatever the caller does.
+            task.generation += 1
+            with anyio.CancelScope(shield=True):
+                await self._settle(task, None)
+        await control.applied.wait()
+        if control.error is not None:
+            raise control.error
 
-    def _apply_control(self, task: Task, control: Control) -> None:
+    def _apply_control(self, task: Task, control: Control, state: TaskState) -> TaskState:
+        """The state after ``control``, given the state before it."""
         if control.replace_tail:
             task.tail = control.tail
+        elif control.state is TaskState.PENDING:
+            if state not in (TaskState.STOPPED, TaskState.SUSPENDED):
+                # Queued behind a run that ended otherwise (Done, say): nothing to resume.
+                control.error = TaskNotControllable(
+                    f"task {task.activity.name}/{task.aggregate.id} is {state.value}: only a"
+                    " SUSPENDED or STOPPED task can be resumed"
+                )
+                return state
+        elif state is TaskState.COMPLETE:
+            return state  # the run it was to stop completed: nothing runs again anyway
         if control.state is TaskState.PENDING:
             task.errors = task.failures = 0
             task.last_error = None
-        self._set_state(task, control.state)
+        return control.state
 
     # -- hooks for the engines ----------------------------------------------
 
@@ -236,7 +407,36 @@ class Scheduler:
         """When a failed task runs again; cron waits for the next tick too."""
         return now + delay
 
-    # -- internals ------------------------------------------------------------
+    def _sleeping(self, task: Task) -> Waiting:
+        """Why a ``SLEEPING`` task of this engine waits, and until when."""
+        return Waiting(reason=None, next_run_at=self._wall_time(task.due))
+
+    # -- internals: states, queues, timers ------------------------------------
+
+    def _task_for(
+        self, aggregate: AggregateRef, activity: Activity, tail: ULID | None
+    ) -> tuple[Task, bool]:
+        if self._activities.get(activity.name) is not activity:
+            raise ValueError(f"activity {activity.name!r} is not one of this engine's activities")
+        tasks = self._tasks.setdefault(aggregate.id, [])
+        for task in tasks:
+            if task.activity is activity:
+                return task, False
+        task = Task(activity, aggregate, tail)
+        tasks.append(task)
+        self._task_count += 1
+        if self.watch and self._task_count > self._capacity and not self._over_capacity_logged:
+            # Each eager task holds a slot for as long as it watches.
+            self._over_capacity_logged = True
+            log.warning(
+                "tasks exceed capacity",
+                engine=self.name,
+                tasks=self._task_count,
+                capacity=self._capacity,
+                hint="tasks beyond the capacity wait for a slot (status: capacity);"
+                " raise engine.capacity",
+            )
+        return task, True
 
     def _policy(self, task: Task) -> RetryPolicy:
         return self._retry_overrides.get(task.activity.name, self._retry)
@@ -246,11 +446,12 @@ class Scheduler:
             self._wake.set()
 
     def _set_state(self, task: Task, state: TaskState, due: float | None = None) -> None:
-        # The generation voids any timer set for the task's previous state.
+        # The generation voids any timer and queue entry of the previous state.
         task.generation += 1
         task.state = state
+        task.due = due
         if state is TaskState.PENDING:
-            self._ready[task.activity.name].append(task)
+            self._ready[task.activity.name].append((task, task.generation))
             self._poke()
         elif due is not None:
             heapq.heappush(self._timers, (due, next(self._seq), task, task.generation))
@@ -258,73 +459,91 @@ class Scheduler:
 
     def _make_ready(self, task: Task) -> None:
         """A wake-up (signal, tick, backstop) for a task; only sleeping tasks react."""
-        if task.state is TaskState.SLEEPING:
-            self._set_state(task, TaskState.PENDING)
-        elif task.state is TaskState.RUNNING:
+        if task.busy:
             task.signalled = True
+        elif task.state is TaskState.SLEEPING:
+            self._set_state(task, TaskState.PENDING)
 
     def _fire_timers(self, now: float) -> float | None:
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, task, generation = heapq.heappop(timers)
-            if generation == task.generation and task.state in (
-                TaskState.RETRY,
-                TaskState.SLEEPING,
+            if (
+                generation == task.generation
+                and not task.busy
+                and task.state in (TaskState.RETRY, TaskState.WAITING, TaskState.SLEEPING)
             ):
                 self._set_state(task, TaskState.PENDING)
         return timers[0][0] if timers else None
 
-    def _start_ready(self, tg: TaskGroup) -> None:
+    def _pop_ready(self, name: str) -> Task | None:
+        limit = self._limits.get(name)
+        if limit is not None and self._running_by_activity[name] >= limit:
+            return None
+        queue = self._ready[name]
+        while queue:
+            task, generation = queue.popleft()
+            if generation == task.generation and task.state is TaskState.PENDING and not task.busy:
+                return task
+        return None
+
+    def _start_ready(self) -> None:
+        # Round robin: each pass serves the next activity in turn, so one
+        # activity with many ready tasks cannot starve the others.
+        turns = self._turns
         while self._running < self._capacity:
-            popped = False
-            for name, queue in self._ready.items():
+            started = False
+            for _ in range(len(turns)):
                 if self._running >= self._capacity:
-                    break
-                if not queue:
-                    continue
-                limit = self._limits.get(name)
-                if limit is not None and self._running_by_activity[name] >= limit:
-                    continue
-                task = queue.popleft()
-                popped = True
-                if task.state is not TaskState.PENDING:
-                    continue  # stopped or suspended while it waited
-                task.state = TaskState.RUNNING
-                task.signalled = False
-                self._running += 1
-                self._running_by_activity[name] += 1
-                tg.start_soon(self._run_task, task)
-            if not popped:
+                    return
+                name = turns[0]
+                turns.rotate(-1)
+                task = self._pop_ready(name)
+                if task is not None:
+                    self._start(task)
+                    started = True
+            if not started:
                 return
 
-    async def _dispatch_loop(self, tg: TaskGroup) -> None:
+    def _start(self, task: Task) -> None:
+        task.state = TaskState.RUNNING
+        task.generation += 1
+        task.due = None
+        task.signalled = False
+        task.controls = []
+        self._running += 1
+        self._running_by_activity[task.activity.name] += 1
+        # A run is an asyncio task of its own, not a child of a task group:
+        # shutdown must be able to give up on an activity that ignores
+        # cancellation. The engine owns these tasks and waits for them.
+        self._runs[task] = asyncio.get_running_loop().create_task(
+            self._run_task(task), name=f"tailrunner run {task.activity.name} {task.aggregate.id}"
+        )
+
+    async def _dispatch_loop(self) -> None:
         while True:
             self._wake = anyio.Event()
             now = anyio.current_time()
             deadlines = [d for d in (self._fire_timers(now), self._periodic(now)) if d is not None]
-            self._start_ready(tg)
+            self._start_ready()
             if deadlines:
                 with anyio.move_on_after(max(0.0, min(deadlines) - anyio.current_time())):
                     await self._wake.wait()
             else:
                 await self._wake.wait()
 
+    # -- internals: runs --------------------------------------------------------
+
     async def _run_task(self, task: Task) -> None:
         # The run keeps its capacity slot until its outcome is stored: the
         # store is part of the run, and finished runs must not pile up behind
         # a slow tail store while new ones start.
+        settled = False
         try:
-            await self._run_and_settle(task)
-        finally:
-            self._running -= 1
-            self._running_by_activity[task.activity.name] -= 1
-            self._poke()
-
-    async def _run_and_settle(self, task: Task) -> None:
-        attempt = task.errors + 1
-        try:
-            with anyio.CancelScope() as scope:
-                task.scope = scope
+            with anyio.CancelScope() as outer:
+                self._run_scopes[task] = outer
+                if self._stopping:
+                    outer.cancel()
                 result = await run_once(
                     task,
                     journal=self._journal,
@@ -332,71 +551,120 @@ class Scheduler:
                     watch=self.watch,
                     checkpoint=self._save_checkpoint,
                     transaction=self._transaction,
+                    on_progress=self._on_progress,
                 )
+            if not outer.cancel_called:
+                await self._settle(task, result)
+                settled = True
+        except Exception:
+            # A defect of the engine's own, not the activity's (run_once
+            # classifies those): never leave the task stranded as RUNNING.
+            log.exception("run failed inside the engine", **_fields(task))
         finally:
-            task.scope = None
-        task.runs += 1
-        if scope.cancelled_caught:
-            # An operator's control: run_once already saved the checkpoint.
-            control, task.control = task.control or Control(TaskState.STOPPED), None
-            self._apply_control(task, control)
-            await self._store(task, None, attempt)
+            del self._run_scopes[task]
+            del self._runs[task]
+            self._running -= 1
+            self._running_by_activity[task.activity.name] -= 1
+            if not settled:
+                self._unsettled(task)
+            self._runs_changed.set()
+            self._poke()
+
+    def _unsettled(self, task: Task) -> None:
+        """A run ended without settling (shutdown, or an engine defect)."""
+        controls, task.controls = task.controls or [], None
+        for control in controls:
+            control.error = StoreError("the engine stopped before the control was applied")
             control.applied.set()
-            log.info("controlled", state=task.state.value, **_fields(task))
-            return
-        state, due = self._decide(task, result)
-        # The tail is stored before the outcome is acted on, so a restart
-        # resumes from it: an event may be seen twice, never skipped.
-        if not await self._store(task, result, attempt, state=state) and state not in FINAL_STATES:
-            # Not durable, so not acted on: run again after a backoff. (A final
-            # state is kept in memory; only a restart could repeat its run.)
-            state = TaskState.RETRY
-            due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
-        if state is TaskState.SLEEPING and task.signalled:
-            # A signal came while the outcome was being stored (the task was
-            # still RUNNING): it must not be lost to the backstop.
-            task.signalled = False
-            state, due = TaskState.PENDING, None
-        self._set_state(task, state, due)
-        self._log(task, result, state, due)
-        for observer in self._observers:
-            observer(task, result)
+        if not self._stopping and task.state is TaskState.RUNNING:
+            delay = self._policy(task).delay(max(task.failures, 1))
+            self._set_state(task, TaskState.RETRY, anyio.current_time() + delay)
 
-    async def _store(
-        self,
-        task: Task,
-        result: RunResult | None,
-        attempt: int,
-        *,
-        state: TaskState | None = None,
-    ) -> bool:
-        """Save the task's tail and the run record; ``False`` when the store failed.
+    async def _stop_runs(self) -> None:
+        self._stopping = True
+        for scope in self._run_scopes.values():
+            scope.cancel()
+        with anyio.move_on_after(self._shutdown_grace):
+            while self._runs:
+                self._runs_changed = anyio.Event()
+                await self._runs_changed.wait()
+        if self._runs:
+            self.abandoned = list(self._runs)
+            for task in self.abandoned:
+                log.error(
+                    "still running after the shutdown grace period",
+                    grace=self._shutdown_grace,
+                    hint="the activity ignores cancellation; its progress since the last"
+                    " save is not stored",
+                    **_fields(task),
+                )
+            for task in self.abandoned:
+                for control in task.controls or ():
+                    control.error = StoreError("the engine stopped before the control landed")
+                    control.applied.set()
 
-        A failed save must not be acted on as if it were durable: the caller
-        retries the task, which still resumes from ``task.tail`` in memory; a
-        crash before the next save replays from the stored tail (at-least-once).
+    async def _settle(self, task: Task, result: RunResult | None) -> None:
+        """Store the task's next state, and only then act on it (the task is busy).
+
+        ``result`` is the run's outcome, or ``None`` for a control on an idle
+        task. Controls that arrive while this stores are applied and stored
+        before the task leaves the busy state.
         """
-        record = self._tail_record(task, state=state)
-        now = datetime.now(UTC)
-        run = RunRecord(
-            activity=task.activity.name,
-            aggregate=task.aggregate,
-            attempt=attempt,
-            started_at=result.started_at if result else now,
-            finished_at=result.finished_at if result else now,
-            tail_before=result.tail_before if result else task.tail,
-            tail_after=task.tail,
-            events_seen=result.events_seen if result else 0,
-            outcome=result.kind.value if result else "stopped",
-            error=result.error_text if result else None,
-        )
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._tails.save_with_run(record, run)
-        except Exception as exc:
-            log.error("tail store failed", error=f"{type(exc).__name__}: {exc}", **_fields(task))
-            return False
-        return True
+        assert task.controls is not None
+        if result is not None:
+            task.runs += 1
+            attempt = task.errors + 1
+            state, due = self._decide(task, result)
+            run: RunRecord | None = self._run_record(task, result, attempt)
+        else:
+            state, due = task.state, task.due
+            run = None
+        applied: list[Control] = []
+        saved = True
+        while True:
+            controls, task.controls = task.controls, []
+            for control in controls:
+                before = state
+                state = self._apply_control(task, control, state)
+                if state is not before or control.replace_tail:
+                    due = None
+                applied.append(control)
+            # The tail is stored before the outcome is acted on, so a restart
+            # resumes from it: an event may be seen twice, never skipped.
+            saved = await self._save(task, state, due, run)
+            run = None
+            if not task.controls:
+                break
+        task.controls = None
+        if not saved:
+            if state in FINAL_STATES:
+                # Not durable yet: keep the state (the task must not run
+                # again) and store it as soon as the store takes it.
+                self._unsaved.add(task)
+                self._unsaved_added.set()
+            else:
+                # Not durable, so not acted on: run again after a backoff.
+                state = TaskState.RETRY
+                due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
+            for control in applied:
+                control.error = control.error or StoreError(
+                    f"task {task.activity.name}/{task.aggregate.id}: {control.action} is"
+                    f" applied ({state.value}) but the tail store failed to store it; the"
+                    " engine keeps trying"
+                )
+        else:
+            self._unsaved.discard(task)
+        if task.signalled and state is TaskState.SLEEPING:
+            # A wake-up came while the task was busy: it must not be lost.
+            state, due = TaskState.PENDING, None
+        task.signalled = False
+        self._set_state(task, state, due)
+        for control in applied:
+            control.applied.set()
+            log.info("controlled", action=control.action, state=state.value, **_fields(task))
+        if result is not None:
+            self._log(task, result, state, due)
+            self._notify(task, result)
 
     def _decide(self, task: Task, result: RunResult) -> NextState:
         now = anyio.current_time()
@@ -407,17 +675,23 @@ class Scheduler:
             task.last_error = None
             return TaskState.COMPLETE, None
         if kind is OutcomeKind.CANCELLED:
+            # The controls queued on the task say what comes next.
             return TaskState.STOPPED, None
         if kind is OutcomeKind.EOF:
             task.errors = task.failures = 0
             task.last_error = None
             return self._after_eof(task, result, now)
-        task.signalled = False  # the retry reads everything there is anyway
+        task.signalled = False  # the next run reads everything there is anyway
         if kind is OutcomeKind.RETRY_AFTER:
             assert result.when is not None
             wait = (result.when - datetime.now(UTC)).total_seconds()
-            return TaskState.RETRY, now + max(0.0, wait)
-        task.failures += 1
+            return TaskState.WAITING, now + max(0.0, wait)
+        # Progress resets the backoff: the policy counts failures at one tail.
+        task.failures = 1 if result.progressed else task.failures + 1
+        if kind is OutcomeKind.ERROR and isinstance(result.error, JournalUnavailable):
+            # The journal is down, not the activity wrong: the reconnect
+            # backoff (short, bounded), and no attempt counted against it.
+            return TaskState.RETRY, now + self._reconnect.delay(task.failures)
         policy = self._policy(task)
         if kind is OutcomeKind.ERROR:
             task.errors = 1 if result.progressed else task.errors + 1
@@ -426,7 +700,58 @@ class Scheduler:
                 return TaskState.SUSPENDED, None
         return TaskState.RETRY, self._retry_due(now, policy.delay(task.failures))
 
-    def _tail_record(self, task: Task, *, state: TaskState | None = None) -> TailRecord:
+    # -- internals: storing -------------------------------------------------------
+
+    async def _save(
+        self, task: Task, state: TaskState, due: float | None, run: RunRecord | None
+    ) -> bool:
+        """Save the task's record (and the run's); ``False`` when the store failed."""
+        record = self._tail_record(task, state, due)
+        try:
+            with anyio.CancelScope(shield=True):
+                if run is None:
+                    await self._tails.save(record)
+                else:
+                    await self._tails.save_with_run(record, run)
+        except Exception as exc:
+            log.error("tail store failed", error=f"{type(exc).__name__}: {exc}", **_fields(task))
+            return False
+        return True
+
+    async def _save_unsaved_loop(self) -> None:
+        failures = 0
+        while True:
+            await self._unsaved_added.wait()
+            self._unsaved_added = anyio.Event()
+            while self._unsaved:
+                for task in list(self._unsaved):
+                    # A busy task is stored by its own settle.
+                    if not task.busy and await self._save(task, task.state, task.due, None):
+                        self._unsaved.discard(task)
+                        log.info("stored after all", state=task.state.value, **_fields(task))
+                if self._unsaved:
+                    failures += 1
+                    await anyio.sleep(self._reconnect.delay(failures))
+            failures = 0
+
+    def _run_record(self, task: Task, result: RunResult, attempt: int) -> RunRecord:
+        stopped = result.kind is OutcomeKind.CANCELLED
+        return RunRecord(
+            activity=task.activity.name,
+            aggregate=task.aggregate,
+            attempt=attempt,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+            tail_before=result.tail_before,
+            tail_after=result.tail,
+            events_seen=result.events_seen,
+            outcome="stopped" if stopped else result.kind.value,
+            error=result.traceback,
+        )
+
+    def _tail_record(
+        self, task: Task, state: TaskState | None = None, due: float | None = None
+    ) -> TailRecord:
         state = state or task.state
         return TailRecord(
             activity=task.activity.name,
@@ -437,6 +762,8 @@ class Scheduler:
             last_error=task.last_error,
             completed=state is TaskState.COMPLETE,
             updated_at=datetime.now(UTC),
+            failures=task.failures,
+            next_run_at=self._wall_time(due) if state in TIMED_STATES else None,
         )
 
     async def _save_checkpoint(self, task: Task, tail: ULID | None) -> None:
@@ -447,12 +774,53 @@ class Scheduler:
             await self._tails.save(record)
         task.tail = tail
 
+    async def _on_progress(self, task: Task, tail: ULID | None, events: int) -> None:
+        # A watching run caught up: store how far it got, so that status,
+        # lag and a restart see it although the run does not end.
+        try:
+            await self._save_checkpoint(task, tail)
+        except Exception as exc:
+            log.warning(
+                "progress not stored", error=f"{type(exc).__name__}: {exc}", **_fields(task)
+            )
+        if events:
+            self._notify_progress(task, events)
+
     @asynccontextmanager
     async def _transaction(self, task: Task, tail: ULID | None) -> AsyncIterator[Any]:
         record = replace(self._tail_record(task), tail=tail)
         async with self._tails.transaction(record) as conn:
             yield conn
         task.tail = tail
+
+    # -- internals: time, observers, logs ----------------------------------------
+
+    def _wall_time(self, due: float | None) -> datetime | None:
+        """The wall-clock instant of loop time ``due``."""
+        if due is None:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=due - anyio.current_time())
+
+    def _loop_time(self, when: datetime) -> float:
+        """The loop time of the wall-clock instant ``when`` (now, if it has passed)."""
+        now = anyio.current_time()
+        return now + max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+    def _notify(self, task: Task, result: RunResult) -> None:
+        if result.events_seen:
+            self._notify_progress(task, result.events_seen)
+        for observer in self._observers:
+            try:
+                observer(task, result)
+            except Exception:
+                log.exception("observer failed", observer=repr(observer), **_fields(task))
+
+    def _notify_progress(self, task: Task, events: int) -> None:
+        for observer in self._progress_observers:
+            try:
+                observer(task, events)
+            except Exception:
+                log.exception("observer failed", observer=repr(observer), **_fields(task))
 
     def _log(self, task: Task, result: RunResult, state: TaskState, due: float | None) -> None:
         fields = _fields(task)
@@ -466,17 +834,31 @@ class Scheduler:
             else:
                 log.debug("caught up", **fields)
         elif kind is OutcomeKind.CANCELLED:
-            log.info("stopped", **fields)
+            log.info("stopped", events=result.events_seen, **fields)
         elif kind is OutcomeKind.SILENT_RETRY:
             log.debug("silent retry", delay=delay, reason=str(result.error), **fields)
         elif kind is OutcomeKind.RETRY_AFTER:
             assert result.when is not None
             log.debug("retry after", when=result.when.isoformat(), **fields)
+        elif isinstance(result.error, JournalUnavailable):
+            # The outage is logged once by the connection's watch, not per task.
+            log.debug("journal unreachable", delay=delay, error=result.error_text, **fields)
         elif state is TaskState.SUSPENDED:
-            log.error("suspended", error=result.error_text, attempts=task.errors, **fields)
+            log.error(
+                "suspended",
+                error=result.error_text,
+                attempts=task.errors,
+                traceback=result.traceback,
+                **fields,
+            )
         else:
             log.warning(
-                "will retry", error=result.error_text, attempt=task.errors, delay=delay, **fields
+                "will retry",
+                error=result.error_text,
+                attempt=task.errors,
+                delay=delay,
+                traceback=result.traceback,
+                **fields,
             )
 
 

@@ -63,6 +63,8 @@ class WaitReason(enum.StrEnum):
 
 #: States a task never leaves by itself.
 FINAL_STATES = frozenset({TaskState.COMPLETE, TaskState.STOPPED, TaskState.SUSPENDED})
+#: States that wait for a time: the stored record says when (``next_run_at``).
+TIMED_STATES = frozenset({TaskState.RETRY, TaskState.WAITING})
 
 
 class Task:
@@ -75,7 +77,8 @@ class Task:
     __slots__ = (
         "activity",
         "aggregate",
-        "control",
+        "controls",
+        "due",
         "errors",
         "failures",
         "generation",
@@ -93,26 +96,37 @@ class Task:
         self.aggregate = aggregate
         self.tail = tail
         self.state = TaskState.PENDING
-        #: Consecutive runs that did not end in EOF or Done: the backoff exponent.
+        #: Consecutive runs since the last progress that ended in neither EOF
+        #: nor Done: the backoff exponent.
         self.failures = 0
         #: Consecutive errors at the current tail: counted against max_attempts.
         self.errors = 0
-        #: A signal came while the task ran: run again as soon as this run ends.
+        #: A wake-up came while the task was busy: run again as soon as it settles.
         self.signalled = False
-        #: Bumped whenever the task's schedule changes, so stale timers are ignored.
+        #: Bumped whenever the task's schedule changes, so stale timers and
+        #: stale ready-queue entries are ignored.
         self.generation = 0
+        #: The loop time (:func:`anyio.current_time`) its timer fires, if it waits for one.
+        self.due: float | None = None
         #: Lazy engine: when a sleeping task is re-checked without a signal.
         self.recheck_at = 0.0
         self.runs = 0
         self.last_error: str | None = None
         #: The cancel scope of the current run, so that an operator can stop it.
         self.scope: anyio.CancelScope | None = None
-        #: An operator's control waiting for the current run's cancellation to land.
-        self.control: Control | None = None
+        #: ``None`` while the task is idle. While it is busy (a run, or the
+        #: save of a control) a list: the operators' controls that arrived
+        #: meanwhile, applied in order when it settles.
+        self.controls: list[Control] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.activity.name, str(self.aggregate.id))
+
+    @property
+    def busy(self) -> bool:
+        """A run or a control's save is in progress: nothing else may start it."""
+        return self.controls is not None
 
     def __repr__(self) -> str:
         return (

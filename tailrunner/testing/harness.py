@@ -86,7 +86,8 @@ async def run_activity(
     """Run ``activity`` on ``aggregate`` under ``engine`` until it is idle.
 
     Idle means: the task sleeps (caught up), completed, was suspended or
-    stopped, or (with ``stop_on_retry``) waits to retry; under the eager
+    stopped, or (with ``stop_on_retry``) waits to retry (``RETRY``, or
+    ``WAITING`` for its ``SilentRetryAfter`` time); under the eager
     engine, also when the activity waits on its watch stream after catching up.
 
     :param retry: defaults to retries after 1 ms, so tests stay fast (a zero
@@ -113,7 +114,9 @@ async def run_activity(
 
     def observe(observed: Task, result: RunResult) -> None:
         results.append(result)
-        resting = observed.state in _IDLE or (stop_on_retry and observed.state is TaskState.RETRY)
+        resting = observed.state in _IDLE or (
+            stop_on_retry and observed.state in (TaskState.RETRY, TaskState.WAITING)
+        )
         if resting or len(results) >= max_runs:
             idle.set()
 

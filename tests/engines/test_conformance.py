@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 from ulid import ULID
 
 from tailrunner import (
@@ -34,6 +36,7 @@ from .conftest import (
     new_aggregate,
     observed,
     read,
+    read_to_eof,
     running,
 )
 
@@ -131,6 +134,10 @@ async def test_silent_retry_after_runs_at_its_time(
     script = Script(steps=[wait_a_while, _read_eof])
     # A cron interval far longer than the wait: the retry must not wait for a tick.
     engine = make_engine(engine_kind, journal, [script.activity()], interval=30.0)
+    waits: list[tuple[TaskState, datetime | None]] = []
+    engine.add_observer(
+        lambda task, result: waits.append((task.state, engine.waiting(task).next_run_at))
+    )
     engine.start_activity(agg, engine.activities["script"], None)
     started_wall: list[datetime] = []
     async with running(engine):
@@ -138,8 +145,12 @@ async def test_silent_retry_after_runs_at_its_time(
         started_wall.append(
             datetime.now(UTC) - timedelta(seconds=time.monotonic() - script.calls[1].started)
         )
-    late = (started_wall[0] - wanted[0]).total_seconds()
-    assert -0.005 <= late <= 0.05, f"second run started {late * 1000:.1f} ms after `when`"
+    # The engine's timer is set for `when` itself (not a tick, not a backoff);
+    # the run did not start before it. (How late it started is machine noise.)
+    state, due = waits[0]
+    assert state is TaskState.WAITING, "a retry-after wait is not an error's RETRY"
+    assert due is not None and abs((due - wanted[0]).total_seconds()) < 0.005
+    assert started_wall[0] >= wanted[0] - timedelta(milliseconds=5)
     assert script.calls[1].tail == script.calls[0].events[-1]
 
 
@@ -158,21 +169,29 @@ async def test_errors_retry_with_growing_backoff_from_the_checkpointed_tail(
             raise RuntimeError("boom")
         raise RuntimeError("boom at the end")
 
-    script = Script(steps=[checkpoint_then_fail, checkpoint_then_fail, _fail_plain, _read_eof])
+    script = Script(
+        steps=[checkpoint_then_fail, checkpoint_then_fail, _fail_plain, _fail_plain, _read_eof]
+    )
     retry = RetryPolicy(initial=0.05, multiplier=2.0, max_delay=1.0, jitter=0.0)
     engine = make_engine(engine_kind, journal, [script.activity()], retry=retry, interval=0.01)
     seen = observed(engine)
+    delays: list[float] = []
+    engine.add_observer(
+        lambda task, result: delays.append(round((task.due or 0) - anyio.current_time(), 3))
+    )
     engine.start_activity(agg, engine.activities["script"], None)
     async with running(engine):
-        await script.wait_for(lambda: len(script.calls) >= 4)
-    assert [r.kind for _, r in seen[:3]] == [OutcomeKind.ERROR] * 3
+        await script.wait_for(lambda: len(script.calls) >= 5)
+    assert [r.kind for _, r in seen[:4]] == [OutcomeKind.ERROR] * 4
     assert "boom" in (seen[0][1].error_text or "")
     # The tail after an error is the last checkpoint: the first two runs each
-    # handled one event; the plain failure keeps the tail it started from.
-    assert [c.tail for c in script.calls[:4]] == [None, ids[0], ids[1], ids[1]]
-    gaps = [b.started - a.started for a, b in zip(script.calls, script.calls[1:], strict=False)]
-    assert gaps[0] >= 0.05 * 0.9
-    assert gaps[2] >= 0.2 * 0.9, f"backoff did not grow: {gaps}"
+    # handled one event; the plain failures keep the tail they started from.
+    assert [c.tail for c in script.calls[:5]] == [None, ids[0], ids[1], ids[1], ids[1]]
+    # The delays the engine chose (not wall-clock gaps): progress resets the
+    # backoff, failures at one tail double it. Cron may add up to one tick.
+    wanted = [0.05, 0.05, 0.1, 0.2]
+    for got, want in zip(delays[:4], wanted, strict=True):
+        assert want - 0.002 <= got <= want + 0.011, f"delays {delays[:4]}, wanted {wanted}"
 
 
 async def _fail_plain(
@@ -227,9 +246,11 @@ async def test_signal_during_a_run_leads_to_a_run_that_sees_it(
     assert script.seen() == first + appended
 
 
-async def test_stream_cancelled_stops_the_task_quietly(
+async def test_a_cancelled_status_from_inside_the_activity_is_an_error_and_retried(
     engine_kind: str, journal: LoopbackJournal
 ) -> None:
+    # Only the engine's shutdown or an operator's stop is a stop: a CANCELLED
+    # status from a call the activity made is an error (defect 3 of issue 10).
     agg = new_aggregate()
     ids = await append(journal, agg, "a")
 
@@ -237,28 +258,52 @@ async def test_stream_cancelled_stops_the_task_quietly(
         ctx: ActivityContext, tail: ULID | None, stream: EventStream, call: Call
     ) -> Outcome:
         await ctx.checkpoint(await read(stream, call, tail))
-        raise StreamCancelled("the call was cancelled")
+        raise StreamCancelled("a downstream call was cancelled")
 
-    script = Script(steps=[cancelled])
-    witness = Script()
+    script = Script(steps=[cancelled, read_to_eof])
     tails = MemoryTailStore()
-    engine = make_engine(
-        engine_kind,
-        journal,
-        [script.activity("stops"), witness.activity("witness")],
-        tails=tails,
-    )
-    for act in engine.activities.values():
-        engine.start_activity(agg, act, None)
+    engine = make_engine(engine_kind, journal, [script.activity("stops")], tails=tails)
+    seen = observed(engine)
+    engine.start_activity(agg, engine.activities["stops"], None)
     async with running(engine):
-        await script.wait_for(lambda: len(script.calls) == 1)
-        new = await append(journal, agg, "b")
-        await witness.wait_for(lambda: new[-1] in witness.seen())
-    task = engine.find("stops", agg.id)
-    assert task is not None and task.state is TaskState.STOPPED
-    assert len(script.calls) == 1
+        await script.wait_for(lambda: len(seen) >= 2)
+    assert [r.kind for _, r in seen[:2]] == [OutcomeKind.ERROR, OutcomeKind.EOF]
+    assert "StreamCancelled" in (seen[0][1].error_text or "")
+    assert script.calls[1].tail == ids[-1], "retried from its checkpoint"
     record = await tails.get("stops", agg.id)
-    assert record is not None and record.tail == ids[-1] and record.state == "STOPPED"
+    assert record is not None and record.state != "STOPPED"
+
+
+async def test_a_stray_cancellation_inside_the_activity_is_an_error_and_retried(
+    engine_kind: str, journal: LoopbackJournal
+) -> None:
+    # An activity awaiting a future that something else cancelled raises
+    # CancelledError without the engine's scope being cancelled: an error,
+    # retried, never a task stranded as RUNNING (defect 1 of issue 10).
+    agg = new_aggregate()
+    ids = await append(journal, agg, "a")
+
+    async def awaits_a_cancelled_future(
+        ctx: ActivityContext, tail: ULID | None, stream: EventStream, call: Call
+    ) -> Outcome:
+        await read(stream, call, tail)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+        raise AssertionError("unreachable")
+
+    script = Script(steps=[awaits_a_cancelled_future, read_to_eof])
+    engine = make_engine(engine_kind, journal, [script.activity()])
+    seen = observed(engine)
+    engine.start_activity(agg, engine.activities["script"], None)
+    with capture_logs() as logs:
+        async with running(engine):
+            await script.wait_for(lambda: len(seen) >= 2)
+    assert [r.kind for _, r in seen[:2]] == [OutcomeKind.ERROR, OutcomeKind.EOF]
+    assert "CancelledError" in (seen[0][1].error_text or "")
+    assert seen[1][0].tail == ids[-1]
+    warned = [e for e in logs if e["event"] == "will retry"]
+    assert warned and warned[0]["activity"] == "script"
 
 
 async def test_attempt_limit_suspends_only_the_poisoned_task(
@@ -296,7 +341,7 @@ async def test_attempt_limit_suspends_only_the_poisoned_task(
     assert runs_when_suspended >= 3
 
 
-async def test_cancellation_is_prompt_with_1000_activities(
+async def test_cancellation_stops_1000_running_activities_and_keeps_checkpoints(
     engine_kind: str, journal: LoopbackJournal
 ) -> None:
     aggregates = [new_aggregate() for _ in range(1000)]
@@ -304,33 +349,40 @@ async def test_cancellation_is_prompt_with_1000_activities(
         await append(journal, agg, "a")
     holding = anyio.Event()
     running_now = 0
+    cancelled = 0
 
     async def hold(
         ctx: ActivityContext, tail: ULID | None, stream: EventStream, call: Call
     ) -> Outcome:
-        nonlocal running_now
+        nonlocal running_now, cancelled
         tail = await read(stream, call, tail)
         await ctx.checkpoint(tail)
         running_now += 1
         if running_now == 1000:
             holding.set()
-        await anyio.sleep_forever()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            cancelled += 1
+            raise
         raise AssertionError("unreachable")
 
     script = Script(steps=[hold])
     tails = MemoryTailStore()
-    engine = make_engine(engine_kind, journal, [script.activity()], capacity=1000, tails=tails)
+    # A grace period far longer than the test's guard: shutdown must not lean
+    # on it when every activity honours cancellation.
+    engine = make_engine(
+        engine_kind, journal, [script.activity()], capacity=1000, tails=tails, shutdown_grace=3600
+    )
     for agg in aggregates:
         engine.start_activity(agg, engine.activities["script"], None)
-    async with anyio.create_task_group() as tg:
-        await tg.start(engine.run)
-        with anyio.fail_after(20):
+    with anyio.fail_after(60):  # a hang guard, not a timing claim
+        async with anyio.create_task_group() as tg:
+            await tg.start(engine.run)
             await holding.wait()
-        started = time.monotonic()
-        tg.cancel_scope.cancel()
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.0, f"cancelling 1000 runs took {elapsed:.2f} s"
-    assert engine.running == 0
+            tg.cancel_scope.cancel()
+    assert cancelled == 1000, "every run saw the cancellation"
+    assert engine.running == 0 and engine.abandoned == []
     stored = await tails.load("script")
     assert sum(1 for r in stored.values() if r.tail is not None) == 10, "checkpoints kept"
 
