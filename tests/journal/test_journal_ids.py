@@ -39,3 +39,12 @@ def test_next_ulids_gives_a_strictly_increasing_batch_after_previous() -> None:
     assert previous < batch[0]
     assert all(a < b for a, b in itertools.pairwise(batch))
     assert next_ulids(previous, 0) == []
+
+
+def test_ids_of_two_aggregates_in_one_millisecond_do_not_collide() -> None:
+    # A batch is first, first + 1, …; a fresh id in the same millisecond for
+    # another aggregate must not be one of them (a tail from another aggregate
+    # would then pass for one of this aggregate's events).
+    batch = next_ulids(None, 100, now_ms=NOW_MS)
+    others = [next_ulid(None, now_ms=NOW_MS) for _ in range(100)]
+    assert not set(batch) & set(others)
