@@ -7,6 +7,7 @@
     ├── ConfigError            a bad config key or value; the message names key and value
     ├── PluginError            a plugin failed to load or returned no activity
     ├── InvalidOutcome         an activity reported a tail or time that cannot be used
+    ├── EngineStopped          the engine stopped before a control landed
     ├── JournalError           talking to the journal failed
     │   ├── TailMismatch       Append's expected tail is not the aggregate's head
     │   ├── AggregateTypeMismatch  an append names another type than the aggregate has
@@ -68,6 +69,10 @@ class InvalidOutcome(TailrunnerError):
     The message names the activity, the value and what is allowed; the run
     counts as failed and is retried from the last good tail.
     """
+
+
+class EngineStopped(TailrunnerError):
+    """The engine stopped before an operator's control could land on its task."""
 
 
 class JournalError(TailrunnerError):

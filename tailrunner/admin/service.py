@@ -37,7 +37,6 @@ import binascii
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn, Protocol
@@ -56,6 +55,7 @@ from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import (
     ControlNotStored,
+    EngineStopped,
     InvalidArgument,
     JournalError,
     JournalUnavailable,
@@ -66,6 +66,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.api import JournalApi
+from tailrunner.journal.lookup import is_event_of
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, TailStore, query_cursor
@@ -278,7 +279,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 tail = parse_ulid(request.from_tail, field="from_tail")
                 # A tail from another aggregate would silently skip this one's
                 # events up to that id: refuse it.
-                if not await self._is_event_of(aggregate_id, tail):
+                if not await is_event_of(self._journal, aggregate_id, tail):
                     raise InvalidArgument(
                         "from_tail", f"{tail} is not an event of aggregate {aggregate_id}"
                     )
@@ -342,19 +343,6 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         except TailrunnerError as exc:
             await _abort(context, exc, rpc=rpc)
         return reply
-
-    async def _is_event_of(self, aggregate_id: UUID, event_id: ULID) -> bool:
-        if int(event_id) == 0:
-            return False
-        # The first event after (id - 1) is the event itself, if it exists: one short read.
-        just_before = ULID.from_int(int(event_id) - 1)
-        async with aclosing(
-            self._journal.events(aggregate_id, after=just_before, max_batch=1)
-        ) as batches:
-            async for batch in batches:
-                if batch.events:
-                    return batch.events[0].id == event_id
-        return False
 
     # -- listing -------------------------------------------------------------
 
@@ -724,7 +712,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc
         detail.Pack(error_details_pb2.ErrorInfo(reason=CONTROL_NOT_STORED, domain=ERROR_DOMAIN))
         status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc), details=[detail])
         await context.abort_with_status(rpc_status.to_status(status))
-    elif isinstance(exc, (StoreError, JournalUnavailable)):
+    elif isinstance(exc, (StoreError, JournalUnavailable, EngineStopped)):
         log.error("call failed", rpc=rpc, error=str(exc))
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
     log.error("call failed", rpc=rpc, error=str(exc))

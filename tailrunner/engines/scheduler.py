@@ -47,7 +47,12 @@ from tailrunner.engines.task import (
     Waiting,
     WaitReason,
 )
-from tailrunner.errors import JournalUnavailable, StoreError, TaskNotControllable
+from tailrunner.errors import (
+    EngineStopped,
+    JournalUnavailable,
+    StoreError,
+    TaskNotControllable,
+)
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
@@ -574,7 +579,10 @@ class Scheduler:
         """A run ended without settling (shutdown, or an engine defect)."""
         controls, task.controls = task.controls or [], None
         for control in controls:
-            control.error = StoreError("the engine stopped before the control was applied")
+            control.error = EngineStopped(
+                f"task {task.activity.name}/{task.aggregate.id}: the engine stopped before"
+                f" {control.action} was applied"
+            )
             control.applied.set()
         if not self._stopping and task.state is TaskState.RUNNING:
             delay = self._policy(task).delay(max(task.failures, 1))
@@ -600,7 +608,10 @@ class Scheduler:
                 )
             for task in self.abandoned:
                 for control in task.controls or ():
-                    control.error = StoreError("the engine stopped before the control landed")
+                    control.error = EngineStopped(
+                        f"task {task.activity.name}/{task.aggregate.id}: the engine stopped"
+                        f" before {control.action} was applied"
+                    )
                     control.applied.set()
 
     async def _settle(self, task: Task, result: RunResult | None) -> None:
@@ -648,9 +659,7 @@ class Scheduler:
                 due = anyio.current_time() + self._policy(task).delay(max(task.failures, 1))
             for control in applied:
                 control.error = control.error or StoreError(
-                    f"task {task.activity.name}/{task.aggregate.id}: {control.action} is"
-                    f" applied ({state.value}) but the tail store failed to store it; the"
-                    " engine keeps trying"
+                    f"the tail store failed to store {state.value}"
                 )
         else:
             self._unsaved.discard(task)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
 
 import anyio
 import grpc
@@ -29,8 +28,7 @@ from tailrunner.admin.service import DEFAULT_CONTROL_TIMEOUT
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, TaskState
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.proto.v1 import runner_pb2_grpc
 from tailrunner.runner import Runner
@@ -39,69 +37,6 @@ from tailrunner.tails.store import TailStore
 from tailrunner.testing import LoopbackJournal, loopback_journal
 
 TOKEN = "s3cret-admin-token"
-
-#: The engine's own ``Scheduler.waiting`` (the lead's engine rework fills it in).
-_ENGINE_WAITING = Scheduler.waiting
-#: A stand-in's reasons by state, until the engine says why a task waits.
-_STAND_IN_REASONS = {
-    TaskState.PENDING: WaitReason.CAPACITY,
-    TaskState.SLEEPING: WaitReason.SIGNAL,
-    TaskState.RETRY: WaitReason.BACKOFF,
-    TaskState.WAITING: WaitReason.RETRY_AFTER,
-    TaskState.SUSPENDED: WaitReason.SUSPENDED,
-    TaskState.STOPPED: WaitReason.STOPPED,
-}
-
-
-def _waiting_or_stand_in(self: Scheduler, task: Task) -> Waiting:
-    """The engine's answer; while it has none (NotImplementedError), the reason of the state."""
-    try:
-        return _ENGINE_WAITING(self, task)
-    except NotImplementedError:
-        pass
-    control = getattr(task, "control", None)
-    pending: str | None = None
-    if control is not None:
-        if control.state is TaskState.STOPPED:
-            pending = "stop"
-        elif control.state is TaskState.SUSPENDED:
-            pending = "suspend"
-        else:
-            pending = "restart" if control.replace_tail else "resume"
-    return Waiting(reason=_STAND_IN_REASONS.get(task.state), control=pending)
-
-
-@pytest.fixture(autouse=True)
-def _engine_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let the admin tests run before ``Scheduler.waiting`` lands (test only).
-
-    The engine's own answer is used as soon as it has one; tests of what
-    only the engine can know (times) ask for the ``engine_says_why`` fixture.
-    """
-    monkeypatch.setattr(Scheduler, "waiting", _waiting_or_stand_in)
-
-
-def _the_engine_says_why() -> bool:
-    """Whether the lazy engine (the admin tests' engine) has its own ``waiting``."""
-    for klass in LazyEngine.__mro__:
-        if klass is Scheduler:
-            break
-        if "waiting" in vars(klass):
-            return True
-    try:
-        _ENGINE_WAITING(cast(Any, None), cast(Any, None))
-    except NotImplementedError:
-        return False
-    except Exception:  # a real implementation, handed nonsense
-        return True
-    return True
-
-
-@pytest.fixture
-def engine_says_why() -> None:
-    """Expect the test to fail while the engine's ``waiting`` is a placeholder."""
-    if not _the_engine_says_why():
-        pytest.xfail("Scheduler.waiting is not implemented yet (issue 10's engine rework)")
 
 
 @pytest.fixture

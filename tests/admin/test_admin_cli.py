@@ -164,7 +164,7 @@ async def test_the_token_comes_from_an_environment_variable(journal: LoopbackJou
 
 
 async def test_status_and_show_say_why_a_task_waits_and_when_it_runs_next(
-    journal: LoopbackJournal, engine_says_why: None
+    journal: LoopbackJournal,
 ) -> None:
     failing, waiting, sleeping = new_aggregate(), new_aggregate(), new_aggregate()
     for agg in (failing, waiting, sleeping):

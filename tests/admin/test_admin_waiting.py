@@ -45,7 +45,6 @@ def slow_retry(max_attempts: int | None = None) -> EngineOptions:
     )
 
 
-@pytest.mark.usefixtures("engine_says_why")
 async def test_a_task_in_backoff_says_so_and_when_it_runs_next(journal: LoopbackJournal) -> None:
     agg = new_aggregate()
     await append(journal, agg, 1)
@@ -67,7 +66,6 @@ async def test_a_task_in_backoff_says_so_and_when_it_runs_next(journal: Loopback
     assert abs(timestamp_to_datetime(row.next_run_time) - next_run) <= SLACK
 
 
-@pytest.mark.usefixtures("engine_says_why")
 async def test_a_task_waiting_for_its_retry_after_time_is_waiting_not_retry(
     journal: LoopbackJournal,
 ) -> None:
@@ -86,7 +84,6 @@ async def test_a_task_waiting_for_its_retry_after_time_is_waiting_not_retry(
     assert [t.aggregate_id for t in waiting.tasks] == [str(agg.id)]
 
 
-@pytest.mark.usefixtures("engine_says_why")
 async def test_a_sleeping_lazy_task_waits_for_a_signal_with_a_backstop(
     journal: LoopbackJournal,
 ) -> None:
@@ -296,7 +293,6 @@ class FailingSaves(MemoryTailStore):
         await super().save_with_run(record, run)
 
 
-@pytest.mark.usefixtures("engine_says_why")
 async def test_a_stop_whose_save_fails_is_reported_not_forgotten(
     journal: LoopbackJournal,
 ) -> None:
