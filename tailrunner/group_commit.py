@@ -2,26 +2,67 @@
 
 Both SQLite stores sync every commit to disk. Under a store's write lock one
 commit syncs at a time; the writes that arrive meanwhile queue here, and the
-caller that takes the lock next commits all of them together (one
-transaction, one fsync), in the order they came.
+caller that takes the lock next (the leader) commits all of them together
+(one transaction, one fsync), in the order they came.
+
+Each write is *queued*, then *taken* by a leader into its group, then
+*done*: committed (its outcome recorded on it), or dropped, never to be
+committed. Cancellation never turns into another exception, and is raised
+only once the write's fate is settled:
+
+- A caller cancelled while its write is still queued drops it: the write is
+  never committed, not even with a later group.
+- A write that a leader has taken cannot be recalled, so a **taken write
+  completes**: its caller's cancellation waits, shielded, until that commit
+  ends, then is raised. If the commit returned, the write is committed with
+  its group (and its own outcome recorded on it, as if :meth:`~GroupCommit.
+  submit` had returned); if the commit raised, the write is dropped.
+- The leader's commit runs to its end even if the leader is cancelled, by a
+  cancel scope or by a native ``Task.cancel()`` (which grpc.aio uses on a
+  handler whose call was cancelled, and which goes through a shield): it
+  holds the other callers' writes, and it may be half-way through a worker
+  thread that cannot be stopped. The leader's cancellation is raised after.
+
+So once a cancellation leaves :meth:`~GroupCommit.submit`, no commit of the
+write is in flight: reading the store back tells whether it is in.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import anyio
+import structlog
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 
+class _State(enum.Enum):
+    QUEUED = enum.auto()
+    TAKEN = enum.auto()
+    COMMITTED = enum.auto()
+    DROPPED = enum.auto()
+
+
 class _Entry(Generic[T]):
-    __slots__ = ("done", "item")
+    __slots__ = ("cancelled", "item", "settled", "state")
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.done = False
+        self.state = _State.QUEUED
+        #: Its caller was cancelled while the entry was taken: never re-queue it.
+        self.cancelled = False
+        #: Set when a taken entry leaves TAKEN; made only for a caller that waits for it.
+        self.settled: anyio.Event | None = None
+
+    def settle(self, state: _State) -> None:
+        self.state = state
+        if self.settled is not None:
+            self.settled.set()
 
 
 class GroupCommit(Generic[T]):
@@ -29,6 +70,8 @@ class GroupCommit(Generic[T]):
 
     ``commit`` gets a group in arrival order and records each write's own
     outcome on the write (the caller reads it when :meth:`submit` returns).
+    It raises only when none of the group was committed: the leader gets
+    that error, the group's other writes go back to the head of the queue.
     """
 
     def __init__(
@@ -40,42 +83,101 @@ class GroupCommit(Generic[T]):
         self._lock = lock
         self._commit = commit
         self._check_open = check_open
-        self._pending: list[_Entry[T]] = []
+        self._queue: list[_Entry[T]] = []
 
     @property
     def pending(self) -> int:
         """How many writes wait for the next group."""
-        return len(self._pending)
+        return len(self._queue)
 
     async def submit(self, item: T) -> None:
         """Return once ``item`` was committed in a group, or its commit failed.
 
-        An item cancelled while it waits in the queue is dropped: it is
-        never committed later.
+        A cancelled caller gets its cancellation back, once ``item`` is
+        settled: dropped if it was still queued, committed with its group if
+        a leader had taken it (see the module's docstring).
+
+        :raises Exception: what ``check_open`` raises (the write is dropped),
+            or, to the leader only, what ``commit`` raised.
         """
         entry = _Entry(item)
-        self._pending.append(entry)
+        self._queue.append(entry)
         try:
             await self._lock.acquire()
         except BaseException:
-            if not entry.done:
-                self._pending.remove(entry)
+            await self._abandon(entry)
             raise
         try:
-            if not entry.done:
-                self._check_open()
-                group, self._pending = self._pending, []
-                # Shielded: the group holds other callers' writes, and each
-                # must learn its outcome.
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await self._commit([e.item for e in group])
-                except BaseException:
-                    # Not committed: this caller gets the error, the others
-                    # go back to the head of the queue for the next group.
-                    self._pending[:0] = [e for e in group if e is not entry]
-                    raise
-                for e in group:
-                    e.done = True
+            if entry.state is _State.QUEUED:
+                await self._lead(entry)
         finally:
             self._lock.release()
+
+    async def _abandon(self, entry: _Entry[T]) -> None:
+        """Settle the entry of a caller that stops waiting (cancelled)."""
+        if entry.state is _State.TAKEN:
+            entry.cancelled = True
+            entry.settled = anyio.Event()
+            await _run_to_end(entry.settled.wait)
+        if entry.state is _State.QUEUED:  # still queued, or re-queued by a failed group
+            self._queue.remove(entry)
+            entry.state = _State.DROPPED
+
+    async def _lead(self, entry: _Entry[T]) -> None:
+        """Commit the queue (with ``entry`` in it) as one group; under the lock."""
+        try:
+            self._check_open()
+        except BaseException:
+            self._queue.remove(entry)
+            entry.state = _State.DROPPED
+            raise
+        group, self._queue = self._queue, []
+        for e in group:
+            e.state = _State.TAKEN
+        failure: BaseException | None = None
+
+        async def commit() -> None:
+            nonlocal failure
+            try:
+                await self._commit([e.item for e in group])
+            except BaseException as exc:  # the leader's to raise, below
+                failure = exc
+                # Not committed: the others go back to the head of the queue
+                # for the next group, but not those whose callers gave up.
+                requeued: list[_Entry[T]] = []
+                for e in group:
+                    if e is entry or e.cancelled:
+                        e.settle(_State.DROPPED)
+                    else:
+                        requeued.append(e)
+                        e.settle(_State.QUEUED)
+                self._queue[:0] = requeued
+            else:
+                for e in group:
+                    e.settle(_State.COMMITTED)
+
+        try:
+            await _run_to_end(commit)
+        except BaseException:
+            if failure is not None:
+                # The leader's cancellation wins; the failure must not vanish.
+                log.warning("commit failed", error=repr(failure), writes=len(group))
+            raise
+        if failure is not None:
+            raise failure
+
+
+async def _run_to_end(func: Callable[[], Awaitable[None]]) -> None:
+    """Await ``func()`` to its end, then raise the caller's cancellation, if any.
+
+    A shielded cancel scope alone is not enough: a native ``Task.cancel()``
+    goes through it. In a child task nothing interrupts ``func``, and the
+    task group waits for it whatever cancels the caller.
+    """
+
+    async def run() -> None:
+        with anyio.CancelScope(shield=True):
+            await func()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
+
 import anyio
+import anyio.lowlevel
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tailrunner.group_commit import GroupCommit
+from tests.cancelling import HOW, Caller, queue_behind
 
 
 def _open() -> None:
@@ -70,3 +77,202 @@ async def test_a_closed_store_refuses_queued_writes() -> None:
 
     with pytest.raises(RuntimeError, match="closed"):
         await GroupCommit(anyio.Lock(), commit, closed).submit(1)
+
+
+# -- Cancellation: a cancelled write is dropped or completes, never half-known -----
+
+
+class _SlowCommit:
+    """A commit that waits at a gate before it records its group (or fails)."""
+
+    def __init__(self, *, fail: BaseException | None = None) -> None:
+        self.gate = anyio.Event()
+        self.started = anyio.Event()
+        self.committed: list[int] = []
+        self.fail = fail
+
+    async def __call__(self, group: list[int]) -> None:
+        self.started.set()
+        # Bounded: the commit runs shielded, so a test that never opens the
+        # gate would otherwise hang instead of failing.
+        with anyio.fail_after(10):
+            await self.gate.wait()
+        if self.fail is not None:
+            failure, self.fail = self.fail, None
+            raise failure
+        self.committed.extend(group)
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_write_cancelled_while_queued_is_dropped_and_raises_the_cancellation(
+    how: str,
+) -> None:
+    lock = anyio.Lock()
+    commit = _SlowCommit()
+    commit.gate.set()
+    commits = GroupCommit(lock, commit, _open)
+    queued = Caller(partial(commits.submit, 1))
+
+    await lock.acquire()
+    with anyio.fail_after(10):  # a hang fails, not blocks, the suite
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(queued.run)
+            await anyio.wait_all_tasks_blocked()
+            queued.cancel(how)
+            await anyio.wait_all_tasks_blocked()
+            lock.release()
+    await commits.submit(2)
+
+    assert queued.ended is asyncio.CancelledError
+    assert commit.committed == [2]  # never committed, not even with a later group
+    assert commits.pending == 0
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_write_cancelled_while_a_leader_commits_it_completes_then_raises_the_cancellation(
+    how: str,
+) -> None:
+    lock = anyio.Lock()
+    commit = _SlowCommit()
+    commits = GroupCommit(lock, commit, _open)
+    leader, taken = Caller(partial(commits.submit, 1)), Caller(partial(commits.submit, 2))
+
+    with anyio.fail_after(10):  # a hang fails, not blocks, the suite
+        async with anyio.create_task_group() as tg:
+            await queue_behind(lock, tg, [leader, taken])
+            await commit.started.wait()  # the leader took both writes
+            taken.cancel(how)
+            await anyio.wait_all_tasks_blocked()
+            # The cancellation waits for the commit that holds the write: until it
+            # ends, nobody could say whether the write is in.
+            assert taken.ended is None
+            commit.gate.set()
+
+    assert taken.ended is asyncio.CancelledError
+    assert leader.ended == "returned"
+    assert commit.committed == [1, 2]  # a taken write completes with its group
+    assert commits.pending == 0
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_taken_write_whose_group_fails_after_its_caller_cancelled_is_dropped(
+    how: str,
+) -> None:
+    lock = anyio.Lock()
+    commit = _SlowCommit(fail=RuntimeError("disk gone"))
+    commits = GroupCommit(lock, commit, _open)
+    leader, taken, other = (
+        Caller(partial(commits.submit, 1)),
+        Caller(partial(commits.submit, 2)),
+        Caller(partial(commits.submit, 3)),
+    )
+
+    with anyio.fail_after(10):  # a hang fails, not blocks, the suite
+        async with anyio.create_task_group() as tg:
+            await queue_behind(lock, tg, [leader, taken, other])
+            await commit.started.wait()
+            taken.cancel(how)
+            await anyio.wait_all_tasks_blocked()
+            commit.gate.set()
+
+    assert leader.ended is RuntimeError
+    assert taken.ended is asyncio.CancelledError
+    assert other.ended == "returned"
+    # The failed group's other write commits with the next group; the
+    # cancelled one is not carried along, since its caller already gave up.
+    assert commit.committed == [3]
+    assert commits.pending == 0
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_leader_cancelled_mid_commit_finishes_the_commit_for_everyone(how: str) -> None:
+    lock = anyio.Lock()
+    commit = _SlowCommit()
+    commits = GroupCommit(lock, commit, _open)
+    leader, other = Caller(partial(commits.submit, 1)), Caller(partial(commits.submit, 2))
+
+    with anyio.fail_after(10):  # a hang fails, not blocks, the suite
+        async with anyio.create_task_group() as tg:
+            await queue_behind(lock, tg, [leader, other])
+            await commit.started.wait()
+            leader.cancel(how)
+            await anyio.wait_all_tasks_blocked()
+            assert leader.ended is None  # still waiting for the commit it started
+            commit.gate.set()
+
+    assert leader.ended is asyncio.CancelledError
+    assert other.ended == "returned"
+    # Committed once, whole: not interrupted halfway, not re-queued and
+    # committed again by the next leader.
+    assert commit.committed == [1, 2]
+    assert commits.pending == 0
+
+
+async def test_a_write_refused_by_a_closed_store_leaves_nothing_queued() -> None:
+    closed = False
+
+    def check_open() -> None:
+        if closed:
+            raise RuntimeError("closed")
+
+    committed: list[int] = []
+
+    async def commit(group: list[int]) -> None:
+        committed.extend(group)
+
+    commits = GroupCommit(anyio.Lock(), commit, check_open)
+    closed = True
+    with pytest.raises(RuntimeError, match="closed"):
+        await commits.submit(1)
+    assert commits.pending == 0
+    closed = False
+    await commits.submit(2)
+    assert committed == [2]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cancels=st.lists(
+        st.tuples(st.integers(0, 5), st.integers(0, 30), st.sampled_from(HOW)), max_size=6
+    ),
+    failures=st.lists(st.booleans(), max_size=4),
+    steps=st.integers(1, 4),
+)
+async def test_cancelled_callers_at_any_point_get_their_cancellation_and_nothing_commits_twice(
+    cancels: list[tuple[int, int, str]], failures: list[bool], steps: int
+) -> None:
+    lock = anyio.Lock()
+    committed: list[int] = []
+    fail = list(failures)
+
+    async def commit(group: list[int]) -> None:
+        for _ in range(steps):  # a commit that takes a few loop steps
+            await anyio.lowlevel.checkpoint()
+        if fail and fail.pop(0):
+            raise RuntimeError("disk gone")
+        committed.extend(group)
+
+    commits = GroupCommit(lock, commit, _open)
+    callers = [Caller(partial(commits.submit, n)) for n in range(6)]
+
+    async def cancel_later(who: int, after: int, how: str) -> None:
+        for _ in range(after):
+            await anyio.lowlevel.checkpoint()
+        if callers[who].ended is None:
+            callers[who].cancel(how)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for caller in callers:
+                tg.start_soon(caller.run)
+            for who, after, how in cancels:
+                tg.start_soon(cancel_later, who, after, how)
+
+    assert len(committed) == len(set(committed)), "a write committed twice"
+    for n, caller in enumerate(callers):
+        assert caller.ended in ("returned", asyncio.CancelledError, RuntimeError), caller.ended
+        if caller.ended == "returned":
+            assert n in committed
+        if caller.ended is RuntimeError:  # a leader whose group failed
+            assert n not in committed
+    assert commits.pending == 0

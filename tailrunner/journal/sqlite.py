@@ -145,6 +145,11 @@ class SQLiteJournalStore:
         whoever takes the write lock next commits all of them in one
         transaction (one fsync), each in its own savepoint and in the order
         they came, so that one append's tail mismatch fails only that one.
+
+        Cancelled, it raises the cancellation, and only once the append is
+        settled: dropped if it was still queued; if its group's commit had
+        begun, committed (and heard by the listeners) or failed with it. So
+        reading the aggregate back tells a cancelled caller whether it is in.
         """
         if not events:
             raise InvalidArgument("events", "an append needs at least one event")

@@ -308,7 +308,9 @@ class SQLiteTailStore:
         """Commit ``write`` durably, in a group with the writes queued meanwhile.
 
         Each caller returns once its own write is committed, or raises its
-        own error.
+        own error. A cancelled caller gets its cancellation once the write
+        is settled: dropped if it was still queued, else committed (or
+        failed) with the group whose commit had begun; reading it back tells.
         """
         write.what = what
         await self._group.submit(write)

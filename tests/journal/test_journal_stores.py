@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from tailrunner.journal.server import open_store
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
 from tailrunner.model import AggregateRef, AppendResult, NewEvent
+from tests.cancelling import HOW, Caller, HeldCommit, queue_behind
 
 
 async def test_append_then_read_round_trip(store: JournalStore, ref: AggregateRef) -> None:
@@ -400,6 +402,65 @@ async def test_sqlite_an_append_cancelled_while_queued_is_never_committed(
         await store.append(other, [NewEvent(type="later")], expected_tail=None)
         assert await store.read(ref.id, after=None, limit=10) == []
     finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_sqlite_an_append_cancelled_while_its_group_commits_is_appended_then_cancelled(
+    tmp_path: Path, ref: AggregateRef, how: str
+) -> None:
+    store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    heard: list[UUID] = []
+    store.add_listener(lambda aggregate, head: heard.append(aggregate.id))
+    other = AggregateRef(type="thing", id=uuid4())
+    held = HeldCommit(store._writer)
+    leader = Caller(partial(store.append, other, [NewEvent(type="first")], expected_tail=None))
+    taken = Caller(partial(store.append, ref, [NewEvent(type="kept")], expected_tail=None))
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await queue_behind(store._write_lock, tg, [leader, taken])
+                await held.entered.wait()  # the leader's thread commits both
+                taken.cancel(how)
+                await anyio.wait_all_tasks_blocked()
+                assert taken.ended is None  # the cancellation waits for the commit
+                held.release()
+        assert leader.ended == "returned"
+        assert taken.ended is asyncio.CancelledError
+        # A taken append completes, and is heard like any other: reading it
+        # back tells the cancelled caller that it is in.
+        assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["kept"]
+        assert heard.count(ref.id) == 1
+        assert store._group.pending == 0
+    finally:
+        held.release()
+        await store.aclose()
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_sqlite_a_leader_cancelled_mid_commit_appends_its_group_once(
+    tmp_path: Path, ref: AggregateRef, how: str
+) -> None:
+    store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    other = AggregateRef(type="thing", id=uuid4())
+    held = HeldCommit(store._writer)
+    leader = Caller(partial(store.append, other, [NewEvent(type="first")], expected_tail=None))
+    follower = Caller(partial(store.append, ref, [NewEvent(type="once")], expected_tail=None))
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await queue_behind(store._write_lock, tg, [leader, follower])
+                await held.entered.wait()
+                leader.cancel(how)
+                await anyio.wait_all_tasks_blocked()
+                held.release()
+        assert leader.ended is asyncio.CancelledError
+        assert follower.ended == "returned"
+        # Once each: the group was not re-queued and appended again.
+        assert [e.type for e in await store.read(other.id, after=None, limit=10)] == ["first"]
+        assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["once"]
+    finally:
+        held.release()
         await store.aclose()
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -23,6 +25,7 @@ from tailrunner.tails.open import open_tail_store
 from tailrunner.tails.postgres import PostgresTailStore, redact
 from tailrunner.tails.sqlite import SQLiteTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
+from tests.cancelling import HOW, Caller, HeldCommit, queue_behind
 
 
 def a_record() -> TailRecord:
@@ -169,6 +172,64 @@ async def test_sqlite_a_save_cancelled_while_queued_is_never_committed(tmp_path:
         await store.save(a_record())  # the next group does not carry it along
         assert await store.get("act", record.aggregate.id) is None
     finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_sqlite_a_save_cancelled_while_its_group_commits_is_saved_then_cancelled(
+    tmp_path: Path, how: str
+) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    held = HeldCommit(store._conn)
+    first, cancelled = a_record(), a_record()
+    leader = Caller(partial(store.save_with_run, first, a_run(first)))
+    taken = Caller(partial(store.save_with_run, cancelled, a_run(cancelled)))
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await queue_behind(store._lock, tg, [leader, taken])
+                await held.entered.wait()  # the leader's thread commits both
+                taken.cancel(how)
+                await anyio.wait_all_tasks_blocked()
+                assert taken.ended is None  # the cancellation waits for the commit
+                held.release()
+        assert leader.ended == "returned"
+        assert taken.ended is asyncio.CancelledError
+        # A taken write completes: saved, with its one run, and nothing is in
+        # flight any more once the cancellation came out.
+        assert await store.get("act", cancelled.aggregate.id) == cancelled
+        assert len(await store.list_runs("act", cancelled.aggregate.id)) == 1
+        assert store._group.pending == 0
+    finally:
+        held.release()
+        await store.aclose()
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_sqlite_a_leader_cancelled_mid_commit_commits_its_group_once(
+    tmp_path: Path, how: str
+) -> None:
+    store = await SQLiteTailStore.open(tmp_path / "tails.db")
+    held = HeldCommit(store._conn)
+    first, other = a_record(), a_record()
+    leader = Caller(partial(store.save_with_run, first, a_run(first)))
+    follower = Caller(partial(store.save_with_run, other, a_run(other)))
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await queue_behind(store._lock, tg, [leader, follower])
+                await held.entered.wait()
+                leader.cancel(how)
+                await anyio.wait_all_tasks_blocked()
+                held.release()
+        assert leader.ended is asyncio.CancelledError
+        assert follower.ended == "returned"
+        for record in (first, other):
+            assert await store.get("act", record.aggregate.id) == record
+            # Once: the group was not re-queued and committed again.
+            assert len(await store.list_runs("act", record.aggregate.id)) == 1
+    finally:
+        held.release()
         await store.aclose()
 
 
