@@ -1,33 +1,55 @@
-"""The cron engine: every interval, run each task that is caught up.
+"""The cron engine: at every interval or cron boundary, run each task that is caught up.
 
 Runs read ``Events(watch=false)`` to the end. A tick makes every sleeping
 task ready; running, retrying and pending tasks are left alone. A failed
 task waits for its backoff and at least for the next tick; a
 ``SilentRetryAfter`` runs at its time, not at a tick.
+
+Two clocks: an interval keeps its cadence on the event loop's clock
+(monotonic, immune to the wall clock's steps). A cron expression names
+wall-clock instants (read in UTC), so each of its ticks is one boundary of
+the wall clock: it fires when the wall clock has reached the boundary (never
+before), once (never twice for one boundary), and the next is the boundary
+after it, or after now if the dispatcher was so late, or the wall clock
+jumped so far, that several went by (one tick for all of them, no burst).
+The loop clock only says how long to sleep until then.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from croniter import croniter
 
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.scheduler import Scheduler
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class CronEngine(Scheduler):
     """:param interval: seconds between ticks; or
     :param cron: a cron expression (``"*/5 * * * *"``), read in UTC.
+    :param clock: the wall clock (aware datetimes); tests give a fake one.
+    :raises ValueError: not exactly one of ``interval`` and ``cron``, an
+        interval that is not positive, or an invalid cron expression.
     """
 
     name: ClassVar[str] = "cron"
     watch: ClassVar[bool] = False
 
     def __init__(
-        self, *, interval: float | None = None, cron: str | None = None, **kwargs: Any
+        self,
+        *,
+        interval: float | None = None,
+        cron: str | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if (interval is None) == (cron is None):
@@ -38,31 +60,80 @@ class CronEngine(Scheduler):
             raise ValueError(f"cron engine: {cron!r} is not a cron expression")
         self._interval = interval
         self._cron = cron
+        self._clock = clock
+        #: Loop time of the next tick: the interval's own clock, or, for a
+        #: cron expression, when the dispatcher wakes to look at the wall clock.
         self._next_tick: float | None = None
+        #: Cron expression: the wall-clock boundary of the next tick.
+        self._next_boundary: datetime | None = None
+        #: The loop and wall times of the dispatcher's last pass: an
+        #: interval's loop-time tick in wall time is relative to them.
+        self._last_pass: tuple[float, datetime] | None = None
 
     @property
     def next_tick(self) -> float | None:
-        """The loop time (:func:`anyio.current_time`) of the next tick."""
+        """The loop time (:func:`anyio.current_time`) of the next tick, as of the last pass."""
         return self._next_tick
 
-    def _tick_after(self, now: float) -> float:
-        if self._interval is not None:
-            return now + self._interval
+    @property
+    def next_tick_at(self) -> datetime | None:
+        """The wall-clock time (aware, UTC) of the next tick; ``None`` before the engine runs.
+
+        For an interval, it is the loop-time gap from the dispatcher's last
+        pass to the tick, added to the wall time of that pass.
+        """
+        if self._next_boundary is not None:
+            return self._next_boundary
+        if self._next_tick is None or self._last_pass is None:
+            return None
+        loop_now, wall_now = self._last_pass
+        return wall_now + timedelta(seconds=self._next_tick - loop_now)
+
+    def _wall_now(self) -> datetime:
+        wall = self._clock()
+        if wall.tzinfo is None or wall.utcoffset() is None:
+            raise ValueError(f"cron engine: the clock gave {wall!r}: it must be timezone-aware")
+        return wall.astimezone(UTC)
+
+    def _boundary_after(self, wall: datetime) -> datetime:
+        """The first boundary of the cron expression strictly after ``wall``."""
         assert self._cron is not None
-        wall = datetime.now(UTC)
         following: datetime = croniter(self._cron, wall).get_next(datetime)
-        return now + (following - wall).total_seconds()
+        return following
 
     def _periodic(self, now: float) -> float | None:
-        if self._next_tick is None:
-            self._next_tick = self._tick_after(now)
-        elif now >= self._next_tick:
-            self._tick()
-            # Keep the cadence: the next tick is one interval after this one,
-            # not after however late the dispatcher got round to it.
-            following = self._tick_after(self._next_tick)
-            self._next_tick = following if following > now else self._tick_after(now)
+        wall = self._wall_now()
+        self._last_pass = (now, wall)
+        if self._interval is not None:
+            self._next_tick = self._interval_pass(now, self._interval)
+        else:
+            self._next_tick = self._cron_pass(now, wall)
         return self._next_tick
+
+    def _interval_pass(self, now: float, interval: float) -> float:
+        if self._next_tick is None:
+            return now + interval
+        if now < self._next_tick:
+            return self._next_tick
+        self._tick()
+        # Keep the cadence: the next tick is one interval after this one,
+        # not after however late the dispatcher got round to it.
+        following = self._next_tick + interval
+        return following if following > now else now + interval
+
+    def _cron_pass(self, now: float, wall: datetime) -> float:
+        if self._next_boundary is None:
+            self._next_boundary = self._boundary_after(wall)
+        elif wall >= self._next_boundary:
+            self._tick()
+            following = self._boundary_after(self._next_boundary)
+            # Missed several boundaries (a late dispatcher, a wall-clock jump):
+            # one tick stands for them all.
+            self._next_boundary = following if following > wall else self._boundary_after(wall)
+        # A wall clock stepped back leaves the boundary where it is: the ones
+        # before it have fired already. Woken early (the clocks disagree by a
+        # little), the next pass simply looks again.
+        return now + max(0.0, (self._next_boundary - wall).total_seconds())
 
     def _tick(self) -> None:
         for task in self.tasks():
@@ -73,6 +144,9 @@ class CronEngine(Scheduler):
         self, task: Task, result: RunResult, now: float
     ) -> tuple[TaskState, float | None]:
         return TaskState.SLEEPING, None
+
+    def _sleeping(self, task: Task) -> Waiting:
+        return Waiting(reason=WaitReason.CRON_TICK, next_run_at=self.next_tick_at)
 
     def _retry_due(self, now: float, delay: float) -> float:
         tick = self._next_tick if self._next_tick is not None else now
