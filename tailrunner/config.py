@@ -107,6 +107,8 @@ class EngineConfig:
     :ivar interval: cron: seconds between ticks; ``None`` when :attr:`cron` is set.
     :ivar cron: cron: a cron expression (UTC) instead of an interval.
     :ivar discovery_interval: seconds between re-listings of the aggregates.
+    :ivar shutdown_grace: seconds shutdown waits for cancelled runs to end;
+        after that it names each one still running and exits anyway.
     """
 
     kind: EngineKind = "lazy"
@@ -115,6 +117,7 @@ class EngineConfig:
     interval: float | None = 30.0
     cron: str | None = None
     discovery_interval: float = 30.0
+    shutdown_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,6 +271,7 @@ class Config:
             backstop=self.engine.backstop,
             interval=self.engine.interval,
             cron=self.engine.cron,
+            shutdown_grace=self.engine.shutdown_grace,
         )
 
 
@@ -334,7 +338,7 @@ _SECTIONS = (
 )
 _KEYS: Mapping[str, tuple[str, ...]] = {
     "journal": ("address", "reconnect_initial", "reconnect_max_delay"),
-    "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval"),
+    "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval", "shutdown_grace"),
     "retry": ("initial", "multiplier", "max_delay", "jitter", "max_attempts"),
     "activities": ("enabled", "limits", "retry"),
     "tails": ("store", "postgres_schema", "run_retention"),
@@ -577,6 +581,12 @@ class _Parser:
                 ("engine", "discovery_interval"),
                 self.duration(positive=True),
                 d.discovery_interval,
+            ),
+            shutdown_grace=self.get(
+                table,
+                ("engine", "shutdown_grace"),
+                self.duration(positive=False),
+                d.shutdown_grace,
             ),
         )
 

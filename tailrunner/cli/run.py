@@ -79,6 +79,7 @@ async def _run(config: Config) -> None:
         postgres_schema=config.tails.postgres_schema,
     )
     token = os.environ.get(config.admin.token_env) or None
+    runner: Runner | None = None
     try:
         async with JournalClient.connect(
             config.journal.address, reconnect=config.journal.reconnect
@@ -128,6 +129,13 @@ async def _run(config: Config) -> None:
     finally:
         with anyio.CancelScope(shield=True):
             await tails.aclose()
+    if runner is not None and runner.engine.abandoned:
+        # An activity ignores cancellation: the event loop's own teardown
+        # would wait for it forever. Its run was named in the log already.
+        log.error("stopped, leaving runs behind", runs=len(runner.engine.abandoned))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     log.info("stopped")
 
 

@@ -138,7 +138,7 @@ class CronEngine(Scheduler):
     def _tick(self) -> None:
         for task in self.tasks():
             if task.state is TaskState.SLEEPING:
-                self._set_state(task, TaskState.PENDING)
+                self._make_ready(task)
 
     def _after_eof(
         self, task: Task, result: RunResult, now: float

@@ -20,8 +20,10 @@ from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task
+from tailrunner.errors import StoreError
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.tails.memory import MemoryTailStore
+from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal, loopback_journal
 
 ENGINES = ["lazy", "eager", "cron"]
@@ -171,3 +173,49 @@ def observed(engine: Scheduler) -> list[tuple[Task, RunResult]]:
     seen: list[tuple[Task, RunResult]] = []
     engine.add_observer(lambda task, result: seen.append((task, result)))
     return seen
+
+
+class GatedTails(MemoryTailStore):
+    """A memory tail store whose saves can be held (a slow store) or made to fail.
+
+    While :attr:`gate` is set, every save waits for it and :attr:`entered`
+    is set when the first one does; :attr:`fail` makes saves raise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: anyio.Event | None = None
+        self.entered = anyio.Event()
+        self.fail: Callable[[TailRecord], bool] = lambda record: False
+        self.saves: list[TailRecord] = []
+        #: Set (and replaced) after every save that stored something.
+        self.saved = anyio.Event()
+
+    async def _hold(self, record: TailRecord) -> None:
+        if self.gate is not None:
+            self.entered.set()
+            await self.gate.wait()
+        if self.fail(record):
+            raise StoreError(f"tail store down (saving {record.state})")
+        self.saves.append(record)
+        self.saved.set()
+        self.saved = anyio.Event()
+
+    async def save(self, record: TailRecord) -> None:
+        await self._hold(record)
+        await super().save(record)
+
+    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
+        await self._hold(record)
+        await super().save_with_run(record, run)
+
+    def hold(self) -> anyio.Event:
+        """Hold the next saves until the returned event is set."""
+        self.gate = anyio.Event()
+        self.entered = anyio.Event()
+        return self.gate
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        self.gate = None
