@@ -256,10 +256,11 @@ class _Run:
         :raises InvalidOutcome: naming the value and what is allowed.
         """
         before = self.tail_before
-        if value is None or value == before:
-            return None if value is None else before
         stream = self.stream
         last = stream.last_handed if stream is not None else None
+        # The type first: a ULID compares equal to its text, bytes and int.
+        if value is None or (isinstance(value, ULID) and value == before):
+            return before if value is not None else None
         if isinstance(value, ULID) and last is not None:
             in_range = value <= last and (before is None or value > before)
             # Every event after the start tail up to the newest handed out was
