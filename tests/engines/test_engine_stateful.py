@@ -712,11 +712,11 @@ class EngineMachine(RuleBasedStateMachine):
             return
         for aggregate in self.aggregates:
             record = await self.store.inner.get(ACTIVITY, aggregate.id)
+            # As the runner does: the stored state, tail and backoff carry over.
             if record is None:
                 engine.start_activity(aggregate, self.activity, None)
             else:
-                state = KEPT_STATES.get(record.state, TaskState.PENDING)
-                engine.start_activity(aggregate, self.activity, record.tail, state=state)
+                engine.restore(aggregate, self.activity, record)
         self._note(f"engine #{self.engine_generation} started ({self.KIND})")
 
     async def _shutdown(self) -> None:
