@@ -21,6 +21,7 @@ from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.reconnect import ConnectionWatch, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
+from tailrunner.engines.task import TaskState
 from tailrunner.errors import JournalUnavailable, StoreError
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
@@ -30,7 +31,7 @@ from tailrunner.runner import Runner
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 
-from .conftest import Script, append, new_aggregate, running
+from .conftest import CHANGES, Script, append, new_aggregate, running, wait_until
 
 Logs = list[MutableMapping[str, Any]]
 
@@ -339,10 +340,9 @@ async def test_runner_discovery_retries_on_the_reconnect_policy_and_logs_the_out
             tails=MemoryTailStore(),
             activities=[Script().activity()],
             # Cron: no signal stream, so only discovery talks to the journal.
-            options=EngineOptions(kind="cron", interval=3600.0, retry=SLOW_RETRY),
+            options=EngineOptions(kind="cron", interval=3600.0, retry=SLOW_RETRY, reconnect=TINY),
             discovery_interval=3600.0,
         )
-        runner._reconnect = TINY  # type: ignore[attr-defined]  # what Runner(reconnect=...) sets
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)
             with anyio.fail_after(30):
@@ -395,3 +395,44 @@ async def test_a_failure_handling_a_signal_is_not_reported_as_the_journal_unreac
     assert events(logs, "journal unreachable") == []
     (handling,) = events(logs, "signal handling failed")
     assert (handling["log_level"], handling["error"]) == ("warning", "tail store t.db: get failed")
+
+
+class _UnreachableEvents:
+    """A journal whose Events calls fail as if the journal were down."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def events(self, *args: Any, **kwargs: Any) -> Any:
+        raise JournalUnavailable("journal at 127.0.0.1:1 is unreachable")
+        yield  # an async generator, as the real one
+
+
+async def test_a_run_that_cannot_reach_the_journal_waits_the_reconnect_backoff_not_the_retry(
+    journal: LoopbackJournal,
+) -> None:
+    # Defect 7 of issue 10: idle eager watches re-opened on the activities'
+    # retry policy. A journal outage is not the activity's error: the
+    # reconnect backoff, and no attempt counted towards max_attempts.
+    agg = new_aggregate()
+    await append(journal, agg, "a")
+    script = Script()
+    slow_retry = RetryPolicy(initial=60.0, max_delay=60.0, jitter=0.0, max_attempts=2)
+    engine = build_engine(
+        EngineOptions(kind="eager", retry=slow_retry, reconnect=TINY),
+        journal=_UnreachableEvents(journal.client),  # type: ignore[arg-type]
+        tails=MemoryTailStore(),
+        activities=[script.activity()],
+    )
+    delays: list[float] = []
+    engine.add_observer(lambda task, result: delays.append((task.due or 0) - anyio.current_time()))
+    engine.add_observer(lambda task, result: CHANGES.notify())
+    task = engine.start_activity(agg, engine.activities["script"], None)
+    async with running(engine):
+        await wait_until(lambda: len(delays) >= 5)
+    assert all(d <= TINY.max_delay + 1e-6 for d in delays), delays
+    assert task.errors == 0, "an outage is not the activity's failure"
+    assert task.state is not TaskState.SUSPENDED
