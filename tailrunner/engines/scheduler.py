@@ -596,6 +596,12 @@ class Scheduler:
             while self._runs:
                 self._runs_changed = anyio.Event()
                 await self._runs_changed.wait()
+        for task in list(self._unsaved):
+            # A last try: a Done that is not stored would run again after a restart.
+            if not task.busy and await self._save(task, task.state, task.due, None):
+                self._unsaved.discard(task)
+        for task in self._unsaved:
+            log.error("state not stored at shutdown", state=task.state.value, **_fields(task))
         if self._runs:
             self.abandoned = list(self._runs)
             for task in self.abandoned:
