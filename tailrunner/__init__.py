@@ -1,8 +1,25 @@
 """tailrunner: run plugin activities over the event streams of event-sourced aggregates.
 
-This module exports the activity API and nothing else; the engines, the
-journal and the stores live in modules that plugin authors need not import.
+This module is the plugin author's API, and nothing else:
+
+- :func:`activity` makes an async function an :class:`Activity`;
+  :data:`hookimpl` marks the plugin hook that returns them;
+- the outcomes an activity reports: :class:`Done`, :class:`EOF`,
+  :class:`SilentRetry`, :class:`SilentRetryAfter`, :class:`Failed`
+  (:data:`Outcome` is their union);
+- what a run is handed: :class:`ActivityContext`, :class:`EventStream` of
+  :class:`Event`; and for activities that append, :class:`AggregateRef` and
+  :class:`NewEvent`.
+
+The package's map: ``activities/`` (the contract above), ``engines/`` (lazy,
+eager, cron and their shared machinery), ``journal/`` (the event journal's
+gRPC service, client and stores), ``tails/`` (where each task's tail is
+stored), ``admin/`` (the runner's operator service and metrics), ``cli/``,
+``config``, ``plugins`` and ``runner``; ``testing`` is the kit for test
+authors (fake streams, a loopback journal, pytest fixtures).
 """
+
+from importlib import metadata as _metadata
 
 from tailrunner.activities import (
     EOF,
@@ -11,13 +28,15 @@ from tailrunner.activities import (
     Done,
     EventStream,
     Failed,
+    Outcome,
     SilentRetry,
     SilentRetryAfter,
     activity,
 )
-from tailrunner.model import AggregateRef, Event
+from tailrunner.model import AggregateRef, Event, NewEvent
+from tailrunner.plugins import hookimpl
 
-__version__ = "0.1.0"
+__version__ = _metadata.version("tailrunner")
 
 __all__ = [
     "EOF",
@@ -28,8 +47,11 @@ __all__ = [
     "Event",
     "EventStream",
     "Failed",
+    "NewEvent",
+    "Outcome",
     "SilentRetry",
     "SilentRetryAfter",
     "__version__",
     "activity",
+    "hookimpl",
 ]
