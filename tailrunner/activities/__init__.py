@@ -1,4 +1,13 @@
-"""The activity contract: outcomes, context, stream, and the decorator."""
+"""The activity contract, as plugin authors write against it.
+
+``outcomes`` holds what a run reports (``Done``, ``EOF``, ``SilentRetry``,
+``SilentRetryAfter``, ``Failed``); ``context`` the :class:`ActivityContext`
+a run is handed (journal, logger, checkpoints, tail-store transactions);
+``stream`` the :class:`EventStream` of events after the tail, which also
+records how far a sequential reader got; ``decorator`` the ``@activity``
+decorator and :class:`Activity`; ``builtin`` the activities tailrunner ships
+(the demo's ``counter``), registered through its own entry point.
+"""
 
 from tailrunner.activities.context import ActivityContext
 from tailrunner.activities.decorator import Activity, ActivityFunc, activity

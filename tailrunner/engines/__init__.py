@@ -1,1 +1,11 @@
-"""Engines decide when activities run: lazy, eager and cron."""
+"""Engines decide when activities run: lazy, eager and cron.
+
+``scheduler`` is the machinery the three share (task table, round-robin
+dispatch within capacity, timers, operators' controls in one order with the
+runs' outcomes, shutdown); ``execute`` runs one task once and classifies
+what the activity reported (the one place the activity contract is read);
+``task`` is a task's record and state vocabulary; ``lazy``, ``eager`` and
+``cron`` decide what wakes a sleeping task; ``retry`` and ``reconnect`` are
+the backoff policies of activities and of the journal connection;
+``factory`` builds an engine from typed options.
+"""

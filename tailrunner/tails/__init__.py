@@ -1,1 +1,6 @@
-"""Tail stores: where each (activity, aggregate) remembers how far it got."""
+"""Tail stores: where each (activity, aggregate) remembers how far it got.
+
+``store`` is the :class:`TailStore` contract and its records (a task's tail,
+state and backoff; each run's record); ``memory``, ``sqlite`` (the embedded
+default) and ``postgres`` are its backends; ``open`` opens one from a URL.
+"""
