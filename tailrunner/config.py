@@ -34,15 +34,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 from croniter import croniter
 
+from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError
+from tailrunner.logs import LOG_FORMATS, LogFormat
 
 if TYPE_CHECKING:
     from tailrunner.engines.factory import EngineOptions
 
 __all__ = [
+    "ENGINE_KINDS",
     "ENV_PREFIX",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
     "ActivitiesConfig",
     "Config",
     "EngineConfig",
@@ -54,15 +59,11 @@ __all__ = [
     "parse_duration",
 ]
 
-EngineKind = Literal["lazy", "eager", "cron"]
-LogFormat = Literal["auto", "console", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: Environment variables with this prefix and a ``__`` in their name are overrides.
 ENV_PREFIX = "TAILRUNNER_"
 
-ENGINE_KINDS: tuple[EngineKind, ...] = ("lazy", "eager", "cron")
-LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

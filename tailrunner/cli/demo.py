@@ -12,7 +12,8 @@ import click
 import structlog
 
 from tailrunner.activities.builtin import DEMO_TYPE, counter
-from tailrunner.engines.factory import ENGINE_KINDS, EngineOptions
+from tailrunner.engines.factory import EngineOptions
+from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.server import JournalServer, open_store
@@ -44,7 +45,7 @@ log = structlog.get_logger(__name__)
     default="auto",
     show_default=True,
 )
-def demo(engine: str, db: Path | None, log_format: str) -> None:
+def demo(engine: EngineKind, db: Path | None, log_format: str) -> None:
     """Show tailrunner at work, with nothing to set up.
 
     Starts a SQLite journal on 127.0.0.1 and a runner with the built-in
@@ -68,7 +69,7 @@ def demo(engine: str, db: Path | None, log_format: str) -> None:
     click.echo(json.dumps(summary) if log_format == "json" else _summary_text(summary))
 
 
-async def _demo(engine: str, path: Path) -> dict[str, object]:
+async def _demo(engine: EngineKind, path: Path) -> dict[str, object]:
     store = await open_store(f"sqlite:///{path}")
     tails = MemoryTailStore()
     first = [AggregateRef(type=DEMO_TYPE, id=uuid.uuid4()) for _ in range(2)]

@@ -9,6 +9,7 @@ from typing import Any
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.cron import CronEngine
 from tailrunner.engines.eager import EagerEngine
+from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.reconnect import ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
@@ -17,12 +18,10 @@ from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import TailStore
 
-ENGINE_KINDS = ("lazy", "eager", "cron")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineOptions:
-    kind: str = "lazy"
+    kind: EngineKind = "lazy"
     #: At most this many runs (open streams) at once.
     capacity: int = 100
     retry: RetryPolicy = field(default_factory=RetryPolicy)

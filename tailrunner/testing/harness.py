@@ -13,6 +13,7 @@ from ulid import ULID
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import OutcomeKind, RunResult
 from tailrunner.engines.factory import EngineOptions, build_engine
+from tailrunner.engines.kinds import EngineKind
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import Task, TaskState
@@ -75,7 +76,7 @@ async def run_activity(
     *,
     journal: JournalApi,
     aggregate: AggregateRef,
-    engine: str = "lazy",
+    engine: EngineKind = "lazy",
     tail: ULID | None = None,
     tails: TailStore | None = None,
     retry: RetryPolicy | None = None,
