@@ -25,6 +25,11 @@ only once the write's fate is settled:
 
 So once a cancellation leaves :meth:`~GroupCommit.submit`, no commit of the
 write is in flight: reading the store back tells whether it is in.
+
+A database error fails a whole transaction, and so a whole group; a store's
+commit function passes it through :func:`commit_each_alone_on`, which then
+commits each write of the group alone, so that one bad write fails only its
+own caller.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
 
 
 class _State(enum.Enum):
@@ -181,3 +187,30 @@ async def _run_to_end(func: Callable[[], Awaitable[None]]) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run)
+
+
+async def commit_each_alone_on(
+    error: type[E],
+    commit: Callable[[list[T]], Awaitable[None]],
+    group: list[T],
+    failed: Callable[[T, E], None],
+) -> None:
+    """``commit(group)``; when that raises ``error``, ``commit([write])`` for each write.
+
+    A group's transaction fails as a whole, so after a failed group each
+    write is tried again alone, in order, and only those that fail alone get
+    their own error, through ``failed(write, exc)``; a group of one is not
+    tried again. For the ``commit`` function a store gives
+    :class:`GroupCommit`: what it raises besides ``error`` passes through.
+    """
+    try:
+        await commit(group)
+    except error as exc:
+        if len(group) == 1:
+            failed(group[0], exc)
+            return
+        for write in group:
+            try:
+                await commit([write])
+            except error as one:
+                failed(write, one)

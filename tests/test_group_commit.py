@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tailrunner.group_commit import GroupCommit
+from tailrunner.group_commit import GroupCommit, commit_each_alone_on
 from tests.cancelling import HOW, Caller, queue_behind
 
 
@@ -276,3 +276,34 @@ async def test_cancelled_callers_at_any_point_get_their_cancellation_and_nothing
         if caller.ended is RuntimeError:  # a leader whose group failed
             assert n not in committed
     assert commits.pending == 0
+
+
+async def test_commit_each_alone_on_a_failed_group_fails_only_the_bad_writes() -> None:
+    tried: list[list[int]] = []
+    failed: dict[int, str] = {}
+
+    async def commit(group: list[int]) -> None:
+        tried.append(group)
+        if 2 in group:
+            raise LookupError(f"cannot write {group}")
+
+    await commit_each_alone_on(
+        LookupError, commit, [1, 2, 3], lambda n, e: failed.update({n: str(e)})
+    )
+
+    assert tried == [[1, 2, 3], [1], [2], [3]]
+    assert failed == {2: "cannot write [2]"}
+
+
+async def test_commit_each_alone_on_tries_a_group_of_one_once_and_passes_other_errors() -> None:
+    tried: list[list[int]] = []
+    failed: list[int] = []
+
+    async def commit(group: list[int]) -> None:
+        tried.append(group)
+        raise LookupError("gone")
+
+    await commit_each_alone_on(LookupError, commit, [7], lambda n, e: failed.append(n))
+    assert (tried, failed) == ([[7]], [7])
+    with pytest.raises(LookupError):
+        await commit_each_alone_on(KeyError, commit, [1, 2], lambda n, e: failed.append(n))

@@ -25,7 +25,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
-from tailrunner.group_commit import GroupCommit
+from tailrunner.group_commit import GroupCommit, commit_each_alone_on
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import AppendListener
@@ -162,26 +162,21 @@ class SQLiteJournalStore:
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
 
     async def _commit_group(self, group: list[_Append]) -> None:
-        try:
-            await anyio.to_thread.run_sync(_append_group, self._writer, group)
-        except sqlite3.Error as exc:
-            if len(group) == 1:
-                group[0].error = StoreError(f"journal store {self._path}: append failed: {exc}")
-            else:  # one at a time, so that each append gets its own outcome
-                for request in group:
-                    request.error = None
-                    try:
-                        await anyio.to_thread.run_sync(_append_group, self._writer, [request])
-                    except sqlite3.Error as one:
-                        request.error = StoreError(
-                            f"journal store {self._path}: append failed: {one}"
-                        )
+        await commit_each_alone_on(sqlite3.Error, self._append_group, group, self._failed)
         # Still under the write lock, so that listeners hear of commits in commit order.
         for request in group:
             if request.error is None:
                 aggregate = request.aggregate
                 self._remember_type(aggregate.id.bytes, aggregate.type)
                 self._listeners.notify(aggregate, request.ids[-1])
+
+    async def _append_group(self, group: list[_Append]) -> None:
+        for request in group:
+            request.error = None  # a failed group's retry starts afresh
+        await anyio.to_thread.run_sync(_append_group, self._writer, group)
+
+    def _failed(self, request: _Append, exc: sqlite3.Error) -> None:
+        request.error = StoreError(f"journal store {self._path}: append failed: {exc}")
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
         self._check_open()

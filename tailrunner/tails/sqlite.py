@@ -27,7 +27,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
-from tailrunner.group_commit import GroupCommit
+from tailrunner.group_commit import GroupCommit, commit_each_alone_on
 from tailrunner.model import AggregateRef
 from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
@@ -318,20 +318,13 @@ class SQLiteTailStore:
             raise write.error
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
-        retention = self._run_retention
-        try:
-            await anyio.to_thread.run_sync(_commit_writes, self._conn, batch, retention)
-        except sqlite3.Error as exc:
-            if len(batch) == 1:
-                batch[0].error = self._error(batch[0].what, exc)
-            else:  # one at a time, so that each write gets its own outcome
-                for write in batch:
-                    try:
-                        await anyio.to_thread.run_sync(
-                            _commit_writes, self._conn, [write], retention
-                        )
-                    except sqlite3.Error as one:
-                        write.error = self._error(write.what, one)
+        await commit_each_alone_on(sqlite3.Error, self._commit_writes, batch, self._failed)
+
+    async def _commit_writes(self, writes: list[_Write]) -> None:
+        await anyio.to_thread.run_sync(_commit_writes, self._conn, writes, self._run_retention)
+
+    def _failed(self, write: _Write, exc: sqlite3.Error) -> None:
+        write.error = self._error(write.what, exc)
 
     async def _call(self, what: str, func: Callable[..., T], *args: object) -> T:
         async with self._lock:
