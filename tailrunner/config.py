@@ -34,10 +34,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from croniter import croniter
 
+from tailrunner.address import parse_host_port
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.errors import ConfigError
+from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.logs import LOG_FORMATS, LogFormat
 
 if TYPE_CHECKING:
@@ -806,20 +807,12 @@ class _Parser:
             return bad
         if "://" in value or value.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
             return value  # a gRPC target URI: grpc checks it when it connects
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            return bad
-        return value
+        return value if _is_host_port(value, any_port=False) else bad
 
     @staticmethod
     def listen(value: Any) -> str | _Bad:
         bad = _Bad("expected HOST:PORT to listen on, e.g. 127.0.0.1:7741 (port 0: any free port)")
-        if not isinstance(value, str):
-            return bad
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            return bad
-        return value
+        return value if isinstance(value, str) and _is_host_port(value) else bad
 
     @classmethod
     def optional_listen(cls, value: Any) -> str | _Bad:
@@ -881,6 +874,14 @@ class _Bad:
     """A converter's verdict: the value is wrong; ``expected`` says what is allowed."""
 
     expected: str
+
+
+def _is_host_port(value: str, *, any_port: bool = True) -> bool:
+    try:
+        parse_host_port(value, field="", any_port=any_port)
+    except InvalidArgument:
+        return False
+    return True
 
 
 def _retry_key(message: str, *, set_here: Collection[str]) -> str:

@@ -1,53 +1,163 @@
-"""Start a gRPC service as every tailrunner server does: health, reflection, clear errors."""
+"""``GrpcServer``: the lifecycle every tailrunner gRPC server shares.
+
+A server binds one ``HOST:PORT`` (an error names the address when it cannot),
+serves its service beside the gRPC health service (``SERVING`` for ``""`` and
+the service's name) and server reflection, so that ``grpcurl`` and health
+probes work against it, and stops gracefully: health reports ``NOT_SERVING``
+first, then in-flight calls get a grace period. The journal and the admin
+servers are subclasses; a new service is one more.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, ClassVar, Self, cast
 
+import anyio
 import grpc
+import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.errors import InvalidArgument
 
+log = structlog.get_logger(__name__)
 
-async def start_grpc_server(
-    *,
-    listen: str,
-    service_name: str,
-    add_servicer: Callable[[grpc.aio.Server], None],
-    options: Sequence[tuple[str, Any]] = (),
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """Bind ``listen``, serve the service with gRPC health and reflection, and start.
+#: Seconds in-flight calls get to finish when a server stops.
+DEFAULT_GRACE = 5.0
 
-    Health reports SERVING for ``""`` and ``service_name`` once started.
-    ``("grpc.so_reuseport", 0)`` is always set, so that two servers never
-    share a port.
 
-    :param add_servicer: adds the service to the server (the generated
-        ``add_…Servicer_to_server`` with the servicer bound).
-    :returns: the started server, its health servicer and the bound port.
-    :raises InvalidArgument: naming ``listen`` when the address cannot be bound.
+class GrpcServer:
+    """One gRPC service on one address, with health and reflection.
+
+    ::
+
+        async with SomeServer(..., listen="127.0.0.1:0") as server:
+            print(server.address)  # the bound port, not 0
+
+    A subclass sets :attr:`kind` and :attr:`service_name`, adds its servicer
+    in :meth:`_add_services`, and may end its own work in :meth:`_stopping`
+    (before in-flight calls are waited for) and :meth:`_stopped_serving`
+    (after).
     """
-    server = grpc.aio.server(
-        interceptors=list(interceptors) or None,
-        options=[("grpc.so_reuseport", 0), *options],
-    )
-    add_servicer(server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    try:
-        port = server.add_insecure_port(listen)
-    except RuntimeError as exc:
-        raise InvalidArgument(
-            "listen", f"cannot listen on {listen}: the address is in use or not local"
-        ) from exc
-    await server.start()
-    for service in ("", service_name):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, health_servicer, cast(int, port)
+
+    #: What the server is, in logs and errors: ``"journal"``, ``"admin"`` …
+    kind: ClassVar[str]
+    #: The full name of the served service, for health and reflection.
+    service_name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        log_details: Mapping[str, object] | None = None,
+    ) -> None:
+        """:param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
+        :param options: gRPC channel options (``("grpc.so_reuseport", 0)`` is always set,
+            so that two servers never share a port).
+        :param interceptors: server interceptors, outermost first.
+        :param log_details: more fields for the ``listening`` log line.
+        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
+        """
+        self._listen: HostPort = parse_host_port(listen, field="listen")
+        self._options = [("grpc.so_reuseport", 0), *options]
+        self._interceptors = list(interceptors)
+        self._log_details = dict(log_details or {})
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._port: int | None = None
+        self._stopped = False
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        """Add the service to ``server`` (the generated ``add_…Servicer_to_server``)."""
+        raise NotImplementedError
+
+    async def _stopping(self) -> None:
+        """End what would keep calls running (streams that never end on their own)."""
+
+    async def _stopped_serving(self) -> None:
+        """Release what the service used, once no call runs any more."""
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``listen`` asked for port 0).
+
+        :raises RuntimeError: before :meth:`start`.
+        """
+        if self._port is None:
+            raise RuntimeError(f"the {self.kind} server is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` as bound (an IPv6 host in brackets), for clients to connect to."""
+        return format_host_port(self._listen.host, self.port)
+
+    async def start(self) -> None:
+        """Bind and start serving; health reports ``SERVING`` once started.
+
+        :raises InvalidArgument: naming ``listen`` when the address cannot be bound.
+        """
+        if self._server is not None:
+            raise RuntimeError(f"the {self.kind} server was already started")
+        server = grpc.aio.server(interceptors=self._interceptors or None, options=self._options)
+        self._add_services(server)
+        health_servicer = health.aio.HealthServicer()
+        self._health = health_servicer
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (self.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        try:
+            port = server.add_insecure_port(str(self._listen))
+        except RuntimeError as exc:
+            raise InvalidArgument(
+                "listen", f"cannot listen on {self._listen}: the address is in use or not local"
+            ) from exc
+        await server.start()
+        self._server, self._port = server, cast(int, port)
+        for service in ("", self.service_name):
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening", service=self.kind, address=self.address, **self._log_details)
+
+    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
+        """Stop serving: health first, then in-flight calls get ``grace`` seconds.
+
+        Runs to completion even when the caller is being cancelled; a second
+        call does nothing.
+
+        :param grace: seconds in-flight calls get before they are cancelled
+            (``None``: cancel them at once).
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        with anyio.CancelScope(shield=True):
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            await self._stopping()
+            if self._server is not None:
+                await self._server.stop(grace)
+            await self._stopped_serving()
+        if self._port is not None:
+            log.info("stopped", service=self.kind, address=self.address)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop(None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

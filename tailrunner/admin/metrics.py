@@ -41,8 +41,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from tailrunner.address import format_host_port, parse_host_port
 from tailrunner.admin.lag import LagTracker, TaskTail
-from tailrunner.admin.server import split_listen
 from tailrunner.engines.execute import OutcomeKind, RunResult
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
@@ -217,14 +217,15 @@ async def serve_metrics(
     :raises InvalidArgument: naming ``listen`` when it is not ``HOST:PORT`` or
         cannot be bound.
     """
-    host, port = split_listen(listen, field="listen")
+    address = parse_host_port(listen, field="listen")
+    host, port = address.host, address.port
     try:
         listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     except OSError as exc:
         raise InvalidArgument("listen", f"cannot listen on {listen}: {exc.strerror}") from exc
     async with listener:
         bound = int(listener.extra(SocketAttribute.local_port))
-        log.info("listening", service="metrics", address=f"{host}:{bound}")
+        log.info("listening", service="metrics", address=format_host_port(host, bound))
         task_status.started(bound)
 
         async def handle(stream: SocketStream) -> None:

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import anyio
 import grpc
 import structlog
-from grpc_health.v1 import health
 
 from tailrunner.admin.service import (
     DEFAULT_CONTROL_TIMEOUT,
@@ -26,7 +23,7 @@ from tailrunner.admin.service import (
 )
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.errors import InvalidArgument
-from tailrunner.grpcserve import start_grpc_server
+from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.api import JournalApi
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.tails.store import TailStore
@@ -35,8 +32,6 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_ADMIN_LISTEN = "127.0.0.1:7741"
 SERVICE_NAME: str = runner_pb2.DESCRIPTOR.services_by_name["Runner"].full_name
-#: Seconds in-flight calls get to finish when the server stops.
-DEFAULT_GRACE = 5.0
 #: Services anyone may call: probes and tools must work without the token.
 _OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -108,7 +103,7 @@ def _refusing(handler: grpc.RpcMethodHandler | None, reason: str) -> grpc.RpcMet
     return grpc.unary_stream_rpc_method_handler(refuse_stream)
 
 
-class AdminServer:
+class AdminServer(GrpcServer):
     """The runner's admin service over gRPC, on one address.
 
     ::
@@ -120,6 +115,9 @@ class AdminServer:
     Start it on the event loop that runs the engine: the service reads and
     controls the engine's tasks directly.
     """
+
+    kind = "admin"
+    service_name = SERVICE_NAME
 
     def __init__(
         self,
@@ -143,9 +141,10 @@ class AdminServer:
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field
             ``listen``), or ``token`` is empty (field ``token``).
         """
-        self._host, _ = split_listen(listen, field="listen")
-        self._listen = listen
-        self._interceptors = [] if token is None else [BearerTokenInterceptor(token)]
+        interceptors = [] if token is None else [BearerTokenInterceptor(token)]
+        super().__init__(
+            listen=listen, interceptors=interceptors, log_details={"auth": token is not None}
+        )
         self._service = RunnerService(
             engine=engine,
             tails=tails,
@@ -153,84 +152,6 @@ class AdminServer:
             lag_timeout=lag_timeout,
             control_timeout=control_timeout,
         )
-        self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
-        self._port: int | None = None
-        self._stopped = False
 
-    @property
-    def port(self) -> int:
-        """The bound port (the real one when ``listen`` asked for port 0).
-
-        :raises RuntimeError: before :meth:`start`.
-        """
-        if self._port is None:
-            raise RuntimeError("the admin server is not started")
-        return self._port
-
-    @property
-    def address(self) -> str:
-        """``HOST:PORT`` as bound, for clients to connect to."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"{host}:{self.port}"
-
-    async def start(self) -> None:
-        """Bind and start serving.
-
-        :raises InvalidArgument: naming ``listen`` when the address cannot be bound.
-        """
-        if self._server is not None:
-            raise RuntimeError("the admin server was already started")
-        server, health_servicer, port = await start_grpc_server(
-            listen=self._listen,
-            service_name=SERVICE_NAME,
-            add_servicer=lambda s: runner_pb2_grpc.add_RunnerServicer_to_server(self._service, s),
-            interceptors=self._interceptors,
-        )
-        self._server, self._health, self._port = server, health_servicer, port
-        log.info("listening", service="admin", address=self.address, auth=bool(self._interceptors))
-
-    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
-        """Stop serving; in-flight calls get ``grace`` seconds (``None``: cancelled at once).
-
-        Runs to completion even when the caller is being cancelled.
-        """
-        if self._stopped:
-            return
-        self._stopped = True
-        with anyio.CancelScope(shield=True):
-            if self._health is not None:
-                await self._health.enter_graceful_shutdown()
-            if self._server is not None:
-                await self._server.stop(grace)
-        if self._port is not None:
-            log.info("stopped", service="admin", address=self.address)
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop(None)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-def split_listen(listen: str, *, field: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:0`` too).
-
-    :raises InvalidArgument: naming ``field`` when ``listen`` is not ``HOST:PORT``.
-    """
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidArgument(
-            field, f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:7741, [::1]:0, 0.0.0.0:7741)"
-        )
-    return host.removeprefix("[").removesuffix("]"), int(port_text)
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        runner_pb2_grpc.add_RunnerServicer_to_server(self._service, server)

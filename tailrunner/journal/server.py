@@ -8,16 +8,12 @@ for ``""`` and ``tailrunner.v1.Journal``) and server reflection, so that
 from __future__ import annotations
 
 import urllib.parse
-from types import TracebackType
-from typing import Self, cast
+from typing import cast
 
-import anyio
 import grpc
-import structlog
-from grpc_health.v1 import health
 
 from tailrunner.errors import InvalidArgument
-from tailrunner.grpcserve import start_grpc_server
+from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.service import (
@@ -30,17 +26,13 @@ from tailrunner.journal.service import (
 from tailrunner.journal.sqlite import SYNCHRONOUS_LEVELS, SQLiteJournalStore, Synchronous
 from tailrunner.journal.store import JournalStore
 
-log = structlog.get_logger(__name__)
-
 DEFAULT_LISTEN = "127.0.0.1:7740"
 DEFAULT_STORE = "sqlite:///journal.db"
 SERVICE_NAME: str = SERVICE
-#: Seconds in-flight calls get to finish when the server stops.
-DEFAULT_GRACE = 5.0
 _STORE_URLS = "sqlite:///PATH (e.g. sqlite:///journal.db, sqlite:////var/lib/journal.db) or memory:"
 
 
-class JournalServer:
+class JournalServer(GrpcServer):
     """The journal served over gRPC, on one address.
 
     ::
@@ -52,6 +44,9 @@ class JournalServer:
     client sees the normal end of the stream), then waits up to ``grace``
     seconds for the other calls.
     """
+
+    kind = "journal"
+    service_name = SERVICE_NAME
 
     def __init__(
         self,
@@ -70,18 +65,21 @@ class JournalServer:
         :param close_store: close ``store`` when the server stops.
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
         """
-        self._host, self._requested_port = _split_listen(listen)
-        self._listen = listen
+        # Room for appends of several maximal events; one event over the limit
+        # must reach the service to be refused by name, not by gRPC.
+        max_request = max(4 * MiB, 4 * max_event_size + MiB)
+        super().__init__(
+            listen=listen,
+            options=[
+                ("grpc.max_receive_message_length", max_request),
+                ("grpc.max_send_message_length", -1),
+            ],
+        )
         self._store = store
         self._hub = Hub(max_pending=max_pending_signals)
         self._service = JournalService(store, self._hub, max_event_size=max_event_size)
         store.add_listener(self._hub.notify)
-        self._max_event_size = max_event_size
         self._close_store = close_store
-        self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
-        self._port: int | None = None
-        self._stopped = False
 
     @property
     def store(self) -> JournalStore:
@@ -93,82 +91,16 @@ class JournalServer:
         """The in-process fan-out of appends (watchers, signal subscribers)."""
         return self._hub
 
-    @property
-    def port(self) -> int:
-        """The bound port (the real one when ``listen`` asked for port 0).
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        add_to_server(self._service, server)
 
-        :raises RuntimeError: before :meth:`start`.
-        """
-        if self._port is None:
-            raise RuntimeError("the journal server is not started")
-        return self._port
+    async def _stopping(self) -> None:
+        # Watches and signal streams return on their own: a clean end of stream.
+        self._hub.close()
 
-    @property
-    def address(self) -> str:
-        """``HOST:PORT`` as bound, for clients to connect to."""
-        return f"{self._host}:{self.port}"
-
-    async def start(self) -> None:
-        """Bind and start serving.
-
-        :raises InvalidArgument: naming ``listen`` when the address cannot be bound.
-        """
-        if self._server is not None:
-            raise RuntimeError("the journal server was already started")
-        # Room for appends of several maximal events; one event over the limit
-        # must reach the service to be refused by name, not by gRPC.
-        max_request = max(4 * MiB, 4 * self._max_event_size + MiB)
-        server, health_servicer, port = await start_grpc_server(
-            listen=self._listen,
-            service_name=SERVICE_NAME,
-            add_servicer=lambda s: add_to_server(self._service, s),
-            options=[
-                ("grpc.max_receive_message_length", max_request),
-                ("grpc.max_send_message_length", -1),
-            ],
-        )
-        self._server, self._health, self._port = server, health_servicer, port
-        log.info("listening", address=self.address)
-
-    async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
-        """Stop serving: end watches and signal streams, let other calls finish.
-
-        Runs to completion even when the caller is being cancelled. Closes the
-        store too when the server was made with ``close_store=True``.
-
-        :param grace: seconds in-flight calls get before they are cancelled
-            (``None``: cancel them at once).
-        """
-        if self._stopped:
-            return
-        self._stopped = True
-        with anyio.CancelScope(shield=True):
-            if self._health is not None:
-                await self._health.enter_graceful_shutdown()
-            # Watches and signal streams return on their own: a clean end of stream.
-            self._hub.close()
-            if self._server is not None:
-                await self._server.stop(grace)
-            if self._close_store:
-                await self._store.aclose()
-        if self._port is not None:
-            log.info("stopped", address=self.address)
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop(None)
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+    async def _stopped_serving(self) -> None:
+        if self._close_store:
+            await self._store.aclose()
 
 
 async def open_store(url: str, *, synchronous: Synchronous | None = None) -> JournalStore:
@@ -209,12 +141,3 @@ async def open_store(url: str, *, synchronous: Synchronous | None = None) -> Jou
     return await SQLiteJournalStore.open(
         urllib.parse.unquote(path), synchronous=synchronous or cast(Synchronous, level)
     )
-
-
-def _split_listen(listen: str) -> tuple[str, int]:
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
-        raise InvalidArgument(
-            "listen", f"{listen!r} is not HOST:PORT (e.g. 127.0.0.1:7740, [::1]:0, 0.0.0.0:7740)"
-        )
-    return host, int(port_text)
