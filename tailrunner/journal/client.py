@@ -1,17 +1,19 @@
 """``JournalClient``: the :class:`~tailrunner.journal.api.JournalApi` over gRPC.
 
-gRPC errors are mapped to :mod:`tailrunner.errors` here, once:
+gRPC errors are mapped to :mod:`tailrunner.errors` by
+:func:`tailrunner.rpc_errors.from_rpc_error` with this client's table,
+:data:`JOURNAL_ERRORS`:
 
-==========================================  =====================================
+==========================================  ==========================================
 status                                      raised
-==========================================  =====================================
-``INVALID_ARGUMENT``                        :class:`InvalidArgument` (its field)
+==========================================  ==========================================
+``INVALID_ARGUMENT``                        :class:`InvalidArgument` (``BadRequest``)
 ``FAILED_PRECONDITION`` + ``TailMismatch``  :class:`TailMismatch` (the actual tail)
 ``FAILED_PRECONDITION`` (other)             :class:`AggregateTypeMismatch`
 ``CANCELLED``                               :class:`StreamCancelled`
 ``UNAVAILABLE``, ``DEADLINE_EXCEEDED`` …    :class:`JournalUnavailable`
 anything else                               :class:`JournalError`
-==========================================  =====================================
+==========================================  ==========================================
 """
 
 from __future__ import annotations
@@ -23,17 +25,14 @@ from uuid import UUID
 
 import grpc
 import structlog
-from grpc_status import rpc_status
 from ulid import ULID
 
 from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.errors import (
     AggregateTypeMismatch,
-    InvalidArgument,
     JournalError,
     JournalUnavailable,
     StreamCancelled,
-    TailMismatch,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.journal.received import received_batch
@@ -47,6 +46,7 @@ from tailrunner.model import (
     SignalBatch,
 )
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.rpc_errors import ClientErrors, from_rpc_error
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +60,18 @@ _UNAVAILABLE = frozenset(
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
     }
+)
+#: What the journal's status codes mean (the details are read before these).
+JOURNAL_ERRORS = ClientErrors(
+    other=JournalError,
+    unavailable=lambda code, message: JournalUnavailable(f"{code.name}: {message}"),
+    retryable=_UNAVAILABLE,
+    by_code={
+        grpc.StatusCode.FAILED_PRECONDITION: AggregateTypeMismatch,
+        grpc.StatusCode.CANCELLED: lambda message: StreamCancelled(
+            message or "the call was cancelled"
+        ),
+    },
 )
 _CHANNEL_OPTIONS = (
     # The journal bounds its messages itself (events have a size limit).
@@ -170,7 +182,7 @@ class JournalClient:
         try:
             response = await self._stub.Append(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _map_error(exc, expected_tail=expected_tail) from exc
+            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         return AppendResult(
             tail=ULID(response.tail), event_ids=tuple(ULID(raw) for raw in response.event_ids)
         )
@@ -204,7 +216,7 @@ class JournalClient:
             async for response in call:
                 yield received_batch(response, aggregate_id)
         except grpc.aio.AioRpcError as exc:
-            raise _map_error(exc) from exc
+            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         finally:
             call.cancel()
 
@@ -239,7 +251,7 @@ class JournalClient:
                     resync=response.resync,
                 )
         except grpc.aio.AioRpcError as exc:
-            raise _map_error(exc) from exc
+            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         finally:
             call.cancel()
 
@@ -262,7 +274,7 @@ class JournalClient:
         try:
             response = await self._stub.ListAggregates(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
-            raise _map_error(exc) from exc
+            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         infos = [
             AggregateInfo(
                 type=item.type,
@@ -287,40 +299,3 @@ class JournalClient:
                 yield info
             if not token:
                 return
-
-
-def _map_error(exc: grpc.aio.AioRpcError, *, expected_tail: ULID | None = None) -> Exception:
-    """The tailrunner error for a failed call (raise it ``from exc``)."""
-    code = exc.code()
-    details = exc.details() or ""
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        field, sep, reason = details.partition(": ")
-        return InvalidArgument(field, reason) if sep else InvalidArgument("request", details)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        mismatch = _tail_mismatch(exc)
-        if mismatch is not None:
-            return TailMismatch(
-                ulid_from_bytes(mismatch.expected_tail, field="expected_tail") or expected_tail,
-                ulid_from_bytes(mismatch.actual_tail, field="actual_tail"),
-            )
-        return AggregateTypeMismatch(details)
-    if code == grpc.StatusCode.CANCELLED:
-        return StreamCancelled(details or "the call was cancelled")
-    if code in _UNAVAILABLE:
-        return JournalUnavailable(f"{code.name}: {details}")
-    return JournalError(f"{code.name}: {details}")
-
-
-def _tail_mismatch(exc: grpc.aio.AioRpcError) -> journal_pb2.TailMismatch | None:
-    try:
-        status = rpc_status.from_call(exc)
-    except ValueError:
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(journal_pb2.TailMismatch.DESCRIPTOR):
-            mismatch = journal_pb2.TailMismatch()
-            detail.Unpack(mismatch)
-            return mismatch
-    return None

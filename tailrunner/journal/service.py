@@ -1,7 +1,8 @@
 """``JournalService``: the grpc.aio servicer of ``tailrunner.v1.Journal``.
 
 It validates requests (``INVALID_ARGUMENT`` naming the field), calls the
-store, and maps the store's errors to gRPC status codes, here and only here.
+store, and ends a failed call with :func:`tailrunner.rpc_errors.abort`, which
+maps tailrunner's errors to gRPC statuses for every service.
 Watching and signals come from the :class:`~tailrunner.journal.hub.Hub`.
 """
 
@@ -12,21 +13,14 @@ import binascii
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import nullcontext
 from types import MappingProxyType
-from typing import NoReturn, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import grpc
-import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, status_pb2
-from grpc_status import rpc_status
 from ulid import ULID
 
 from tailrunner.errors import (
-    AggregateTypeMismatch,
     InvalidArgument,
-    StoreError,
-    TailMismatch,
     TailrunnerError,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
@@ -35,8 +29,7 @@ from tailrunner.journal.store import JournalStore
 from tailrunner.journal.wire_format import encode_event, event_id, events_messages
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2
-
-log = structlog.get_logger(__name__)
+from tailrunner.rpc_errors import abort
 
 MiB = 1024 * 1024
 #: The largest event (data and metadata together) an append may carry.
@@ -109,7 +102,7 @@ class JournalService:
             aggregate, events, expected_tail = self._parse_append(request)
             result = await self._store.append(aggregate, events, expected_tail=expected_tail)
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="Append")
+            await abort(context, exc, rpc="Append")
         return journal_pb2.AppendResponse(
             tail=result.tail.bytes, event_ids=[event_id.bytes for event_id in result.event_ids]
         )
@@ -121,7 +114,7 @@ class JournalService:
             aggregate_id = uuid_from_bytes(request.aggregate_id, field="aggregate_id")
             ulid_from_bytes(request.after, field="after")
         except InvalidArgument as exc:
-            await _abort(context, exc, rpc="Events")
+            await abort(context, exc, rpc="Events")
         cursor: bytes = request.after
         limit = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
         # Watch before the first read: an append committing after that read
@@ -134,7 +127,7 @@ class JournalService:
                         aggregate_id, request.aggregate_id, cursor, limit
                     )
                 except TailrunnerError as exc:
-                    await _abort(context, exc, rpc="Events")
+                    await abort(context, exc, rpc="Events")
                 if messages:
                     for message in messages:
                         yield message
@@ -184,7 +177,7 @@ class JournalService:
         types = list(request.aggregate_types)
         for index, type_ in enumerate(types):
             if not type_:
-                await _abort(
+                await abort(
                     context,
                     InvalidArgument(f"aggregate_types[{index}]", "must not be empty"),
                     rpc="AggregateSignals",
@@ -210,7 +203,7 @@ class JournalService:
                 type_filter or None, after_id=after_id, limit=page_size + 1
             )
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="ListAggregates")
+            await abort(context, exc, rpc="ListAggregates")
         page = found[:page_size]
         response = journal_pb2.ListAggregatesResponse(
             next_page_token=encode_page_token(page[-1].id, type_filter)
@@ -343,28 +336,3 @@ def _signals_responses(batch: SignalBatch) -> Iterator[journal_pb2.SignalsRespon
                 head=ulid_to_bytes(signal.head),
             )
         yield response
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
-    """End the call with the status that ``exc`` maps to (``context.abort`` raises)."""
-    if isinstance(exc, InvalidArgument):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    elif isinstance(exc, TailMismatch):
-        detail = any_pb2.Any()
-        detail.Pack(
-            journal_pb2.TailMismatch(
-                expected_tail=ulid_to_bytes(exc.expected), actual_tail=ulid_to_bytes(exc.actual)
-            )
-        )
-        status = status_pb2.Status(
-            code=code_pb2.FAILED_PRECONDITION, message=str(exc), details=[detail]
-        )
-        await context.abort_with_status(rpc_status.to_status(status))
-    elif isinstance(exc, AggregateTypeMismatch):
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    elif isinstance(exc, StoreError):
-        log.error("store_failed", rpc=rpc, error=str(exc))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    log.error("call_failed", rpc=rpc, error=str(exc))
-    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-    raise AssertionError("context.abort returned")  # pragma: no cover

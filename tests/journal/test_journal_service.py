@@ -11,8 +11,10 @@ import anyio
 import grpc
 import pytest
 from anyio.streams.memory import MemoryObjectSendStream
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 from ulid import ULID
 
 from tailrunner.errors import (
@@ -247,6 +249,23 @@ async def test_append_without_events_is_invalid_argument_naming_events(
         await stub.Append(_append_request(ref))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details().startswith("events: ")
+
+
+async def test_a_field_error_travels_as_a_bad_request_detail(
+    stub: journal_pb2_grpc.JournalAsyncStub, ref: AggregateRef
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Append(_append_request(ref, _EVENT, aggregate_type=""))
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert status.message == caught.value.details()  # still for people: "field: reason"
+    [detail] = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    [violation] = bad_request.field_violations
+    assert violation.field == "aggregate_type"
+    assert caught.value.details() == f"aggregate_type: {violation.description}"
 
 
 async def test_an_empty_event_type_is_invalid_argument_naming_it(

@@ -1,0 +1,201 @@
+"""Tailrunner's errors over gRPC, both ways, in one place.
+
+A servicer ends a failed call with :func:`abort` (the status of
+:func:`to_status`); a client turns the failed call back into the error with
+:func:`from_rpc_error`. What an error carries beyond its kind travels in the
+``google.rpc.Status`` details, never in the message, which is for people:
+
+=========================================  =======================  ==========================
+error                                      code                     detail
+=========================================  =======================  ==========================
+:class:`InvalidArgument`                   ``INVALID_ARGUMENT``     ``google.rpc.BadRequest``
+:class:`TailMismatch`                      ``FAILED_PRECONDITION``  ``tailrunner.v1.TailMismatch``
+:class:`AggregateTypeMismatch`             ``FAILED_PRECONDITION``
+:class:`TaskNotFound`                      ``NOT_FOUND``
+:class:`TaskNotControllable`               ``FAILED_PRECONDITION``
+:class:`NotAuthenticated`                  ``UNAUTHENTICATED``
+:class:`ControlNotStored`                  ``UNAVAILABLE``          ``google.rpc.ErrorInfo``
+:class:`StoreError`, :class:`EngineStopped`,
+:class:`JournalUnavailable`                ``UNAVAILABLE``
+anything else                              ``INTERNAL``
+=========================================  =======================  ==========================
+
+The message is the error's text (an :class:`InvalidArgument` reads
+``"field: reason"``); a client reads the field from the ``BadRequest`` field
+violation. Codes whose meaning depends on the service (``FAILED_PRECONDITION``
+is an aggregate type mismatch from the journal, a task in the wrong state from
+a runner) are mapped back by the table the client passes
+(:class:`ClientErrors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from tailrunner.errors import (
+    AggregateTypeMismatch,
+    ControlNotStored,
+    EngineStopped,
+    InvalidArgument,
+    JournalUnavailable,
+    NotAuthenticated,
+    StoreError,
+    TailMismatch,
+    TailrunnerError,
+    TaskNotControllable,
+    TaskNotFound,
+)
+from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
+from tailrunner.proto.v1 import journal_pb2
+
+log = structlog.get_logger(__name__)
+
+#: The ``google.rpc.ErrorInfo`` domain of tailrunner's own reasons.
+ERROR_DOMAIN = "tailrunner"
+#: The ``ErrorInfo`` reason of a control applied in memory whose state could not be stored.
+CONTROL_NOT_STORED = "CONTROL_NOT_STORED"
+#: The field an ``INVALID_ARGUMENT`` without a ``BadRequest`` detail is about.
+_UNNAMED_FIELD = "request"
+
+#: Error kinds and their codes, the first match wins (``google.rpc.Code`` numbers).
+_CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (TailMismatch, code_pb2.FAILED_PRECONDITION),
+    (AggregateTypeMismatch, code_pb2.FAILED_PRECONDITION),
+    (TaskNotFound, code_pb2.NOT_FOUND),
+    (TaskNotControllable, code_pb2.FAILED_PRECONDITION),
+    (NotAuthenticated, code_pb2.UNAUTHENTICATED),
+    (ControlNotStored, code_pb2.UNAVAILABLE),
+    (StoreError, code_pb2.UNAVAILABLE),
+    (JournalUnavailable, code_pb2.UNAVAILABLE),
+    (EngineStopped, code_pb2.UNAVAILABLE),
+)
+#: Codes that say the server failed (not the request): logged where they are sent.
+_LOGGED = frozenset({code_pb2.UNAVAILABLE, code_pb2.INTERNAL})
+
+
+# -- server side: error → status ---------------------------------------------
+
+
+def status_message(exc: TailrunnerError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` that tells a client about ``exc``: code, text and details."""
+    code = next((code for kind, code in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+    details = []
+    for message in _details(exc):
+        detail = any_pb2.Any()
+        detail.Pack(message)
+        details.append(detail)
+    return status_pb2.Status(code=code, message=str(exc), details=details)
+
+
+def to_status(exc: TailrunnerError) -> grpc.Status:
+    """The status to end a call with for ``exc`` (for ``context.abort_with_status``)."""
+    return rpc_status.to_status(status_message(exc))
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
+    """End the call with the status of ``exc``; ``context.abort_with_status`` raises.
+
+    :param rpc: the method's name, for the log line of a server-side failure.
+    """
+    status = status_message(exc)
+    if status.code in _LOGGED:
+        log.error("call failed", rpc=rpc, code=code_pb2.Code.Name(status.code), error=str(exc))
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("context.abort_with_status returned")  # pragma: no cover
+
+
+def _details(exc: TailrunnerError) -> list[Message]:
+    if isinstance(exc, InvalidArgument):
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=exc.field, description=exc.reason
+        )
+        return [error_details_pb2.BadRequest(field_violations=[violation])]
+    if isinstance(exc, TailMismatch):
+        return [
+            journal_pb2.TailMismatch(
+                expected_tail=ulid_to_bytes(exc.expected), actual_tail=ulid_to_bytes(exc.actual)
+            )
+        ]
+    if isinstance(exc, ControlNotStored):
+        return [error_details_pb2.ErrorInfo(reason=CONTROL_NOT_STORED, domain=ERROR_DOMAIN)]
+    return []
+
+
+# -- client side: status → error ---------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientErrors:
+    """What one service's codes mean to its client, where no detail says more.
+
+    :ivar other: the error of any code not named here, given ``"CODE: message"``.
+    :ivar unavailable: the error of a code in ``retryable``, given the code and the message.
+    :ivar retryable: the codes that say the server cannot be reached now.
+    :ivar by_code: the errors of codes whose meaning is this service's, given the message.
+    """
+
+    other: Callable[[str], TailrunnerError]
+    unavailable: Callable[[grpc.StatusCode, str], TailrunnerError]
+    retryable: frozenset[grpc.StatusCode]
+    by_code: Mapping[grpc.StatusCode, Callable[[str], TailrunnerError]] = field(
+        default_factory=dict
+    )
+
+
+def from_rpc_error(exc: grpc.RpcError, errors: ClientErrors) -> TailrunnerError:
+    """The tailrunner error of a failed call (raise it ``from exc``).
+
+    The status details come first (a field violation, a tail mismatch, a
+    control not stored), then ``errors`` maps the code.
+    """
+    code: grpc.StatusCode = exc.code()
+    message: str = exc.details() or ""
+    details = _status_details(exc)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        request = error_details_pb2.BadRequest()
+        for detail in details:
+            if detail.Unpack(request) and request.field_violations:
+                violation = request.field_violations[0]
+                return InvalidArgument(violation.field, violation.description)
+        return InvalidArgument(_UNNAMED_FIELD, message)
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        mismatch = journal_pb2.TailMismatch()
+        for detail in details:
+            if detail.Unpack(mismatch):
+                return TailMismatch(
+                    ulid_from_bytes(mismatch.expected_tail, field="expected_tail"),
+                    ulid_from_bytes(mismatch.actual_tail, field="actual_tail"),
+                )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        info = error_details_pb2.ErrorInfo()
+        for detail in details:
+            if (
+                detail.Unpack(info)
+                and info.domain == ERROR_DOMAIN
+                and info.reason == CONTROL_NOT_STORED
+            ):
+                return ControlNotStored(message)
+    if code in errors.by_code:
+        return errors.by_code[code](message)
+    if code in errors.retryable:
+        return errors.unavailable(code, message)
+    return errors.other(f"{code.name}: {message}")
+
+
+def _status_details(exc: grpc.RpcError) -> list[any_pb2.Any]:
+    """The details of the call's ``google.rpc.Status``; none when it sent none (or a bad one)."""
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # a status that contradicts the call's code or message: not ours
+        return []
+    return [] if status is None else list(status.details)
