@@ -1,13 +1,13 @@
 """``AdminClient``: a runner's ``tailrunner.v1.Runner`` service, for the CLI.
 
 It is synchronous (a plain gRPC channel, no event loop): the CLI makes a
-call or two and exits. gRPC errors are mapped to :mod:`tailrunner.errors`
-here, once:
+call or two and exits. gRPC errors are mapped to :mod:`tailrunner.errors` by
+:func:`tailrunner.rpc_errors.from_rpc_error`, with this client's codes:
 
 =====================  =============================================
 status                 raised
 =====================  =============================================
-``INVALID_ARGUMENT``   :class:`~tailrunner.errors.InvalidArgument` (its field)
+``INVALID_ARGUMENT``   :class:`~tailrunner.errors.InvalidArgument` (``BadRequest``)
 ``NOT_FOUND``          :class:`TaskNotFound`
 ``FAILED_PRECONDITION``  :class:`TaskNotControllable`
 ``UNAUTHENTICATED``    :class:`NotAuthenticated`
@@ -20,7 +20,7 @@ anything else          :class:`AdminError`
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -28,28 +28,21 @@ from typing import Any, Self
 from uuid import UUID
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from ulid import ULID
 
-from tailrunner.admin.service import (
-    CONTROL_NOT_STORED,
-    ERROR_DOMAIN,
-    datetime_to_timestamp,
-    timestamp_to_datetime,
-)
+from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
 from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
-    ControlNotStored,
-    InvalidArgument,
     NotAuthenticated,
+    TailrunnerError,
     TaskNotControllable,
     TaskNotFound,
 )
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
+from tailrunner.rpc_errors import ClientErrors, from_rpc_error
 from tailrunner.tails.store import RunRecord
 
 #: The environment variable the CLI reads the admin token from, unless told another.
@@ -61,6 +54,12 @@ _UNAVAILABLE = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
+#: What a runner's status codes mean (the details are read before these).
+_BY_CODE: dict[grpc.StatusCode, Callable[[str], TailrunnerError]] = {
+    grpc.StatusCode.NOT_FOUND: TaskNotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: TaskNotControllable,
+    grpc.StatusCode.UNAUTHENTICATED: NotAuthenticated,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,23 +282,18 @@ class AdminClient:
             raise self._map_error(exc) from exc
 
     def _map_error(self, exc: grpc.RpcError) -> Exception:
-        code: grpc.StatusCode = exc.code()
-        details: str = exc.details() or ""
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            field, sep, reason = details.partition(": ")
-            return InvalidArgument(field, reason) if sep else InvalidArgument("request", details)
-        if code == grpc.StatusCode.NOT_FOUND:
-            return TaskNotFound(details)
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
-            return TaskNotControllable(details)
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            return NotAuthenticated(details)
-        if code == grpc.StatusCode.UNAVAILABLE and _error_reason(exc) == CONTROL_NOT_STORED:
-            return ControlNotStored(details)
-        if code in _UNAVAILABLE:
-            where = f" at {self._address}" if self._address else ""
-            return AdminUnavailable(f"cannot reach the runner's admin service{where}: {details}")
-        return AdminError(f"{code.name}: {details}")
+        where = f" at {self._address}" if self._address else ""
+        return from_rpc_error(
+            exc,
+            ClientErrors(
+                other=AdminError,
+                unavailable=lambda _code, message: AdminUnavailable(
+                    f"cannot reach the runner's admin service{where}: {message}"
+                ),
+                retryable=_UNAVAILABLE,
+                by_code=_BY_CODE,
+            ),
+        )
 
 
 def _task_info(message: runner_pb2.Task) -> TaskInfo:
@@ -340,21 +334,6 @@ def _wait_reason(text: str) -> WaitReason | None:
         return WaitReason(text) if text else None
     except ValueError:  # a newer runner's reason
         return None
-
-
-def _error_reason(exc: grpc.RpcError) -> str | None:
-    """The ``google.rpc.ErrorInfo`` reason of tailrunner's own domain on a failed call."""
-    try:
-        status = rpc_status.from_call(exc)
-    except ValueError:
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-            return str(info.reason)
-    return None
 
 
 def _run_record(message: runner_pb2.Run) -> RunRecord:

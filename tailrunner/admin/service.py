@@ -20,14 +20,15 @@ the store has.
 
 Controls: a control the engine could not store
 (:class:`~tailrunner.errors.StoreError`) is ``UNAVAILABLE`` with the
-``ErrorInfo`` reason :data:`CONTROL_NOT_STORED`, since the engine has
-applied it in memory and keeps retrying the save; a control that waits for
-a run to end past the control timeout (an activity that does not honour
-cancellation) is replied to with the task as it is and the control in
-``pending_control``; the engine applies it when the run ends.
+``ErrorInfo`` reason :data:`~tailrunner.rpc_errors.CONTROL_NOT_STORED`,
+since the engine has applied it in memory and keeps retrying the save; a
+control that waits for a run to end past the control timeout (an activity
+that does not honour cancellation) is replied to with the task as it is and
+the control in ``pending_control``; the engine applies it when the run ends.
 
-Requests are validated here (``INVALID_ARGUMENT`` naming the field) and
-tailrunner's errors mapped to status codes, here and only here.
+Requests are validated here (``INVALID_ARGUMENT`` naming the field); a
+failed call ends with :func:`tailrunner.rpc_errors.abort`, which maps
+tailrunner's errors to gRPC statuses for every service.
 """
 
 from __future__ import annotations
@@ -39,15 +40,12 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import NoReturn, Protocol
+from typing import Protocol
 from uuid import UUID
 
 import anyio
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from ulid import ULID
 
 from tailrunner.admin.lag import Lag, count_after
@@ -55,10 +53,8 @@ from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import (
     ControlNotStored,
-    EngineStopped,
     InvalidArgument,
     JournalError,
-    JournalUnavailable,
     StoreError,
     TailrunnerError,
     TaskNotControllable,
@@ -69,6 +65,7 @@ from tailrunner.journal.api import JournalApi
 from tailrunner.journal.lookup import is_event_of
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
+from tailrunner.rpc_errors import abort
 from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, TailStore, query_cursor
 
 log = structlog.get_logger(__name__)
@@ -90,9 +87,6 @@ _MIN_SCAN_BUDGET = 1000
 #: Store and journal calls at once while a page is described.
 _CONCURRENCY = 8
 _PAGE_TOKEN_VERSION = 1
-#: The ``google.rpc.ErrorInfo`` of a control whose state could not be stored.
-ERROR_DOMAIN = "tailrunner"
-CONTROL_NOT_STORED = "CONTROL_NOT_STORED"
 #: Why a task that only the store knows waits, by its stored state (no
 #: engine here to ask: ``SLEEPING`` and ``PENDING`` depend on the engine).
 _STORED_REASONS = {
@@ -213,7 +207,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             rows, token = await self._list(query)
             tasks = await self._describe(rows)
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="ListTasks")
+            await abort(context, exc, rpc="ListTasks")
         return runner_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def GetTask(
@@ -231,7 +225,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 raise _not_found(activity, aggregate_id)
             (task,) = await self._describe([row])
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="GetTask")
+            await abort(context, exc, rpc="GetTask")
         return task
 
     async def ListRuns(
@@ -248,7 +242,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             ):
                 raise _not_found(activity, aggregate_id)
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="ListRuns")
+            await abort(context, exc, rpc="ListRuns")
         return runner_pb2.ListRunsResponse(runs=[_run_message(run) for run in runs])
 
     # -- controls ------------------------------------------------------------
@@ -289,7 +283,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             else:
                 raise InvalidArgument("from", "give from_tail (a ULID) or from_start")
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc="RestartTask")
+            await abort(context, exc, rpc="RestartTask")
 
         async def restart(task: Task) -> None:
             await self._engine.restart(task, tail)
@@ -341,7 +335,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 )
             (reply,) = await self._describe([_Row.of_task(task)])
         except TailrunnerError as exc:
-            await _abort(context, exc, rpc=rpc)
+            await abort(context, exc, rpc=rpc)
         return reply
 
     # -- listing -------------------------------------------------------------
@@ -696,25 +690,3 @@ def _fields(task: Task) -> dict[str, object]:
         "aggregate_id": str(task.aggregate.id),
         "tail": None if task.tail is None else str(task.tail),
     }
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
-    """End the call with the status that ``exc`` maps to (``context.abort`` raises)."""
-    if isinstance(exc, InvalidArgument):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    elif isinstance(exc, TaskNotFound):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    elif isinstance(exc, TaskNotControllable):
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-    elif isinstance(exc, ControlNotStored):
-        log.error("control not stored", rpc=rpc, error=str(exc))
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.ErrorInfo(reason=CONTROL_NOT_STORED, domain=ERROR_DOMAIN))
-        status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(exc), details=[detail])
-        await context.abort_with_status(rpc_status.to_status(status))
-    elif isinstance(exc, (StoreError, JournalUnavailable, EngineStopped)):
-        log.error("call failed", rpc=rpc, error=str(exc))
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-    log.error("call failed", rpc=rpc, error=str(exc))
-    await context.abort(grpc.StatusCode.INTERNAL, str(exc))
-    raise AssertionError("context.abort returned")  # pragma: no cover

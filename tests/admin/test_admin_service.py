@@ -11,6 +11,8 @@ from pathlib import Path
 import anyio
 import grpc
 import pytest
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
 
 from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
 from tailrunner.engines.task import TaskState
@@ -159,6 +161,22 @@ async def test_a_page_token_works_only_with_its_filter(journal: LoopbackJournal)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert other_filter.value.details().startswith("page_token: made for another filter")
     assert negative.value.details().startswith("page_size:")
+
+
+async def test_a_field_error_travels_as_a_bad_request_detail(journal: LoopbackJournal) -> None:
+    async with serve_runner(journal, [Behaviour().activity()]) as served:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await served.stub.ListTasks(runner_pb2.ListTasksRequest(page_size=-1))
+
+    status = rpc_status.from_call(caught.value)
+    assert status is not None
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    [detail] = status.details
+    bad_request = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad_request)
+    [violation] = bad_request.field_violations
+    assert violation.field == "page_size"
+    assert caught.value.details() == f"page_size: {violation.description}"
 
 
 async def test_get_task_reports_head_and_lag_until_the_task_catches_up(

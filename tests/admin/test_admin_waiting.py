@@ -10,13 +10,14 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tailrunner.admin.service import CONTROL_NOT_STORED, ERROR_DOMAIN, timestamp_to_datetime
+from tailrunner.admin.service import timestamp_to_datetime
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import StoreError
 from tailrunner.proto.v1 import runner_pb2
+from tailrunner.rpc_errors import CONTROL_NOT_STORED, ERROR_DOMAIN
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal
