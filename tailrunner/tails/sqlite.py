@@ -8,38 +8,37 @@ and SQLite allows one writer at a time anyway.
 The schema is built by :data:`MIGRATIONS`, applied in order; the version
 lives in the table ``tails_schema_version`` (not ``PRAGMA user_version``,
 so that the file may also hold another component's tables, such as the
-journal's). A file written by a newer tailrunner is refused.
+journal's). A file written by a newer tailrunner is refused. The tables,
+statements, row codec and migration runner are :mod:`tailrunner.sql`'s,
+shared with the PostgreSQL store.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar, get_args
-from uuid import UUID
 
 import anyio
 import anyio.to_thread
 import structlog
-from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.group_commit import GroupCommit, commit_each_alone_on
-from tailrunner.model import AggregateRef
+from tailrunner.sql.codecs import TailRows
+from tailrunner.sql.dialect import SQLITE
+from tailrunner.sql.migrate import migrate
+from tailrunner.sql.schema import TAILS_VERSION_TABLE
+from tailrunner.sql.statements import TailStatements, tail_migrations
+from tailrunner.sql.tail_reads import TailReads
 from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
-    QueryCursor,
     RunRecord,
     TailRecord,
-    check_limit,
-    check_record,
     check_retention,
-    require_aware,
-    state_filter,
 )
 
 log = structlog.get_logger(__name__)
@@ -51,100 +50,18 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 
 #: The schema, one migration per version: ``MIGRATIONS[i]`` takes a file
-#: from version ``i`` to ``i + 1``. Append only; never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE tails (
-            activity TEXT NOT NULL,
-            aggregate_id BLOB NOT NULL,
-            aggregate_type TEXT NOT NULL,
-            tail BLOB,
-            state TEXT NOT NULL,
-            attempts INTEGER NOT NULL,
-            last_error TEXT,
-            completed INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL,
-            PRIMARY KEY (activity, aggregate_id)
-        ) WITHOUT ROWID""",
-        # For the status view (query): newest updated first, overall or by state.
-        "CREATE INDEX tails_by_updated ON tails (updated_at, activity, aggregate_id)",
-        "CREATE INDEX tails_by_state ON tails (state, updated_at, activity, aggregate_id)",
-        """CREATE TABLE tail_runs (
-            seq INTEGER PRIMARY KEY,
-            activity TEXT NOT NULL,
-            aggregate_id BLOB NOT NULL,
-            aggregate_type TEXT NOT NULL,
-            attempt INTEGER NOT NULL,
-            started_at INTEGER NOT NULL,
-            finished_at INTEGER NOT NULL,
-            tail_before BLOB,
-            tail_after BLOB,
-            events_seen INTEGER NOT NULL,
-            outcome TEXT NOT NULL,
-            error TEXT
-        )""",
-        "CREATE INDEX tail_runs_by_task ON tail_runs (activity, aggregate_id, seq)",
-    ),
-    (
-        # Issue 10: the backoff exponent and the next try's time survive a
-        # restart. Older rows read as "no failures, no time due".
-        "ALTER TABLE tails ADD COLUMN failures INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE tails ADD COLUMN next_run_at INTEGER",
-    ),
-)
+#: from version ``i`` to ``i + 1`` (:data:`tailrunner.sql.schema.TAIL_MIGRATIONS`).
+MIGRATIONS: tuple[tuple[str, ...], ...] = tail_migrations(SQLITE)
 
-_CREATE_VERSION_TABLE = (
-    "CREATE TABLE IF NOT EXISTS tails_schema_version"
-    " (id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)"
-)
-_SELECT_VERSION = "SELECT version FROM tails_schema_version WHERE id = 1"
-_SET_VERSION = (
-    "INSERT INTO tails_schema_version (id, version) VALUES (1, ?)"
-    " ON CONFLICT (id) DO UPDATE SET version = excluded.version"
-)
-_VERSION_TABLE_EXISTS = (
-    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tails_schema_version'"
-)
-
-_TAIL_COLUMNS = (
-    "activity, aggregate_id, aggregate_type, tail, state, attempts, last_error, completed,"
-    " updated_at, failures, next_run_at"
-)
-_SAVE = (
-    f"INSERT INTO tails ({_TAIL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (activity, aggregate_id) DO UPDATE SET"
-    " aggregate_type = excluded.aggregate_type, tail = excluded.tail, state = excluded.state,"
-    " attempts = excluded.attempts, last_error = excluded.last_error,"
-    " completed = excluded.completed, updated_at = excluded.updated_at,"
-    " failures = excluded.failures, next_run_at = excluded.next_run_at"
-)
-_GET = f"SELECT {_TAIL_COLUMNS} FROM tails WHERE activity = ? AND aggregate_id = ?"
-_LOAD = f"SELECT {_TAIL_COLUMNS} FROM tails WHERE activity = ?"
-
-_RUN_COLUMNS = (
-    "activity, aggregate_id, aggregate_type, attempt, started_at, finished_at, tail_before,"
-    " tail_after, events_seen, outcome, error"
-)
-_INSERT_RUN = f"INSERT INTO tail_runs ({_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-# Everything older than the task's newest ``retention`` runs; the subquery
-# is NULL (nothing deleted) while the task has fewer.
-_PRUNE_RUNS = (
-    "DELETE FROM tail_runs WHERE activity = ? AND aggregate_id = ? AND seq < ("
-    "SELECT seq FROM tail_runs WHERE activity = ? AND aggregate_id = ?"
-    " ORDER BY seq DESC LIMIT 1 OFFSET ?)"
-)
-_LIST_RUNS = (
-    f"SELECT {_RUN_COLUMNS} FROM tail_runs WHERE activity = ? AND aggregate_id = ?"
-    " ORDER BY seq DESC LIMIT ?"
-)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
+_SQL = TailStatements.render(SQLITE)
+_ROWS = TailRows(SQLITE.codec)
+_tail_params = _ROWS.tail_params
+_run_params = _ROWS.run_params
 
 T = TypeVar("T")
 
 
-class SQLiteTailStore:
+class SQLiteTailStore(TailReads[str]):
     """A :class:`~tailrunner.tails.store.TailStore` in one SQLite file.
 
     Open it with :meth:`open`; close it with :meth:`aclose`.
@@ -160,6 +77,9 @@ class SQLiteTailStore:
         """Use :meth:`open` instead: it creates the file and migrates the schema."""
         self._path = path
         self._conn = conn
+        self._dialect = SQLITE
+        self._sql = _SQL
+        self._rows = _ROWS
         self._lock = anyio.Lock()
         self._group = GroupCommit(self._lock, self._commit_batch, self._check_open)
         self._run_retention = check_retention(run_retention)
@@ -189,7 +109,7 @@ class SQLiteTailStore:
             )
         check_retention(run_retention)
         name = os.fspath(path)
-        conn, version, migrated = await anyio.to_thread.run_sync(_open, name, synchronous)
+        conn, version, migrated = await _open(name, synchronous)
         if migrated:
             log.info("migrated", path=name, version=version)
         log.debug("opened", path=name, synchronous=synchronous, version=version)
@@ -200,15 +120,6 @@ class SQLiteTailStore:
         """The database file."""
         return self._path
 
-    async def load(self, activity: str) -> dict[UUID, TailRecord]:
-        rows = await self._call("load", _fetchall, _LOAD, (activity,))
-        records = (_tail_record(row) for row in rows)
-        return {r.aggregate.id: r for r in records}
-
-    async def get(self, activity: str, aggregate_id: UUID) -> TailRecord | None:
-        rows = await self._call("get", _fetchall, _GET, (activity, aggregate_id.bytes))
-        return _tail_record(rows[0]) if rows else None
-
     async def save(self, record: TailRecord) -> None:
         await self._commit("save", _Write(tail=_tail_params(record)))
 
@@ -217,46 +128,6 @@ class SQLiteTailStore:
 
     async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
         await self._commit("save_with_run", _Write(tail=_tail_params(record), run=_run_params(run)))
-
-    async def list_runs(
-        self, activity: str, aggregate_id: UUID, *, limit: int = 100
-    ) -> list[RunRecord]:
-        check_limit(limit)
-        rows = await self._call(
-            "list_runs", _fetchall, _LIST_RUNS, (activity, aggregate_id.bytes, limit)
-        )
-        return [_run_record(row) for row in rows]
-
-    async def query(
-        self,
-        activity: str | None = None,
-        states: Collection[str] = (),
-        limit: int = 100,
-        after: QueryCursor | None = None,
-    ) -> list[TailRecord]:
-        check_limit(limit)
-        where: list[str] = []
-        params: list[object] = []
-        if activity is not None:
-            where.append("activity = ?")
-            params.append(activity)
-        if states:
-            wanted = state_filter(states)
-            where.append(f"state IN ({', '.join('?' * len(wanted))})")
-            params.extend(wanted)
-        if after is not None:
-            updated_at, after_activity, after_id = after
-            where.append("(updated_at, activity, aggregate_id) < (?, ?, ?)")
-            params.extend(
-                (_micros(require_aware(updated_at, field="after")), after_activity, after_id.bytes)
-            )
-        sql = f"SELECT {_TAIL_COLUMNS} FROM tails"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY updated_at DESC, activity DESC, aggregate_id DESC LIMIT ?"
-        params.append(limit)
-        rows = await self._call("query", _fetchall, sql, tuple(params))
-        return [_tail_record(row) for row in rows]
 
     @asynccontextmanager
     async def transaction(self, record: TailRecord) -> AsyncIterator[sqlite3.Connection]:
@@ -326,6 +197,12 @@ class SQLiteTailStore:
     def _failed(self, write: _Write, exc: sqlite3.Error) -> None:
         write.error = self._error(write.what, exc)
 
+    async def _fetch(self, what: str, statement: str, params: Sequence[object]) -> list[Any]:
+        return await self._call(what, _fetchall, statement, params)
+
+    def _extend(self, statement: str, text: str) -> str:
+        return statement + text
+
     async def _call(self, what: str, func: Callable[..., T], *args: object) -> T:
         async with self._lock:
             self._check_open()
@@ -342,10 +219,27 @@ class SQLiteTailStore:
             raise StoreError(f"tail store {self._path} is closed")
 
 
-def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, bool]:
+async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, bool]:
     def refuse(reason: str) -> StoreError:
         return StoreError(f"cannot open the tail store {path}: {reason}")
 
+    conn = await anyio.to_thread.run_sync(_connect, path, synchronous, refuse)
+    try:
+        version, migrated = await migrate(
+            _Migrating(conn), SQLITE, TAILS_VERSION_TABLE, MIGRATIONS, refuse
+        )
+    except sqlite3.Error as exc:
+        conn.close()
+        raise refuse(str(exc)) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn, version, migrated
+
+
+def _connect(
+    path: str, synchronous: str, refuse: Callable[[str], StoreError]
+) -> sqlite3.Connection:
     try:
         # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -356,42 +250,41 @@ def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, bool]:
         if mode != "wal":
             raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")
-        latest = len(MIGRATIONS)
-        version = _read_version(conn)
-        migrated = False
-        if version != latest:
-            # Re-read under the write lock: another process may be migrating too.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(_CREATE_VERSION_TABLE)
-                version = _read_version(conn)
-                if version > latest:
-                    raise refuse(
-                        f"its schema version {version} is newer than this tailrunner's ({latest})"
-                    )
-                for statements in MIGRATIONS[version:]:
-                    for statement in statements:
-                        conn.execute(statement)
-                migrated = version < latest
-                conn.execute(_SET_VERSION, (latest,))
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
     except sqlite3.Error as exc:
         conn.close()
         raise refuse(str(exc)) from exc
     except BaseException:
         conn.close()
         raise
-    return conn, latest, migrated
+    return conn
 
 
-def _read_version(conn: sqlite3.Connection) -> int:
-    if conn.execute(_VERSION_TABLE_EXISTS).fetchone() is None:
-        return 0
-    row = conn.execute(_SELECT_VERSION).fetchone()
-    return 0 if row is None else int(row[0])
+class _Migrating:
+    """The :class:`~tailrunner.sql.migrate.MigrationConnection` of a file being opened."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
+        return await anyio.to_thread.run_sync(_fetchall, self._conn, statement, params)
+
+    async def has_table(self, name: str) -> bool:
+        rows = await self.fetch(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        )
+        return bool(rows)
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        # The write lock: another process migrating the same file waits here.
+        await self.fetch("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_rollback, self._conn)
+            raise
+        await self.fetch("COMMIT")
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -403,7 +296,7 @@ def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> No
     if not conn.in_transaction:
         raise sqlite3.OperationalError("the block ended the transaction itself; nothing was saved")
     try:
-        conn.execute(_SAVE, params)
+        conn.execute(_SQL.save, params)
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -431,12 +324,12 @@ def _commit_writes(conn: sqlite3.Connection, writes: Sequence[_Write], retention
     try:
         for write in writes:
             if write.tail is not None:
-                conn.execute(_SAVE, write.tail)
+                conn.execute(_SQL.save, write.tail)
             if write.run is not None:
                 activity, aggregate_id = write.run[0], write.run[1]
-                conn.execute(_INSERT_RUN, write.run)
+                conn.execute(_SQL.insert_run, write.run)
                 conn.execute(
-                    _PRUNE_RUNS, (activity, aggregate_id, activity, aggregate_id, retention - 1)
+                    _SQL.prune_runs, (activity, aggregate_id, activity, aggregate_id, retention - 1)
                 )
         conn.execute("COMMIT")
     except BaseException:
@@ -446,96 +339,3 @@ def _commit_writes(conn: sqlite3.Connection, writes: Sequence[_Write], retention
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:
     return conn.execute(sql, params).fetchall()
-
-
-def _micros(value: datetime) -> int:
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def _from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-def _ulid_bytes(value: ULID | None) -> bytes | None:
-    return None if value is None else value.bytes
-
-
-def _ulid(raw: bytes | None) -> ULID | None:
-    return None if raw is None else ULID.from_bytes(raw)
-
-
-def _tail_params(record: TailRecord) -> tuple[object, ...]:
-    check_record(record)
-    return (
-        record.activity,
-        record.aggregate.id.bytes,
-        record.aggregate.type,
-        _ulid_bytes(record.tail),
-        record.state,
-        record.attempts,
-        record.last_error,
-        int(record.completed),
-        _micros(record.updated_at),
-        record.failures,
-        None if record.next_run_at is None else _micros(record.next_run_at),
-    )
-
-
-def _tail_record(row: Sequence[Any]) -> TailRecord:
-    (
-        activity,
-        id_,
-        type_,
-        tail,
-        state,
-        attempts,
-        last_error,
-        completed,
-        updated_at,
-        failures,
-        next_run_at,
-    ) = row
-    return TailRecord(
-        activity=activity,
-        aggregate=AggregateRef(type=type_, id=UUID(bytes=id_)),
-        tail=_ulid(tail),
-        state=state,
-        attempts=attempts,
-        last_error=last_error,
-        completed=bool(completed),
-        updated_at=_from_micros(updated_at),
-        failures=failures,
-        next_run_at=None if next_run_at is None else _from_micros(next_run_at),
-    )
-
-
-def _run_params(run: RunRecord) -> tuple[object, ...]:
-    return (
-        run.activity,
-        run.aggregate.id.bytes,
-        run.aggregate.type,
-        run.attempt,
-        _micros(require_aware(run.started_at, field="started_at")),
-        _micros(require_aware(run.finished_at, field="finished_at")),
-        _ulid_bytes(run.tail_before),
-        _ulid_bytes(run.tail_after),
-        run.events_seen,
-        run.outcome,
-        run.error,
-    )
-
-
-def _run_record(row: Sequence[Any]) -> RunRecord:
-    (activity, id_, type_, attempt, started, finished, before, after, seen, outcome, error) = row
-    return RunRecord(
-        activity=activity,
-        aggregate=AggregateRef(type=type_, id=UUID(bytes=id_)),
-        attempt=attempt,
-        started_at=_from_micros(started),
-        finished_at=_from_micros(finished),
-        tail_before=_ulid(before),
-        tail_after=_ulid(after),
-        events_seen=seen,
-        outcome=outcome,
-        error=error,
-    )
