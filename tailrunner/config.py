@@ -29,20 +29,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeAlias, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, cast
 
 from croniter import croniter
 
 from tailrunner.address import parse_host_port
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.logs import LOG_FORMATS, LogFormat
-
-if TYPE_CHECKING:
-    from tailrunner.engines.factory import EngineOptions
+from tailrunner.stores import parse_store_url, redact
 
 __all__ = [
     "ENGINE_KINDS",
@@ -260,9 +258,6 @@ class Config:
 
     def engine_options(self) -> EngineOptions:
         """The engine's options: ``[engine]``, ``[retry]`` and the per-activity settings."""
-        # Imported here: the factory imports every engine, and config must stay light.
-        from tailrunner.engines.factory import EngineOptions
-
         return EngineOptions(
             kind=self.engine.kind,
             capacity=self.engine.capacity,
@@ -835,20 +830,14 @@ class _Parser:
     def store(self, value: Any) -> str | _Bad:
         if not isinstance(value, str):
             return _Bad(f"expected {_STORE_ALLOWED}")
-        if value in ("memory:", "memory://"):
-            return "memory:"
-        if value.startswith(("postgresql://", "postgres://")):
-            return value
-        raw = value.removeprefix("sqlite:///")
-        if raw == value or not raw:
+        try:
+            store = parse_store_url(value, field="tails.store", allowed=_STORE_ALLOWED)
+        except InvalidArgument:
             return _Bad(f"expected {_STORE_ALLOWED}")
-        path = Path(raw)
-        if not path.is_absolute():
-            # Relative to the file that says it; a path from the environment
-            # (or without a file) is relative to the working directory.
-            came_from_file = self.sources.of(("tails", "store")) == self.sources.file
-            path = (self.base_dir if came_from_file else Path.cwd()) / path
-        return f"sqlite:///{path}"
+        # Relative to the file that says it; a path from the environment
+        # (or without a file) is relative to the working directory.
+        came_from_file = self.sources.of(("tails", "store")) == self.sources.file
+        return str(store.resolved(self.base_dir if came_from_file else Path.cwd()))
 
     @classmethod
     def retry_converter(cls, name: str) -> _Convert[Any]:
@@ -911,27 +900,13 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(_redact(value), ensure_ascii=False)
+        return json.dumps(redact(value), ensure_ascii=False)
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     if isinstance(value, Mapping):
         inner = ", ".join(f"{_dotted([k])} = {_show(v)}" for k, v in value.items())
         return "{" + (f" {inner} " if inner else "") + "}"
     return str(value)
-
-
-def _redact(text: str) -> str:
-    """``text`` without a URL's password: messages end up in logs."""
-    if "://" not in text or "@" not in text:
-        return text
-    try:
-        parts = urlsplit(text)
-        if parts.password is None:
-            return text
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    except ValueError:
-        return text
 
 
 def _did_you_mean(

@@ -17,15 +17,19 @@ The loop clock only says how long to sleep until then.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from croniter import croniter
 
+from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import RunResult
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.journal.api import JournalApi
+from tailrunner.tails.store import TailStore
 
 
 def _utc_now() -> datetime:
@@ -33,8 +37,9 @@ def _utc_now() -> datetime:
 
 
 class CronEngine(Scheduler):
-    """:param interval: seconds between ticks; or
-    :param cron: a cron expression (``"*/5 * * * *"``), read in UTC.
+    """Its schedule is ``options.cron`` (a cron expression, read in UTC) or else
+    ``options.interval`` (seconds between ticks).
+
     :param clock: the wall clock (aware datetimes); tests give a fake one.
     :raises ValueError: not exactly one of ``interval`` and ``cron``, an
         interval that is not positive, or an invalid cron expression.
@@ -45,17 +50,17 @@ class CronEngine(Scheduler):
 
     def __init__(
         self,
+        options: EngineOptions,
         *,
-        interval: float | None = None,
-        cron: str | None = None,
+        journal: JournalApi,
+        tails: TailStore,
+        activities: Sequence[Activity],
         clock: Callable[[], datetime] = _utc_now,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if (interval is None) == (cron is None):
-            raise ValueError("cron engine: give exactly one of interval and cron")
-        if interval is not None and interval <= 0:
-            raise ValueError(f"cron engine: interval {interval} must be positive")
+        super().__init__(options, journal=journal, tails=tails, activities=activities)
+        # A cron expression, when given, wins over the interval.
+        cron = options.cron
+        interval = None if cron is not None else options.interval
         if cron is not None and not croniter.is_valid(cron):
             raise ValueError(f"cron engine: {cron!r} is not a cron expression")
         self._interval = interval

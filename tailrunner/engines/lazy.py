@@ -15,20 +15,24 @@ A sleeping task costs only its record: the engine holds very many.
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import RunResult
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.reconnect import ConnectionWatch
 from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import JournalError
+from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef, Signal
+from tailrunner.tails.store import TailStore
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +43,9 @@ _BACKSTOP_JITTER = 0.2
 
 
 class LazyEngine(Scheduler):
-    """:param backstop: seconds after which a sleeping task is re-checked without a signal.
+    """``options.backstop``: seconds after which a sleeping task is re-checked
+    without a signal.
+
     :param on_unknown: awaited for a signal about an aggregate without tasks
         (the runner starts tasks for it).
     :param on_resync: called when the signal stream (re)connects or says
@@ -51,16 +57,16 @@ class LazyEngine(Scheduler):
 
     def __init__(
         self,
+        options: EngineOptions,
         *,
-        backstop: float = 300.0,
+        journal: JournalApi,
+        tails: TailStore,
+        activities: Sequence[Activity],
         on_unknown: UnknownAggregate | None = None,
         on_resync: Callable[[], None] | None = None,
-        **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if backstop <= 0:
-            raise ValueError(f"lazy engine: backstop {backstop} must be positive")
-        self._backstop = backstop
+        super().__init__(options, journal=journal, tails=tails, activities=activities)
+        self._backstop = options.backstop
         self._on_unknown = on_unknown
         self._on_resync = on_resync
         self._types = sorted({t for a in self._activities.values() for t in a.aggregate_types})

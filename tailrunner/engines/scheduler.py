@@ -37,7 +37,7 @@ from ulid import ULID
 
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import OutcomeKind, RunResult, run_once
-from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import (
     FINAL_STATES,
@@ -64,9 +64,6 @@ RunObserver = Callable[[Task, RunResult], None]
 #: Called with the number of events a task handled, as it makes progress.
 ProgressObserver = Callable[[Task, int], None]
 
-#: Seconds shutdown waits for runs to end after cancelling them.
-DEFAULT_SHUTDOWN_GRACE = 10.0
-
 _Timer = tuple[float, int, Task, int]
 
 
@@ -90,18 +87,11 @@ NextState = tuple[TaskState, float | None]
 class Scheduler:
     """Base of the engines. Subclasses set :attr:`name` and :attr:`watch`.
 
+    :param options: its settings (capacity, retry and reconnect policies,
+        limits, shutdown grace; each engine reads its own fields too).
     :param journal: where streams are opened.
     :param tails: where tails are stored before an outcome is acted on.
     :param activities: the activities this engine may run.
-    :param capacity: at most this many runs (open streams) at once.
-    :param retry: the default retry policy.
-    :param retry_overrides: retry policies by activity name.
-    :param activity_limits: at most this many runs at once, by activity name
-        (also :attr:`Activity.max_concurrency`; the lower wins).
-    :param reconnect: the backoff of runs that could not reach the journal
-        and of saves retried after a store failure (not the activities' policy).
-    :param shutdown_grace: seconds shutdown waits for cancelled runs to end;
-        after that it names each run still going and returns anyway.
     """
 
     name: ClassVar[str]
@@ -110,32 +100,24 @@ class Scheduler:
 
     def __init__(
         self,
+        options: EngineOptions,
         *,
         journal: JournalApi,
         tails: TailStore,
         activities: Sequence[Activity],
-        capacity: int = 100,
-        retry: RetryPolicy | None = None,
-        retry_overrides: Mapping[str, RetryPolicy] | None = None,
-        activity_limits: Mapping[str, int] | None = None,
-        reconnect: ReconnectPolicy | None = None,
-        shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     ) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity {capacity}: must be at least 1")
-        if shutdown_grace < 0:
-            raise ValueError(f"shutdown_grace {shutdown_grace}: must not be negative")
+        self._options = options
         self._journal = journal
         self._tails = tails
         self._activities = {a.name: a for a in activities}
-        self._capacity = capacity
-        self._retry = retry or RetryPolicy()
-        self._retry_overrides = dict(retry_overrides or {})
-        self._reconnect = reconnect or DEFAULT_RECONNECT
-        self._shutdown_grace = shutdown_grace
+        self._capacity = options.capacity
+        self._retry = options.retry
+        self._retry_overrides = dict(options.retry_overrides)
+        self._reconnect = options.reconnect
+        self._shutdown_grace = options.shutdown_grace
         self._limits: dict[str, int] = {}
         for a in activities:
-            limits = [n for n in ((activity_limits or {}).get(a.name), a.max_concurrency) if n]
+            limits = [n for n in (options.activity_limits.get(a.name), a.max_concurrency) if n]
             if limits:
                 self._limits[a.name] = min(limits)
         self._tasks: dict[UUID, list[Task]] = {}

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 
 from tailrunner.engines.cron import CronEngine
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.journal.api import JournalApi
 from tailrunner.tails.memory import MemoryTailStore
@@ -42,13 +43,13 @@ class FakeWall:
 class Ticking(CronEngine):
     """A cron engine that records the wall time of each tick."""
 
-    def __init__(self, wall: FakeWall, **kwargs: Any) -> None:
+    def __init__(self, wall: FakeWall, *, activities: Any = (), **options: Any) -> None:
         super().__init__(
+            EngineOptions(kind="cron", **options),
             clock=wall,
             journal=cast(JournalApi, object()),  # never called: nothing runs here
             tails=MemoryTailStore(),
-            activities=kwargs.pop("activities", []),
-            **kwargs,
+            activities=list(activities),
         )
         self.wall = wall
         self.ticks: list[datetime] = []
@@ -259,7 +260,7 @@ async def test_a_tick_wakes_sleeping_tasks_and_the_status_shows_the_next_tick() 
 
 async def test_a_clock_without_a_timezone_is_refused_naming_the_value() -> None:
     engine = CronEngine(
-        cron="* * * * *",
+        EngineOptions(kind="cron", cron="* * * * *"),
         clock=lambda: datetime(2024, 5, 1, 12, 0),  # naive: the bad value
         journal=cast(JournalApi, object()),
         tails=MemoryTailStore(),

@@ -8,6 +8,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from tailrunner.engines.lazy import LazyEngine
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.task import TaskState
 from tailrunner.model import Signal, SignalBatch
 from tailrunner.tails.memory import MemoryTailStore
@@ -51,11 +52,10 @@ class ScriptedSignals:
 
 def lazy_engine(journal: object, script: Script, *, backstop: float = 60.0) -> LazyEngine:
     engine = LazyEngine(
+        EngineOptions(retry=FAST_RETRY, backstop=backstop),
         journal=journal,  # type: ignore[arg-type]
         tails=MemoryTailStore(),
         activities=[script.activity()],
-        retry=FAST_RETRY,
-        backstop=backstop,
     )
     engine.add_observer(lambda task, result: CHANGES.notify())
     return engine
@@ -182,11 +182,11 @@ async def test_signal_while_the_outcome_is_stored_is_not_lost(journal: LoopbackJ
     script = Script()
     tails = GatedTails()
     engine = LazyEngine(
+        # The backstop far away: only the signal can bring the event.
+        EngineOptions(retry=FAST_RETRY, backstop=600.0),
         journal=signals,  # type: ignore[arg-type]
         tails=tails,
         activities=[script.activity()],
-        retry=FAST_RETRY,
-        backstop=600.0,  # far away: only the signal can bring the event
     )
     engine.add_observer(lambda task, result: CHANGES.notify())
     async with running(engine):

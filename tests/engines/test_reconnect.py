@@ -377,12 +377,12 @@ async def test_a_failure_handling_a_signal_is_not_reported_as_the_journal_unreac
             reconnected.set()
 
     engine = LazyEngine(
+        EngineOptions(reconnect=TINY),
         journal=journal.client,
         tails=MemoryTailStore(),
         activities=[Script().activity()],
         on_unknown=on_unknown,
         on_resync=on_resync,
-        reconnect=TINY,
     )
     async with running(engine):
         with anyio.fail_after(10):

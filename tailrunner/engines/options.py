@@ -1,0 +1,64 @@
+"""``EngineOptions``: every setting of an engine, in one typed, validated object.
+
+The config's ``[engine]``, ``[retry]`` and per-activity sections become one
+of these (:meth:`tailrunner.config.Config.engine_options`); every engine's
+constructor takes it, and each engine reads the fields that concern it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
+from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
+from tailrunner.engines.retry import RetryPolicy
+
+#: Seconds shutdown waits for runs to end after cancelling them.
+DEFAULT_SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    """How an engine runs its tasks.
+
+    :raises ValueError: naming the field, for a value no engine can use.
+    """
+
+    kind: EngineKind = "lazy"
+    #: At most this many runs (open streams) at once.
+    capacity: int = 100
+    #: The activities' retry policy, and overrides by activity name.
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry_overrides: Mapping[str, RetryPolicy] = field(default_factory=dict)
+    #: How runs that cannot reach the journal, the lazy signal stream and
+    #: failed saves are retried (not the activities' retry).
+    reconnect: ReconnectPolicy = DEFAULT_RECONNECT
+    #: At most this many runs at once, by activity name (also
+    #: ``Activity.max_concurrency``; the lower wins).
+    activity_limits: Mapping[str, int] = field(default_factory=dict)
+    #: Seconds shutdown waits for cancelled runs before it names them and returns.
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: Lazy: seconds after which a sleeping task is re-checked without a signal.
+    backstop: float = 300.0
+    #: Cron: seconds between ticks; ``cron``, when set, wins.
+    interval: float | None = 30.0
+    #: Cron: a cron expression (UTC) instead of an interval.
+    cron: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINE_KINDS:
+            raise ValueError(f"engine {self.kind!r}: expected one of {', '.join(ENGINE_KINDS)}")
+        if self.capacity < 1:
+            raise ValueError(f"capacity {self.capacity}: must be at least 1")
+        if self.shutdown_grace < 0:
+            raise ValueError(f"shutdown_grace {self.shutdown_grace}: must not be negative")
+        if self.backstop <= 0:
+            raise ValueError(f"backstop {self.backstop}: must be positive")
+        if self.interval is not None and self.interval <= 0:
+            raise ValueError(f"interval {self.interval}: must be positive")
+        if self.interval is None and self.cron is None:
+            raise ValueError("interval or cron: give one (the cron engine's schedule)")
+        for name, limit in self.activity_limits.items():
+            if limit < 1:
+                raise ValueError(f"activity_limits[{name!r}] {limit}: must be at least 1")
