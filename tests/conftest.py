@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tailrunner.tails.postgres import redact
+from tailrunner.stores import redact
 
 
 @pytest.fixture(scope="session")

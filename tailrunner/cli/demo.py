@@ -16,7 +16,8 @@ from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import JournalServer, open_store
+from tailrunner.journal.open import open_store
+from tailrunner.journal.server import JournalServer
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.runner import Runner
 from tailrunner.tails.memory import MemoryTailStore

@@ -30,7 +30,8 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import DEFAULT_LISTEN, DEFAULT_STORE, JournalServer, open_store
+from tailrunner.journal.open import DEFAULT_STORE, open_store
+from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
 

@@ -1,4 +1,4 @@
-"""``JournalServer``: the journal's grpc.aio server, and ``open_store`` for store URLs.
+"""``JournalServer``: the journal's grpc.aio server (its store: :mod:`tailrunner.journal.open`).
 
 The server carries the journal service, the gRPC health service (``SERVING``
 for ``""`` and ``tailrunner.v1.Journal``) and server reflection, so that
@@ -7,15 +7,10 @@ for ``""`` and ``tailrunner.v1.Journal``) and server reflection, so that
 
 from __future__ import annotations
 
-import urllib.parse
-from typing import cast
-
 import grpc
 
-from tailrunner.errors import InvalidArgument
 from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
-from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.service import (
     DEFAULT_MAX_EVENT_SIZE,
     SERVICE,
@@ -23,13 +18,10 @@ from tailrunner.journal.service import (
     MiB,
     add_to_server,
 )
-from tailrunner.journal.sqlite import SYNCHRONOUS_LEVELS, SQLiteJournalStore, Synchronous
 from tailrunner.journal.store import JournalStore
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
-DEFAULT_STORE = "sqlite:///journal.db"
 SERVICE_NAME: str = SERVICE
-_STORE_URLS = "sqlite:///PATH (e.g. sqlite:///journal.db, sqlite:////var/lib/journal.db) or memory:"
 
 
 class JournalServer(GrpcServer):
@@ -101,43 +93,3 @@ class JournalServer(GrpcServer):
     async def _stopped_serving(self) -> None:
         if self._close_store:
             await self._store.aclose()
-
-
-async def open_store(url: str, *, synchronous: Synchronous | None = None) -> JournalStore:
-    """Open the journal store that ``url`` names.
-
-    - ``sqlite:///PATH``: SQLite, the embedded default. ``sqlite:///journal.db``
-      is relative to the working directory, ``sqlite:////var/lib/journal.db``
-      absolute. ``?synchronous=NORMAL`` (or ``OFF``, ``FULL``, ``EXTRA``)
-      sets the durability of writes; the default is ``FULL``.
-    - ``memory:``: in memory, gone with the process.
-
-    :param synchronous: overrides the URL's ``synchronous``.
-    :raises InvalidArgument: naming ``--store`` when ``url`` is none of these.
-    :raises StoreError: the store cannot be opened (the message names the path
-        and the reason).
-    """
-    if url in ("memory:", "memory://"):
-        return MemoryJournalStore()
-    prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        raise InvalidArgument("--store", f"{url!r} is not a store URL: expected {_STORE_URLS}")
-    path, _, query = url[len(prefix) :].partition("?")
-    if not path:
-        raise InvalidArgument("--store", f"{url!r} names no file: expected {_STORE_URLS}")
-    level = "FULL"
-    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
-        if key != "synchronous":
-            raise InvalidArgument(
-                "--store", f"unknown option {key!r} in {url!r}: the one option is synchronous"
-            )
-        level = value.upper()
-        if level not in SYNCHRONOUS_LEVELS:
-            raise InvalidArgument(
-                "--store",
-                f"synchronous={value!r} in {url!r}:"
-                f" expected one of {', '.join(SYNCHRONOUS_LEVELS)}",
-            )
-    return await SQLiteJournalStore.open(
-        urllib.parse.unquote(path), synchronous=synchronous or cast(Synchronous, level)
-    )

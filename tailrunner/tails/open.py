@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tailrunner.errors import InvalidArgument
+from tailrunner.stores import parse_store_url, store_options
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import DEFAULT_RUN_RETENTION, TailStore
 
 #: What ``tails.store`` may be, for error messages.
 ALLOWED = "memory:, sqlite:///PATH (relative to the config's folder) or postgresql://…"
-
-_SQLITE = "sqlite:///"
-_POSTGRES = ("postgresql://", "postgres://")
 
 
 async def open_tail_store(
@@ -36,29 +33,21 @@ async def open_tail_store(
     :param run_retention: how many runs per task the store keeps.
     :param postgres_schema: the PostgreSQL schema that holds the tables.
     :raises InvalidArgument: naming ``tails.store`` when the URL is none of
-        those.
+        those (or gives a SQLite file options: it takes none).
     :raises StoreError: the store cannot be opened; the message names the
         file or URL (without its password) and the reason.
     """
-    if url in ("memory:", "memory://"):
+    store = parse_store_url(url, field="tails.store", allowed=ALLOWED)
+    if store.scheme == "memory":
         return MemoryTailStore(run_retention=run_retention)
-    if url.startswith(_SQLITE):
+    if store.scheme == "sqlite":
+        store_options(store, field="tails.store", choices={})
         # Imported here so that a memory-only runner loads no database module.
         from tailrunner.tails.sqlite import SQLiteTailStore
 
-        raw = url.removeprefix(_SQLITE)
-        if not raw:
-            raise InvalidArgument("tails.store", f"{url!r} names no file: expected {ALLOWED}")
-        path = Path(raw)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        return await SQLiteTailStore.open(path, run_retention=run_retention)
-    if url.startswith(_POSTGRES):
-        from tailrunner.tails.postgres import PostgresTailStore
+        if base_dir is not None:
+            store = store.resolved(base_dir)
+        return await SQLiteTailStore.open(Path(store.path), run_retention=run_retention)
+    from tailrunner.tails.postgres import PostgresTailStore
 
-        return await PostgresTailStore.open(
-            url, schema=postgres_schema, run_retention=run_retention
-        )
-    from tailrunner.tails.postgres import redact
-
-    raise InvalidArgument("tails.store", f"{redact(url)!r}: expected {ALLOWED}")
+    return await PostgresTailStore.open(url, schema=postgres_schema, run_retention=run_retention)

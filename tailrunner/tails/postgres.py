@@ -14,13 +14,11 @@ a newer tailrunner is refused.
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 import anyio
@@ -34,6 +32,7 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.model import AggregateRef
+from tailrunner.stores import redact
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
     QueryCursor,
@@ -495,22 +494,6 @@ async def _read_version(conn: Connection, schema: str) -> int:
     )
     row = await cursor.fetchone()
     return 0 if row is None else int(row[0])
-
-
-_PASSWORD_PARAM = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE)
-
-
-def redact(url: str) -> str:
-    """``url`` (or a ``key=value`` conninfo string) with any password replaced by ``***``."""
-    if "://" not in url:
-        return _PASSWORD_PARAM.sub(r"\1***", url)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
-    query = _PASSWORD_PARAM.sub(r"\1***", parts.query)
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _reason(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from tailrunner.errors import (
     TailMismatch,
 )
 from tailrunner.journal.memory import MemoryJournalStore
-from tailrunner.journal.server import open_store
+from tailrunner.journal.open import open_store
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
 from tailrunner.model import AggregateRef, AppendResult, NewEvent

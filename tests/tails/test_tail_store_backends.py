@@ -18,11 +18,12 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.model import AggregateRef
+from tailrunner.stores import redact
 from tailrunner.tails import postgres as postgres_store
 from tailrunner.tails import sqlite as sqlite_store
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.open import open_tail_store
-from tailrunner.tails.postgres import PostgresTailStore, redact
+from tailrunner.tails.postgres import PostgresTailStore
 from tailrunner.tails.sqlite import SQLiteTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
 from tests.cancelling import HOW, Caller, HeldCommit, queue_behind
