@@ -80,37 +80,35 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (EngineStopped, code_pb2.UNAVAILABLE),
 )
 #: Codes that say the server failed (not the request): logged where they are sent.
-_LOGGED = frozenset({code_pb2.UNAVAILABLE, code_pb2.INTERNAL})
+_LOGGED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 
 
 # -- server side: error → status ---------------------------------------------
 
 
-def status_message(exc: TailrunnerError) -> status_pb2.Status:
-    """The ``google.rpc.Status`` that tells a client about ``exc``: code, text and details."""
+def to_status(exc: TailrunnerError) -> grpc.Status:
+    """The status to end a call with for ``exc``: code, message and ``google.rpc`` details.
+
+    An error this table does not know is ``INTERNAL``, its text the message.
+    """
     code = next((code for kind, code in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
     details = []
     for message in _details(exc):
         detail = any_pb2.Any()
         detail.Pack(message)
         details.append(detail)
-    return status_pb2.Status(code=code, message=str(exc), details=details)
-
-
-def to_status(exc: TailrunnerError) -> grpc.Status:
-    """The status to end a call with for ``exc`` (for ``context.abort_with_status``)."""
-    return rpc_status.to_status(status_message(exc))
+    return rpc_status.to_status(status_pb2.Status(code=code, message=str(exc), details=details))
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
-    """End the call with the status of ``exc``; ``context.abort_with_status`` raises.
+    """End the call with :func:`to_status` of ``exc``; ``context.abort_with_status`` raises.
 
     :param rpc: the method's name, for the log line of a server-side failure.
     """
-    status = status_message(exc)
+    status = to_status(exc)
     if status.code in _LOGGED:
-        log.error("call failed", rpc=rpc, code=code_pb2.Code.Name(status.code), error=str(exc))
-    await context.abort_with_status(rpc_status.to_status(status))
+        log.error("call failed", rpc=rpc, code=status.code.name, error=str(exc))
+    await context.abort_with_status(status)
     raise AssertionError("context.abort_with_status returned")  # pragma: no cover
 
 

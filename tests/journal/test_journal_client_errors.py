@@ -17,11 +17,12 @@ from tailrunner.errors import (
     JournalUnavailable,
     StreamCancelled,
     TailMismatch,
+    TailrunnerError,
 )
 from tailrunner.ids import ulid_to_bytes
 from tailrunner.journal.client import JOURNAL_ERRORS
 from tailrunner.proto.v1 import journal_pb2
-from tailrunner.rpc_errors import from_rpc_error
+from tailrunner.rpc_errors import from_rpc_error, to_status
 
 
 def _error(code: grpc.StatusCode, details: str, *detail: Message) -> AioRpcError:
@@ -126,3 +127,33 @@ def test_status_codes_map_to_tailrunner_errors(
 def test_failed_precondition_without_details_is_not_a_tail_mismatch() -> None:
     error = _map_error(_error(grpc.StatusCode.FAILED_PRECONDITION, "aggregate has type 'a'"))
     assert not isinstance(error, TailMismatch)
+
+
+def _sent(exc: TailrunnerError) -> AioRpcError:
+    """``exc`` as a client receives it from a servicer that aborted with it."""
+    status = to_status(exc)
+    return AioRpcError(
+        status.code, Metadata(), Metadata(*status.trailing_metadata), details=status.details
+    )
+
+
+def test_a_field_error_goes_and_comes_back_with_its_field_and_reason() -> None:
+    sent = _sent(InvalidArgument("events[0].data", "is 2 MiB, more than 1 MiB"))
+    assert sent.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert sent.details() == "events[0].data: is 2 MiB, more than 1 MiB"
+    error = _map_error(sent)
+    assert isinstance(error, InvalidArgument)
+    assert (error.field, error.reason) == ("events[0].data", "is 2 MiB, more than 1 MiB")
+
+
+def test_a_tail_mismatch_goes_and_comes_back_with_both_tails() -> None:
+    expected, actual = ULID(), ULID()
+    error = _map_error(_sent(TailMismatch(expected, actual)))
+    assert isinstance(error, TailMismatch)
+    assert (error.expected, error.actual) == (expected, actual)
+
+
+def test_an_error_the_mapping_does_not_know_is_internal_with_its_text() -> None:
+    status = to_status(TailrunnerError("the hub lost its subscriber"))
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert status.details == "the hub lost its subscriber"
