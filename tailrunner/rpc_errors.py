@@ -5,20 +5,21 @@ A servicer ends a failed call with :func:`abort` (the status of
 :func:`from_rpc_error`. What an error carries beyond its kind travels in the
 ``google.rpc.Status`` details, never in the message, which is for people:
 
-=========================================  =======================  ==========================
-error                                      code                     detail
-=========================================  =======================  ==========================
-:class:`InvalidArgument`                   ``INVALID_ARGUMENT``     ``google.rpc.BadRequest``
-:class:`TailMismatch`                      ``FAILED_PRECONDITION``  ``tailrunner.v1.TailMismatch``
-:class:`AggregateTypeMismatch`             ``FAILED_PRECONDITION``
-:class:`TaskNotFound`                      ``NOT_FOUND``
-:class:`TaskNotControllable`               ``FAILED_PRECONDITION``
-:class:`NotAuthenticated`                  ``UNAUTHENTICATED``
-:class:`ControlNotStored`                  ``UNAVAILABLE``          ``google.rpc.ErrorInfo``
-:class:`StoreError`, :class:`EngineStopped`,
-:class:`JournalUnavailable`                ``UNAVAILABLE``
-anything else                              ``INTERNAL``
-=========================================  =======================  ==========================
+=============================  =======================  =========================
+error                          code                     detail
+=============================  =======================  =========================
+``InvalidArgument``            ``INVALID_ARGUMENT``     ``google.rpc.BadRequest``
+``TailMismatch``               ``FAILED_PRECONDITION``  ``v1.TailMismatch``
+``AggregateTypeMismatch``      ``FAILED_PRECONDITION``
+``TaskNotFound``               ``NOT_FOUND``
+``TaskNotControllable``        ``FAILED_PRECONDITION``
+``NotAuthenticated``           ``UNAUTHENTICATED``
+``ControlNotStored``           ``UNAVAILABLE``          ``google.rpc.ErrorInfo``
+``StoreError``                 ``UNAVAILABLE``
+``JournalUnavailable``         ``UNAVAILABLE``
+``EngineStopped``              ``UNAVAILABLE``
+anything else                  ``INTERNAL``
+=============================  =======================  =========================
 
 The message is the error's text (an :class:`InvalidArgument` reads
 ``"field: reason"``); a client reads the field from the ``BadRequest`` field
