@@ -7,9 +7,9 @@ table names, paramstyle ``?``/``%s``) and renders a template written once;
 holds the tail stores' tables and their append-only migrations as
 templates, ``statements`` renders their statements per dialect, ``query``
 builds WHERE clauses (the status query), ``migrate`` runs version-table
-migrations under each store's exclusive lock, and ``tail_reads`` is the
-reading half of a tail store over any of them. The stores keep only their
-driver: connections, transactions, error mapping. A PostgreSQL *journal*
+migrations under each store's exclusive lock, and ``tail_store`` is the
+base of both tail stores (their reads, the shape of their transaction). The
+stores keep only their driver: connections, locks, error mapping. A PostgreSQL *journal*
 store plugs in the same way: its tables and migrations in ``schema`` (its
 version table's name added to ``dialect.TABLES``), its statements rendered
 with ``dialect.POSTGRESQL``, its ids through the same ``Codec``, and

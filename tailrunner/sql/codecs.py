@@ -51,18 +51,21 @@ def _uuid_bytes(value: UUID) -> bytes:
     return value.bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Codec:
-    """How one database stores UUIDs, times and flags: both ways."""
+    """How one database stores UUIDs, times and flags: both ways.
 
-    uuid_out: Callable[[UUID], object]
-    uuid_in: Callable[[Any], UUID]
+    Each converter defaults to none at all: the driver converts the value.
+    """
+
+    uuid_out: Callable[[UUID], object] = _same
+    uuid_in: Callable[[Any], UUID] = _same
     #: Takes an aware datetime.
-    time_out: Callable[[datetime], object]
+    time_out: Callable[[datetime], object] = _same
     #: Gives an aware datetime in UTC.
-    time_in: Callable[[Any], datetime]
-    flag_out: Callable[[bool], object]
-    flag_in: Callable[[Any], bool]
+    time_in: Callable[[Any], datetime] = _same
+    flag_out: Callable[[bool], object] = _same
+    flag_in: Callable[[Any], bool] = _same
 
     def ulid_out(self, value: ULID | None) -> bytes | None:
         """A ULID (or ``None``) as a column value: its 16 bytes."""
@@ -90,14 +93,9 @@ SQLITE_CODEC = Codec(
     flag_in=bool,
 )
 
-POSTGRESQL_CODEC = Codec(
-    uuid_out=_same,
-    uuid_in=_same,
-    time_out=_same,
-    time_in=_utc,
-    flag_out=_same,
-    flag_in=_same,
-)
+#: psycopg converts ``uuid``, ``timestamptz`` and ``boolean`` itself; times
+#: come back in the session's time zone.
+POSTGRESQL_CODEC = Codec(time_in=_utc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.statements import TailStatements, tail_migrations
-from tailrunner.sql.tail_reads import TailReads
+from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.stores import redact
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
@@ -61,10 +61,14 @@ _ROWS = TailRows(POSTGRESQL.codec)
 _LOCK_CLASS = 0x7461696C
 
 
-class PostgresTailStore(TailReads[sql.Composed]):
+class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
     """A :class:`~tailrunner.tails.store.TailStore` in a PostgreSQL schema.
 
     Open it with :meth:`open`; close it with :meth:`aclose`.
+
+    :meth:`transaction` yields a pooled connection in an open transaction
+    (``BEGIN`` … ``COMMIT``); the block writes through it, and its own
+    ``conn.transaction()`` blocks become savepoints.
     """
 
     def __init__(
@@ -181,48 +185,6 @@ class PostgresTailStore(TailReads[sql.Composed]):
         # Not retried: a lost connection may have committed the insert.
         await self._with_connection(what, insert_and_prune, retry=False)
 
-    @asynccontextmanager
-    async def transaction(self, record: TailRecord) -> AsyncIterator[Connection]:
-        """Yield a pooled connection in an open transaction (``BEGIN`` … ``COMMIT``).
-
-        The block writes through the connection (its own
-        ``conn.transaction()`` blocks become savepoints); ``record`` is saved
-        and everything commits when the block ends normally. On an exception
-        or cancellation everything is rolled back.
-
-        :raises StoreError: the transaction could not begin or commit (the
-            block's own writes failed and it swallowed the error, or it ended
-            the transaction itself).
-        """
-        params = self._rows.tail_params(record)
-        self._check_open()
-        async with self._connection("transaction") as conn:
-            try:
-                await conn.execute("BEGIN")
-            except psycopg.Error as exc:
-                raise self._error("transaction", exc) from exc
-            try:
-                yield conn
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._rollback(conn)
-                raise
-            with anyio.CancelScope(shield=True):
-                try:
-                    status = conn.info.transaction_status
-                    if status is not TransactionStatus.INTRANS:
-                        raise StoreError(
-                            f"tail store {self._name}: the transaction block ended"
-                            f" in state {status.name}; nothing was saved"
-                        )
-                    await conn.execute(self._sql.save, params)
-                    await conn.execute("COMMIT")
-                except BaseException as exc:
-                    await self._rollback(conn)
-                    if isinstance(exc, psycopg.Error):
-                        raise self._error("transaction", exc) from exc
-                    raise
-
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -237,6 +199,35 @@ class PostgresTailStore(TailReads[sql.Composed]):
 
     def _extend(self, statement: sql.Composed, text: str) -> sql.Composed:
         return statement + sql.SQL(text)
+
+    @asynccontextmanager
+    async def _transaction_connection(self) -> AsyncIterator[Connection]:
+        # Its own pooled connection: the other tasks' saves need not wait.
+        self._check_open()
+        async with self._connection("transaction") as conn:
+            yield conn
+
+    async def _begin(self, conn: Connection) -> None:
+        try:
+            await conn.execute("BEGIN")
+        except psycopg.Error as exc:
+            raise self._error("transaction", exc) from exc
+
+    async def _save_and_commit(self, conn: Connection, params: tuple[object, ...]) -> None:
+        try:
+            status = conn.info.transaction_status
+            if status is not TransactionStatus.INTRANS:
+                raise StoreError(
+                    f"tail store {self._name}: the transaction block ended"
+                    f" in state {status.name}; nothing was saved"
+                )
+            await conn.execute(self._sql.save, params)
+            await conn.execute("COMMIT")
+        except BaseException as exc:
+            await self._rollback(conn)
+            if isinstance(exc, psycopg.Error):
+                raise self._error("transaction", exc) from exc
+            raise
 
     async def _run(
         self,

@@ -32,7 +32,7 @@ from tailrunner.sql.dialect import SQLITE
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.statements import TailStatements, tail_migrations
-from tailrunner.sql.tail_reads import TailReads
+from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
@@ -61,10 +61,15 @@ _run_params = _ROWS.run_params
 T = TypeVar("T")
 
 
-class SQLiteTailStore(TailReads[str]):
+class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
     """A :class:`~tailrunner.tails.store.TailStore` in one SQLite file.
 
     Open it with :meth:`open`; close it with :meth:`aclose`.
+
+    :meth:`transaction` yields the store's connection in a ``BEGIN
+    IMMEDIATE`` transaction. The block runs on the event loop thread and may
+    call the connection directly (SQLite calls are short); the store's lock
+    is held until the block ends, so other saves wait.
     """
 
     def __init__(
@@ -129,44 +134,6 @@ class SQLiteTailStore(TailReads[str]):
     async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
         await self._commit("save_with_run", _Write(tail=_tail_params(record), run=_run_params(run)))
 
-    @asynccontextmanager
-    async def transaction(self, record: TailRecord) -> AsyncIterator[sqlite3.Connection]:
-        """Yield the store's connection in a ``BEGIN IMMEDIATE`` transaction.
-
-        The block runs on the event loop thread and may call the connection
-        directly (SQLite calls are short); the store's lock is held until the
-        block ends, so other saves wait. ``record`` is saved and everything
-        commits, durably, when the block ends normally; on an exception or
-        cancellation everything is rolled back.
-
-        :raises StoreError: the transaction could not begin or commit, or the
-            block ended the transaction itself.
-        """
-        params = _tail_params(record)
-        async with self._lock:
-            self._check_open()
-            conn = self._conn
-            try:
-                # In a thread: it may wait for another process's write lock.
-                await anyio.to_thread.run_sync(conn.execute, "BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._error("transaction", exc) from exc
-            try:
-                yield conn
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await anyio.to_thread.run_sync(_rollback, conn)
-                    except sqlite3.Error as exc:
-                        # Not raised: it would hide the block's own exception.
-                        log.error("rollback failed", path=self._path, error=str(exc))
-                raise
-            with anyio.CancelScope(shield=True):
-                try:
-                    await anyio.to_thread.run_sync(_save_and_commit, conn, params)
-                except sqlite3.Error as exc:
-                    raise self._error("transaction", exc) from exc
-
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -203,6 +170,32 @@ class SQLiteTailStore(TailReads[str]):
     def _extend(self, statement: str, text: str) -> str:
         return statement + text
 
+    @asynccontextmanager
+    async def _transaction_connection(self) -> AsyncIterator[sqlite3.Connection]:
+        # The store's only connection: other saves wait for the block.
+        async with self._lock:
+            self._check_open()
+            yield self._conn
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        try:
+            # In a thread: it may wait for another process's write lock.
+            await anyio.to_thread.run_sync(conn.execute, "BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise self._error("transaction", exc) from exc
+
+    async def _rollback(self, conn: sqlite3.Connection) -> None:
+        try:
+            await anyio.to_thread.run_sync(_rollback, conn)
+        except sqlite3.Error as exc:
+            log.error("rollback failed", path=self._path, error=str(exc))
+
+    async def _save_and_commit(self, conn: sqlite3.Connection, params: tuple[object, ...]) -> None:
+        try:
+            await anyio.to_thread.run_sync(_save_and_commit, conn, params)
+        except sqlite3.Error as exc:
+            raise self._error("transaction", exc) from exc
+
     async def _call(self, what: str, func: Callable[..., T], *args: object) -> T:
         async with self._lock:
             self._check_open()
@@ -223,8 +216,15 @@ async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, b
     def refuse(reason: str) -> StoreError:
         return StoreError(f"cannot open the tail store {path}: {reason}")
 
-    conn = await anyio.to_thread.run_sync(_connect, path, synchronous, refuse)
     try:
+        conn = await anyio.to_thread.run_sync(_connect, path)
+    except sqlite3.Error as exc:
+        raise refuse(str(exc)) from exc
+    try:
+        mode = await anyio.to_thread.run_sync(use_wal, conn)
+        if mode != "wal":
+            raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
+        await anyio.to_thread.run_sync(conn.execute, f"PRAGMA synchronous = {synchronous}")
         version, migrated = await migrate(
             _Migrating(conn), SQLITE, TAILS_VERSION_TABLE, MIGRATIONS, refuse
         )
@@ -237,26 +237,9 @@ async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, b
     return conn, version, migrated
 
 
-def _connect(
-    path: str, synchronous: str, refuse: Callable[[str], StoreError]
-) -> sqlite3.Connection:
-    try:
-        # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    except sqlite3.Error as exc:
-        raise refuse(str(exc)) from exc
-    try:
-        mode = use_wal(conn)
-        if mode != "wal":
-            raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
-        conn.execute(f"PRAGMA synchronous = {synchronous}")
-    except sqlite3.Error as exc:
-        conn.close()
-        raise refuse(str(exc)) from exc
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 class _Migrating:
