@@ -35,7 +35,7 @@ from croniter import croniter
 
 from tailrunner.address import parse_host_port
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
-from tailrunner.engines.options import EngineOptions
+from tailrunner.engines.options import DEFAULT_SHUTDOWN_GRACE, EngineOptions
 from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
@@ -69,6 +69,31 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 # --------------------------------------------------------------------------- the objects
+#
+# Each section is a dataclass; a field that is a config key says how its value
+# is read in its metadata (:func:`_key`). The key lists, the text keys and the
+# section parsers are derived from these declarations: a key is added in one place.
+
+
+def _key(
+    convert: Callable[[_Parser], _Convert[Any]],
+    *,
+    text: bool = False,
+    default: Callable[[_Parser], Any] | None = None,
+    into: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The metadata of a field that is a config key.
+
+    :param convert: given the parser, the converter of the key's raw value.
+    :param text: from the environment the key takes the text as it is.
+    :param default: the default, when it depends on where the config is.
+    :param into: the fields the converted value fills (a tuple of values).
+    """
+    return {"convert": convert, "text": text, "default": default, "into": into}
+
+
+#: The metadata of a field that is a config table parsed by its section's own code.
+_TABLE: dict[str, Any] = {"table": True}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,9 +106,13 @@ class JournalConfig:
     :ivar reconnect_max_delay: the longest wait between those attempts.
     """
 
-    address: str = "127.0.0.1:7740"
-    reconnect_initial: float = DEFAULT_RECONNECT.initial
-    reconnect_max_delay: float = DEFAULT_RECONNECT.max_delay
+    address: str = field(default="127.0.0.1:7740", metadata=_key(lambda p: p.address, text=True))
+    reconnect_initial: float = field(
+        default=DEFAULT_RECONNECT.initial, metadata=_key(lambda p: p.duration(positive=True))
+    )
+    reconnect_max_delay: float = field(
+        default=DEFAULT_RECONNECT.max_delay, metadata=_key(lambda p: p.duration(positive=True))
+    )
 
     def __post_init__(self) -> None:
         self.reconnect  # noqa: B018  # a bad pair fails here, not at first use
@@ -111,13 +140,22 @@ class EngineConfig:
         after that it names each one still running and exits anyway.
     """
 
-    kind: EngineKind = "lazy"
-    capacity: int = 100
-    backstop: float = 300.0
-    interval: float | None = 30.0
+    kind: EngineKind = field(
+        default="lazy", metadata=_key(lambda p: p.choice(ENGINE_KINDS), text=True)
+    )
+    capacity: int = field(default=100, metadata=_key(lambda p: p.integer(minimum=1)))
+    backstop: float = field(default=300.0, metadata=_key(lambda p: p.duration(positive=True)))
+    #: The key ``interval`` takes a duration or a cron expression: it fills both.
+    interval: float | None = field(
+        default=30.0, metadata=_key(lambda p: p.interval, into=("interval", "cron"))
+    )
     cron: str | None = None
-    discovery_interval: float = 30.0
-    shutdown_grace: float = 10.0
+    discovery_interval: float = field(
+        default=30.0, metadata=_key(lambda p: p.duration(positive=True))
+    )
+    shutdown_grace: float = field(
+        default=DEFAULT_SHUTDOWN_GRACE, metadata=_key(lambda p: p.duration(positive=False))
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,9 +168,9 @@ class ActivitiesConfig:
         over the global ``[retry]`` (keys it does not set come from there).
     """
 
-    enabled: tuple[str, ...] = ("*",)
-    limits: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
-    retry: Mapping[str, RetryPolicy] = field(default_factory=lambda: _EMPTY)
+    enabled: tuple[str, ...] = field(default=("*",), metadata=_key(lambda p: p.patterns))
+    limits: Mapping[str, int] = field(default_factory=lambda: _EMPTY, metadata=_TABLE)
+    retry: Mapping[str, RetryPolicy] = field(default_factory=lambda: _EMPTY, metadata=_TABLE)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,11 +182,19 @@ class TailsConfig:
         :func:`tailrunner.tails.open.open_tail_store` takes.
     """
 
-    store: str = "sqlite:///tails.db"
+    store: str = field(
+        default="sqlite:///tails.db",
+        # The default file sits beside the config (or in the working directory).
+        metadata=_key(
+            lambda p: p.store, text=True, default=lambda p: f"sqlite:///{p.base_dir / 'tails.db'}"
+        ),
+    )
     #: PostgreSQL only: the schema that holds the tables.
-    postgres_schema: str = "tailrunner"
+    postgres_schema: str = field(
+        default="tailrunner", metadata=_key(lambda p: p.identifier, text=True)
+    )
     #: How many run records the store keeps per task.
-    run_retention: int = 100
+    run_retention: int = field(default=100, metadata=_key(lambda p: p.integer(minimum=1)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,8 +206,12 @@ class LogConfig:
     :ivar level: the lowest level logged.
     """
 
-    format: LogFormat = "auto"
-    level: LogLevel = "info"
+    format: LogFormat = field(
+        default="auto", metadata=_key(lambda p: p.choice(LOG_FORMATS), text=True)
+    )
+    level: LogLevel = field(
+        default="info", metadata=_key(lambda p: p.choice(LOG_LEVELS), text=True)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,7 +222,7 @@ class PluginsConfig:
         reporting it and running the others.
     """
 
-    strict: bool = False
+    strict: bool = field(default=False, metadata=_key(lambda p: p.boolean))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,8 +234,10 @@ class AdminConfig:
         (a token never sits in a config file); unset or empty: no auth.
     """
 
-    listen: str = "127.0.0.1:7741"
-    token_env: str = "TAILRUNNER_ADMIN_TOKEN"
+    listen: str = field(default="127.0.0.1:7741", metadata=_key(lambda p: p.listen, text=True))
+    token_env: str = field(
+        default="TAILRUNNER_ADMIN_TOKEN", metadata=_key(lambda p: p.env_name, text=True)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,8 +249,10 @@ class MetricsConfig:
         (seconds); lag needs journal calls, scrapes may come often.
     """
 
-    listen: str = "127.0.0.1:9740"
-    lag_interval: float = 10.0
+    listen: str = field(
+        default="127.0.0.1:9740", metadata=_key(lambda p: p.optional_listen, text=True)
+    )
+    lag_interval: float = field(default=10.0, metadata=_key(lambda p: p.duration(positive=False)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -322,39 +376,41 @@ def _duration_seconds(value: object) -> float | None:
 # --------------------------------------------------------------------------- loading
 
 _DEFAULTS = "the defaults"
-_SECTIONS = (
-    "journal",
-    "engine",
-    "retry",
-    "activities",
-    "tails",
-    "log",
-    "plugins",
-    "admin",
-    "metrics",
-)
+#: The converters of ``[retry]``'s keys (and of each ``[activities.retry.NAME]``):
+#: :class:`RetryPolicy` lives below config, so its keys are declared here, one
+#: per field of it (checked below).
+_RETRY_KEYS: Mapping[str, Callable[[_Parser], _Convert[Any]]] = {
+    "initial": lambda p: p.duration(positive=False),
+    # RetryPolicy judges the ranges; its error names the field.
+    "multiplier": lambda p: p.number(),
+    "max_delay": lambda p: p.duration(positive=False),
+    "jitter": lambda p: p.number(),
+    "max_attempts": lambda p: p.attempts,
+}
+assert set(_RETRY_KEYS) == {f.name for f in dataclasses.fields(RetryPolicy)}, "retry keys"
+
+#: Section name → its dataclass (``retry`` is a :class:`RetryPolicy`).
+_SECTION_TYPES: Mapping[str, type] = {
+    f.name: RetryPolicy if f.name == "retry" else f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
+    if f.name not in ("path", "origins")
+}
+_SECTIONS = tuple(_SECTION_TYPES)
 _KEYS: Mapping[str, tuple[str, ...]] = {
-    "journal": ("address", "reconnect_initial", "reconnect_max_delay"),
-    "engine": ("kind", "capacity", "backstop", "interval", "discovery_interval", "shutdown_grace"),
-    "retry": ("initial", "multiplier", "max_delay", "jitter", "max_attempts"),
-    "activities": ("enabled", "limits", "retry"),
-    "tails": ("store", "postgres_schema", "run_retention"),
-    "log": ("format", "level"),
-    "plugins": ("strict",),
-    "admin": ("listen", "token_env"),
-    "metrics": ("listen", "lag_interval"),
+    name: tuple(_RETRY_KEYS)
+    if kind is RetryPolicy
+    else tuple(
+        f.name for f in dataclasses.fields(kind) if "convert" in f.metadata or "table" in f.metadata
+    )
+    for name, kind in _SECTION_TYPES.items()
 }
 #: Keys whose value is text: from the environment they take the text as it is.
 _TEXT_KEYS = {
-    ("journal", "address"),
-    ("engine", "kind"),
-    ("tails", "store"),
-    ("tails", "postgres_schema"),
-    ("admin", "listen"),
-    ("admin", "token_env"),
-    ("metrics", "listen"),
-    ("log", "format"),
-    ("log", "level"),
+    (name, f.name)
+    for name, kind in _SECTION_TYPES.items()
+    if kind is not RetryPolicy
+    for f in dataclasses.fields(kind)
+    if f.metadata.get("text")
 }
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -508,42 +564,59 @@ class _Parser:
                 self.fail((name,), value, f"expected a table [{name}]")
         retry_table = self.table(data, ("retry",))
         retry = self.retry(retry_table, ("retry",), base=_EMPTY)
+        sections: dict[str, Any] = {}
+        for name, kind in _SECTION_TYPES.items():
+            table = self.table(data, (name,))
+            if name == "journal":
+                sections[name] = self.journal(table)
+            elif name == "retry":
+                sections[name] = retry
+            elif name == "activities":
+                sections[name] = self.activities(table, retry_table)
+            else:
+                sections[name] = kind(**self.section(name, table))
         return Config(
-            journal=self.journal(self.table(data, ("journal",))),
-            engine=self.engine(self.table(data, ("engine",))),
-            retry=retry,
-            activities=self.activities(self.table(data, ("activities",)), retry_table),
-            tails=self.tails(self.table(data, ("tails",))),
-            log=self.log(self.table(data, ("log",))),
-            plugins=self.plugins(self.table(data, ("plugins",))),
-            admin=self.admin(self.table(data, ("admin",))),
-            metrics=self.metrics(self.table(data, ("metrics",))),
+            **sections,
             path=path,
             origins=MappingProxyType(dict(self.seen)),
         )
 
     # -- sections
 
-    def journal(self, table: Mapping[str, Any]) -> JournalConfig:
-        self.known(table, ("journal",))
-        d = JournalConfig()
-        address = self.get(table, ("journal", "address"), self.address, d.address)
-        initial, max_delay = self.reconnect(table, d)
-        return JournalConfig(
-            address=address,
-            reconnect_initial=initial,
-            reconnect_max_delay=max_delay,
-        )
+    def section(self, name: str, table: Mapping[str, Any]) -> dict[str, Any]:
+        """The values of section ``name``'s keys, read as their fields declare."""
+        kind = _SECTION_TYPES[name]
+        self.known(table, (name,))
+        defaults = kind()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(kind):
+            meta = f.metadata
+            if "convert" not in meta:
+                continue
+            into: tuple[str, ...] = meta["into"]
+            if meta["default"] is not None:
+                default = meta["default"](self)
+            elif into:
+                default = tuple(getattr(defaults, n) for n in into)
+            else:
+                default = getattr(defaults, f.name)
+            value = self.get(table, (name, f.name), meta["convert"](self), default)
+            if into:
+                values.update(zip(into, value, strict=True))
+            else:
+                values[f.name] = value
+        return values
 
-    def reconnect(self, table: Mapping[str, Any], d: JournalConfig) -> tuple[float, float]:
+    def journal(self, table: Mapping[str, Any]) -> JournalConfig:
+        values = self.section("journal", table)
+        self.reconnect(table, values["reconnect_initial"], values["reconnect_max_delay"])
+        return JournalConfig(**values)
+
+    def reconnect(self, table: Mapping[str, Any], initial: float, max_delay: float) -> None:
         """``journal.reconnect_initial`` and ``journal.reconnect_max_delay``, checked together."""
-        positive = self.duration(positive=True)
-        initial = self.get(table, ("journal", "reconnect_initial"), positive, d.reconnect_initial)
-        max_delay = self.get(
-            table, ("journal", "reconnect_max_delay"), positive, d.reconnect_max_delay
-        )
         if max_delay >= initial:
-            return initial, max_delay
+            return
+        d = JournalConfig()
         # The one rule between the two keys: blame the one that was set,
         # max_delay when both were, and name the other with its value.
         defaults = {
@@ -559,34 +632,6 @@ class _Parser:
         bound = "must not exceed" if blamed == "reconnect_initial" else "must be at least"
         self.fail(("journal", blamed), table[blamed], f"{bound} journal.{other} = {shown}")
 
-    def engine(self, table: Mapping[str, Any]) -> EngineConfig:
-        self.known(table, ("engine",))
-        d = EngineConfig()
-        interval, cron = self.get(
-            table, ("engine", "interval"), self.interval, (d.interval, d.cron)
-        )
-        return EngineConfig(
-            kind=self.get(table, ("engine", "kind"), self.choice(ENGINE_KINDS), d.kind),
-            capacity=self.get(table, ("engine", "capacity"), self.integer(minimum=1), d.capacity),
-            backstop=self.get(
-                table, ("engine", "backstop"), self.duration(positive=True), d.backstop
-            ),
-            interval=interval,
-            cron=cron,
-            discovery_interval=self.get(
-                table,
-                ("engine", "discovery_interval"),
-                self.duration(positive=True),
-                d.discovery_interval,
-            ),
-            shutdown_grace=self.get(
-                table,
-                ("engine", "shutdown_grace"),
-                self.duration(positive=False),
-                d.shutdown_grace,
-            ),
-        )
-
     def retry(self, table: Mapping[str, Any], at: Key, *, base: Mapping[str, Any]) -> RetryPolicy:
         """A policy from ``table`` over ``base`` (the global ``[retry]``, for overrides)."""
         self.known(table, at, allowed=_KEYS["retry"])
@@ -595,15 +640,18 @@ class _Parser:
         for name, value in merged.items():
             # Inherited keys were checked (and named) as [retry]'s own.
             key = (*at, name) if name in table else ("retry", name)
-            values[name] = self.check(key, value, self.retry_converter(name))
+            values[name] = self.check(key, value, _RETRY_KEYS[name](self))
         if values.get("max_attempts") == 0:
             values["max_attempts"] = None  # 0 in config: retry forever
         try:
             return RetryPolicy(**values)
-        except ValueError as exc:
-            name = _retry_key(str(exc), set_here=table.keys())
+        except InvalidArgument as exc:
+            name = exc.field
+            if name == "max_delay" and name not in table and "initial" in table:
+                # "max delay must be at least the initial": blame the key that was set.
+                name = "initial"
             key = (*at, name) if name in table else ("retry", name)
-            reason = str(exc).partition(": ")[2] or str(exc)
+            reason = exc.reason
             if name in ("initial", "max_delay") and "initial" in reason:
                 # The one rule between two keys: say which other key it is about.
                 other = "max_delay" if name == "initial" else "initial"
@@ -620,9 +668,7 @@ class _Parser:
     def activities(
         self, table: Mapping[str, Any], retry_table: Mapping[str, Any]
     ) -> ActivitiesConfig:
-        self.known(table, ("activities",))
-        d = ActivitiesConfig()
-        enabled = self.get(table, ("activities", "enabled"), self.patterns, d.enabled)
+        values = self.section("activities", table)
         limits: dict[str, int] = {}
         for name, value in self.table(table, ("activities", "limits")).items():
             key = ("activities", "limits", name)
@@ -635,55 +681,9 @@ class _Parser:
             self.seen[_dotted(key)] = self.sources.of(key)
             policies[name] = self.retry(value, key, base=retry_table)
         return ActivitiesConfig(
-            enabled=enabled,
+            **values,
             limits=MappingProxyType(limits),
             retry=MappingProxyType(policies),
-        )
-
-    def tails(self, table: Mapping[str, Any]) -> TailsConfig:
-        self.known(table, ("tails",))
-        d = TailsConfig()
-        # The default file sits beside the config (or in the working directory).
-        default_store = f"sqlite:///{self.base_dir / 'tails.db'}"
-        return TailsConfig(
-            store=self.get(table, ("tails", "store"), self.store, default_store),
-            postgres_schema=self.get(
-                table, ("tails", "postgres_schema"), self.identifier, d.postgres_schema
-            ),
-            run_retention=self.get(
-                table, ("tails", "run_retention"), self.integer(minimum=1), d.run_retention
-            ),
-        )
-
-    def log(self, table: Mapping[str, Any]) -> LogConfig:
-        self.known(table, ("log",))
-        d = LogConfig()
-        return LogConfig(
-            format=self.get(table, ("log", "format"), self.choice(LOG_FORMATS), d.format),
-            level=self.get(table, ("log", "level"), self.choice(LOG_LEVELS), d.level),
-        )
-
-    def plugins(self, table: Mapping[str, Any]) -> PluginsConfig:
-        self.known(table, ("plugins",))
-        d = PluginsConfig()
-        return PluginsConfig(strict=self.get(table, ("plugins", "strict"), self.boolean, d.strict))
-
-    def admin(self, table: Mapping[str, Any]) -> AdminConfig:
-        self.known(table, ("admin",))
-        d = AdminConfig()
-        return AdminConfig(
-            listen=self.get(table, ("admin", "listen"), self.listen, d.listen),
-            token_env=self.get(table, ("admin", "token_env"), self.env_name, d.token_env),
-        )
-
-    def metrics(self, table: Mapping[str, Any]) -> MetricsConfig:
-        self.known(table, ("metrics",))
-        d = MetricsConfig()
-        return MetricsConfig(
-            listen=self.get(table, ("metrics", "listen"), self.optional_listen, d.listen),
-            lag_interval=self.get(
-                table, ("metrics", "lag_interval"), self.duration(positive=False), d.lag_interval
-            ),
         )
 
     # -- tables and keys
@@ -839,18 +839,6 @@ class _Parser:
         came_from_file = self.sources.of(("tails", "store")) == self.sources.file
         return str(store.resolved(self.base_dir if came_from_file else Path.cwd()))
 
-    @classmethod
-    def retry_converter(cls, name: str) -> _Convert[Any]:
-        """The converter for the ``[retry]`` key ``name``."""
-        return {
-            "initial": cls.duration(positive=False),
-            # RetryPolicy judges the ranges; its ValueError is mapped to the key.
-            "multiplier": cls.number(),
-            "max_delay": cls.duration(positive=False),
-            "jitter": cls.number(),
-            "max_attempts": cls.attempts,
-        }[name]
-
     @staticmethod
     def attempts(value: Any) -> int | _Bad:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
@@ -871,24 +859,6 @@ def _is_host_port(value: str, *, any_port: bool = True) -> bool:
     except InvalidArgument:
         return False
     return True
-
-
-def _retry_key(message: str, *, set_here: Collection[str]) -> str:
-    """The ``[retry]`` key that :class:`RetryPolicy`'s error is about."""
-    for words, key in (
-        ("max delay", "max_delay"),
-        ("max_delay", "max_delay"),
-        ("max_attempts", "max_attempts"),
-        ("multiplier", "multiplier"),
-        ("jitter", "jitter"),
-        ("initial", "initial"),
-    ):
-        if words in message:
-            # "max delay must be at least the initial": blame the key that was set.
-            if key == "max_delay" and key not in set_here and "initial" in set_here:
-                return "initial"
-            return key
-    return "initial"
 
 
 def _dotted(key: Iterable[str]) -> str:

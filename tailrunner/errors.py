@@ -45,8 +45,9 @@ class TailrunnerError(Exception):
 class InvalidArgument(TailrunnerError, ValueError):
     """Bad input. ``field`` names the offending field or option."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    def __init__(self, field: str, message: str, *, text: str | None = None) -> None:
+        """:param text: the whole message, when ``"field: message"`` reads badly."""
+        super().__init__(text or f"{field}: {message}")
         self.field = field
         self.reason = message
 

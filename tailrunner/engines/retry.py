@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from tailrunner.errors import InvalidArgument
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
@@ -27,22 +29,27 @@ class RetryPolicy:
     max_attempts: int | None = None
 
     def __post_init__(self) -> None:
+        """:raises InvalidArgument: naming the field (``initial``, ``max_delay`` …)."""
         if not self.initial > 0:  # also refuses NaN
-            # No "initial" after the colon: config.py reads that as the max_delay rule.
-            raise ValueError(
-                f"retry initial delay {self.initial}: must be more than 0"
-                " (a failing activity retried without a wait spins)"
+            _refuse(
+                "initial",
+                "retry initial delay",
+                self.initial,
+                "must be more than 0 (a failing activity retried without a wait spins)",
             )
         if self.multiplier < 1:
-            raise ValueError(f"retry multiplier {self.multiplier}: must be at least 1")
+            _refuse("multiplier", "retry multiplier", self.multiplier, "must be at least 1")
         if self.max_delay < self.initial:
-            raise ValueError(
-                f"retry max delay {self.max_delay}: must be at least the initial {self.initial}"
+            _refuse(
+                "max_delay",
+                "retry max delay",
+                self.max_delay,
+                f"must be at least the initial {self.initial}",
             )
         if not 0 <= self.jitter <= 1:
-            raise ValueError(f"retry jitter {self.jitter}: expected a fraction from 0 to 1")
+            _refuse("jitter", "retry jitter", self.jitter, "expected a fraction from 0 to 1")
         if self.max_attempts is not None and self.max_attempts < 1:
-            raise ValueError(f"retry max_attempts {self.max_attempts}: must be at least 1")
+            _refuse("max_attempts", "retry max_attempts", self.max_attempts, "must be at least 1")
 
     def delay(self, failures: int, *, rng: random.Random | None = None) -> float:
         """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
@@ -57,3 +64,7 @@ class RetryPolicy:
     def exhausted(self, failures: int) -> bool:
         """Whether ``failures`` consecutive failures reach the attempt limit."""
         return self.max_attempts is not None and failures >= self.max_attempts
+
+
+def _refuse(field: str, what: str, value: object, reason: str) -> None:
+    raise InvalidArgument(field, reason, text=f"{what} {value}: {reason}")
