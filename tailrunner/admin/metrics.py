@@ -1,4 +1,4 @@
-"""Prometheus metrics of one runner, and a small ``/metrics`` HTTP server on the event loop.
+"""Prometheus metrics of one runner, and their ``/metrics`` HTTP endpoint.
 
 Every :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry`
 (not the process-wide default), so that several runners, or tests, can live
@@ -8,10 +8,10 @@ events processed by a :data:`~tailrunner.engines.scheduler.ProgressObserver`
 as runs go (an eager watch never ends); the gauges are read from the engine
 when scraped.
 
-:func:`serve_metrics` answers scrapes on the event loop rather than in
-prometheus_client's exporter thread: a scrape first refreshes the gauges,
-which reads the engine's task table (not safe from another thread) and asks
-the journal for heads (async).
+:func:`serve_metrics` serves prometheus_client's own exposition
+(:class:`~prometheus_client.MetricsHandler`, in a thread); a scrape first has
+the event loop refresh the gauges, because that reads the engine's task table
+(not safe from another thread) and asks the journal for heads (async).
 
 ==============================================  ======================================
 metric                                          meaning
@@ -32,16 +32,21 @@ Runs ended by an operator's stop are counted with the outcome ``cancelled``.
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
 import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import cast
 
 import anyio
+import anyio.to_thread
 import structlog
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus
-from anyio.streams.buffered import BufferedByteReceiveStream
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import choose_encoder
+from anyio.abc import TaskStatus
+from anyio.from_thread import BlockingPortal
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, MetricsHandler
 
-from tailrunner.address import format_host_port, parse_host_port
+from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.admin.lag import LagTracker, TaskTail
 from tailrunner.engines.execute import OutcomeKind, RunResult
 from tailrunner.engines.scheduler import Scheduler
@@ -58,8 +63,6 @@ RUN_DURATION_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
     1800.0, 3600.0, float("inf"),
 )  # fmt: skip
-_MAX_REQUEST_HEAD = 8192
-_REQUEST_TIMEOUT = 10.0
 
 
 class Metrics:
@@ -193,12 +196,6 @@ class Metrics:
             if state is TaskState.SUSPENDED:
                 self.suspended_tasks.labels(name).set(count)
 
-    async def render(self, accept: str = "") -> tuple[bytes, str]:
-        """Refresh, then the exposition in the format ``accept`` asks for, and its content type."""
-        await self.refresh()
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
-
 
 async def serve_metrics(
     metrics: Metrics,
@@ -212,74 +209,89 @@ async def serve_metrics(
 
         port = await tg.start(serve_metrics, metrics, "127.0.0.1:0")
 
+    prometheus_client's :class:`~prometheus_client.MetricsHandler` answers
+    in a thread of its own; before it renders the registry, the scrape asks
+    this event loop to :meth:`~Metrics.refresh` the gauges, so that the
+    engine and the journal are only ever read from the loop.
+
     :param listen: ``HOST:PORT``; port 0 picks a free port.
     :returns: through ``task_status``, the bound port.
     :raises InvalidArgument: naming ``listen`` when it is not ``HOST:PORT`` or
         cannot be bound.
     """
     address = parse_host_port(listen, field="listen")
-    host, port = address.host, address.port
     try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        server = _MetricsServer(address, _handler(metrics))
     except OSError as exc:
         raise InvalidArgument("listen", f"cannot listen on {listen}: {exc.strerror}") from exc
-    async with listener:
-        bound = int(listener.extra(SocketAttribute.local_port))
-        log.info("listening", service="metrics", address=format_host_port(host, bound))
-        task_status.started(bound)
-
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                try:
-                    with anyio.fail_after(_REQUEST_TIMEOUT):
-                        await _answer(metrics, stream)
-                except (TimeoutError, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-                    pass  # the scraper went away, or sent nothing useful in time
-                except Exception as exc:
-                    # A failed scrape must not take the runner down with it.
-                    log.error("scrape failed", error=f"{type(exc).__name__}: {exc}")
-
-        await listener.serve(handle)
-
-
-async def _answer(metrics: Metrics, stream: SocketStream) -> None:
-    reader = BufferedByteReceiveStream(stream)
     try:
-        head = await reader.receive_until(b"\r\n\r\n", _MAX_REQUEST_HEAD)
-    except anyio.DelimiterNotFound:
-        await _respond(stream, 431, "text/plain", b"request head too large\n")
-        return
-    request_line, *header_lines = head.decode("latin-1").split("\r\n")
-    method, _, rest = request_line.partition(" ")
-    target = rest.partition(" ")[0]
-    headers = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    if method not in ("GET", "HEAD"):
-        await _respond(stream, 405, "text/plain", b"only GET\n", extra="Allow: GET, HEAD\r\n")
-        return
-    if urllib.parse.urlsplit(target).path not in ("/metrics", "/"):
-        await _respond(stream, 404, "text/plain", b"see /metrics\n")
-        return
-    body, content_type = await metrics.render(headers.get("accept", ""))
-    await _respond(stream, 200, content_type, body, head_only=method == "HEAD")
+        async with BlockingPortal() as portal:
+            server.portal = portal
+            thread = threading.Thread(
+                target=server.serve_forever, args=(0.1,), name=f"metrics {address}", daemon=True
+            )
+            thread.start()
+            try:
+                bound = int(server.server_address[1])
+                log.info(
+                    "listening", service="metrics", address=format_host_port(address.host, bound)
+                )
+                task_status.started(bound)
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    # shutdown() waits for serve_forever to notice: not on the loop.
+                    await anyio.to_thread.run_sync(server.shutdown)
+    finally:
+        server.server_close()
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 431: "Too Large"}
+class _MetricsServer(ThreadingHTTPServer):
+    """An HTTP server on ``address``, IPv4 or IPv6 as its host says."""
+
+    def __init__(self, address: HostPort, handler: type[BaseHTTPRequestHandler]) -> None:
+        family, *_ = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        self.address_family = family
+        #: The event loop's portal, once serving: scrapes refresh through it.
+        self.portal: BlockingPortal | None = None
+        super().__init__((address.host, address.port), handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's full name (a reverse DNS
+        # query that may hang); nothing here uses it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
 
-async def _respond(
-    stream: SocketStream,
-    status: int,
-    content_type: str,
-    body: bytes,
-    *,
-    extra: str = "",
-    head_only: bool = False,
-) -> None:
-    head = (
-        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
-    )
-    await stream.send(head.encode("latin-1") + (b"" if head_only else body))
+def _handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+    """prometheus_client's handler for ``metrics``, refreshing them on the loop first."""
+
+    class Handler(MetricsHandler):
+        registry = metrics.registry
+        # One request per connection, closed after the answer.
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            if urllib.parse.urlsplit(self.path).path not in ("/metrics", "/"):
+                self.send_error(404, explain="see /metrics")
+                return
+            portal = cast(_MetricsServer, self.server).portal
+            try:
+                if portal is None:
+                    raise RuntimeError("not serving yet")
+                portal.call(metrics.refresh)
+            except Exception as exc:
+                # The runner is stopping, or the refresh failed: no numbers to give.
+                log.error("scrape failed", error=f"{type(exc).__name__}: {exc}")
+                self.send_error(503, explain="the metrics could not be refreshed")
+                return
+            super().do_GET()
+
+        def end_headers(self) -> None:
+            if not self.close_connection:
+                self.send_header("Connection", "close")  # sets close_connection
+            super().end_headers()
+
+    return Handler

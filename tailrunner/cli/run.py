@@ -11,6 +11,7 @@ import anyio
 import click
 import structlog
 
+from tailrunner.address import format_host_port, parse_host_port
 from tailrunner.admin.metrics import Metrics, serve_metrics
 from tailrunner.admin.server import AdminServer
 from tailrunner.config import Config, load_config
@@ -111,8 +112,9 @@ async def _run(config: Config) -> None:
                     # Operators and tests read the bound addresses (port 0 picks one).
                     click.echo(f"admin on {admin.address}")
                     if metrics_port is not None:
-                        host = config.metrics.listen.rpartition(":")[0]
-                        click.echo(f"metrics on http://{host}:{metrics_port}/metrics")
+                        host = parse_host_port(config.metrics.listen, field="metrics.listen").host
+                        metrics_at = format_host_port(host, metrics_port)
+                        click.echo(f"metrics on http://{metrics_at}/metrics")
                     sys.stdout.flush()
                     log.info(
                         "running",
