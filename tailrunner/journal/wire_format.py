@@ -25,10 +25,6 @@ _EVENTS_TAG = b"\x0a"  # EventsResponse.events = 1
 _AGGREGATE_TYPE_TAG = b"\x1a"  # Event.aggregate_type = 3
 _AGGREGATE_ID_TAG = b"\x22"  # Event.aggregate_id = 4
 _WILL_BLOCK_TRUE = b"\x10\x01"  # EventsResponse.will_block = 2, varint 1
-# encode_event writes the tags of Event's fields inline: id = 1 (0x0a) and
-# parent = 2 (0x12), both of 16 bytes (0x10); type = 5 (0x2a); data = 6
-# (0x32); metadata = 7 (0x3a), a map, each entry a message of key = 1
-# (0x0a) and value = 2 (0x12).
 _ID_SIZE = 16
 
 
@@ -54,32 +50,17 @@ def encode_event(
 ) -> bytes:
     """The stored form of one event: its ``Event`` message without aggregate fields.
 
-    Encoded here rather than by building a message, which costs three times
-    as much on the append path (tests check that protobuf parses it back to
-    the same message).
+    Encoded by protobuf itself: a hand encoder saved about 0.4 µs of an
+    append's 20 µs per event (2 %, within the noise of the append benchmark),
+    not worth a second encoder to keep right. (Serving is another matter:
+    framing stored bytes, below, is what makes reads cheap.)
     """
-    varints, varint, limit = _VARINTS, _varint, len(_VARINTS)
     if len(event_id) != _ID_SIZE or (parent and len(parent) != _ID_SIZE):
         raise ValueError("event ids are 16 bytes")
-    encoded_type = event_type.encode()
-    n, m = len(encoded_type), len(data)
-    # One %-format is the cheapest way to join these few parts in CPython.
-    wire = b"\x0a\x10%b%b\x2a%b%b\x32%b%b" % (
-        event_id,
-        b"\x12\x10" + parent if parent else b"",
-        varints[n] if n < limit else varint(n),
-        encoded_type,
-        varints[m] if m < limit else varint(m),
-        data,
+    message = journal_pb2.Event(
+        id=event_id, parent=parent or b"", type=event_type, data=data, metadata=metadata
     )
-    if not metadata:
-        return wire
-    parts = [wire]
-    for key, value in metadata.items():
-        k, v = key.encode(), value.encode()
-        entry = b"\x0a%b%b\x12%b%b" % (varint(len(k)), k, varint(len(v)), v)
-        parts += (b"\x3a", varint(len(entry)), entry)
-    return b"".join(parts)
+    return message.SerializeToString()
 
 
 def decode_event(wire: bytes, aggregate_type: str, aggregate_id: UUID) -> Event:

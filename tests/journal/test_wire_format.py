@@ -95,7 +95,7 @@ def test_decode_gives_back_what_was_encoded() -> None:
     ],
     ids=["plain", "first-event-no-data", "long-unicode-metadata", "long-type"],
 )
-def test_hand_encoding_parses_as_the_message_protobuf_would_build(
+def test_the_stored_form_parses_as_the_message_protobuf_would_build(
     parent: bool, event_type: str, data: bytes, metadata: dict[str, str] | None
 ) -> None:
     this, before = ULID().bytes, ULID().bytes if parent else None
