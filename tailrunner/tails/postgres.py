@@ -31,6 +31,7 @@ from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
+from tailrunner.sql.postgres import PostgresMigration, reason
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.statements import TailStatements, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
@@ -127,11 +128,11 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
                 url, autocommit=True, connect_timeout=timeout
             )
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open the tail store {name}: {_reason(exc)}") from exc
+            raise StoreError(f"cannot open the tail store {name}: {reason(exc)}") from exc
         try:
             version, migrated = await _migrate(conn, schema, name)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot open the tail store {name}: {_reason(exc)}") from exc
+            raise StoreError(f"cannot open the tail store {name}: {reason(exc)}") from exc
         finally:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -151,7 +152,7 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
             with anyio.CancelScope(shield=True):
                 await pool.close()
             if isinstance(exc, psycopg.Error):
-                raise StoreError(f"cannot open the tail store {name}: {_reason(exc)}") from exc
+                raise StoreError(f"cannot open the tail store {name}: {reason(exc)}") from exc
             raise
         log.debug("opened", store=name, version=version)
         return cls(url, pool, schema=schema, run_retention=run_retention)
@@ -257,7 +258,7 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
                 # fails once; the pool discards it, and a fresh one works.
                 if not retry or isinstance(exc, PoolTimeout):
                     raise
-                log.warning("retrying", store=self._name, call=what, error=_reason(exc))
+                log.warning("retrying", store=self._name, call=what, error=reason(exc))
                 async with self._connection(what) as conn:
                     return await func(conn)
         except psycopg.Error as exc:
@@ -282,10 +283,10 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
         except psycopg.Error as exc:
             # Not raised: it would hide the error that led here. The pool
             # discards a connection left in a bad state.
-            log.warning("rollback failed", store=self._name, error=_reason(exc))
+            log.warning("rollback failed", store=self._name, error=reason(exc))
 
     def _error(self, what: str, exc: psycopg.Error) -> StoreError:
-        return StoreError(f"tail store {self._name}: {what} failed: {_reason(exc)}")
+        return StoreError(f"tail store {self._name}: {what} failed: {reason(exc)}")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -295,49 +296,13 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
 async def _migrate(conn: Connection, schema: str, name: str) -> tuple[int, bool]:
     """Bring ``schema`` to the newest version; returns it, and whether anything changed."""
 
-    def refuse(reason: str) -> StoreError:
-        return StoreError(f"cannot open the tail store {name}: {reason}")
+    def refuse(why: str) -> StoreError:
+        return StoreError(f"cannot open the tail store {name}: {why}")
 
     return await migrate(
-        _Migrating(conn, schema), POSTGRESQL, TAILS_VERSION_TABLE, MIGRATIONS, refuse
+        PostgresMigration(conn, schema, _LOCK_CLASS),
+        POSTGRESQL,
+        TAILS_VERSION_TABLE,
+        MIGRATIONS,
+        refuse,
     )
-
-
-class _Migrating:
-    """The :class:`~tailrunner.sql.migrate.MigrationConnection` of a schema being opened."""
-
-    def __init__(self, conn: Connection, schema: str) -> None:
-        self._conn = conn
-        self._schema = schema
-        self._ident = sql.Identifier(schema)
-
-    async def fetch(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
-        query = sql.SQL(statement).format(schema=self._ident)
-        cursor = await self._conn.execute(query, params)
-        return await cursor.fetchall() if cursor.description is not None else []
-
-    async def has_table(self, name: str) -> bool:
-        cursor = await self._conn.execute(
-            "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s",
-            (self._schema, name),
-        )
-        return await cursor.fetchone() is not None
-
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        async with self._conn.transaction():
-            # Runners starting at once queue here; each re-reads the version.
-            await self._conn.execute(
-                "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_CLASS, self._schema)
-            )
-            cursor = await self._conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
-            )
-            if await cursor.fetchone() is None:
-                await self._conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._ident))
-            yield
-
-
-def _reason(exc: BaseException) -> str:
-    # libpq's messages span lines; a log line or an error message should not.
-    return " ".join(str(exc).split()) or type(exc).__name__

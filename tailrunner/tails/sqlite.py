@@ -31,6 +31,7 @@ from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import SQLITE
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
+from tailrunner.sql.sqlite import SQLiteMigration, rollback
 from tailrunner.sql.statements import TailStatements, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.sqlite_wal import use_wal
@@ -186,7 +187,7 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
 
     async def _rollback(self, conn: sqlite3.Connection) -> None:
         try:
-            await anyio.to_thread.run_sync(_rollback, conn)
+            await anyio.to_thread.run_sync(rollback, conn)
         except sqlite3.Error as exc:
             log.error("rollback failed", path=self._path, error=str(exc))
 
@@ -226,7 +227,7 @@ async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, b
             raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
         await anyio.to_thread.run_sync(conn.execute, f"PRAGMA synchronous = {synchronous}")
         version, migrated = await migrate(
-            _Migrating(conn), SQLITE, TAILS_VERSION_TABLE, MIGRATIONS, refuse
+            SQLiteMigration(conn), SQLITE, TAILS_VERSION_TABLE, MIGRATIONS, refuse
         )
     except sqlite3.Error as exc:
         conn.close()
@@ -242,39 +243,6 @@ def _connect(path: str) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
-class _Migrating:
-    """The :class:`~tailrunner.sql.migrate.MigrationConnection` of a file being opened."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    async def fetch(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
-        return await anyio.to_thread.run_sync(_fetchall, self._conn, statement, params)
-
-    async def has_table(self, name: str) -> bool:
-        rows = await self.fetch(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        )
-        return bool(rows)
-
-    @asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        # The write lock: another process migrating the same file waits here.
-        await self.fetch("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_rollback, self._conn)
-            raise
-        await self.fetch("COMMIT")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-
-
 def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> None:
     if not conn.in_transaction:
         raise sqlite3.OperationalError("the block ended the transaction itself; nothing was saved")
@@ -282,7 +250,7 @@ def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> No
         conn.execute(_SQL.save, params)
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        rollback(conn)
         raise
 
 
@@ -316,7 +284,7 @@ def _commit_writes(conn: sqlite3.Connection, writes: Sequence[_Write], retention
                 )
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        rollback(conn)
         raise
 
 
