@@ -12,6 +12,26 @@ import tailrunner
 README = Path(__file__).parent.parent / "README.md"
 
 
+def test_the_exports_are_the_plugin_authors_api() -> None:
+    assert set(tailrunner.__all__) == {
+        "EOF",
+        "Activity",
+        "ActivityContext",
+        "AggregateRef",
+        "Done",
+        "Event",
+        "EventStream",
+        "Failed",
+        "NewEvent",
+        "Outcome",
+        "SilentRetry",
+        "SilentRetryAfter",
+        "__version__",
+        "activity",
+        "hookimpl",
+    }
+
+
 def test_every_exported_name_is_described_in_the_module_docstring() -> None:
     doc = tailrunner.__doc__ or ""
     described = set(re.findall(r":(?:class|func|data):`(\w+)`", doc))
