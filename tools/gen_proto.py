@@ -32,7 +32,11 @@ def generate(out_dir: Path) -> list[Path]:
 
     :returns: the files written, relative to ``out_dir``.
     """
-    from grpc_tools import protoc  # a dev dependency, imported only here
+    import grpc_tools  # a dev dependency, imported only here
+    from grpc_tools import protoc
+
+    # The well-known types (google/protobuf/timestamp.proto …) ship with grpc_tools.
+    well_known = Path(grpc_tools.__file__).parent / "_proto"
 
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -42,6 +46,7 @@ def generate(out_dir: Path) -> list[Path]:
         args = [
             "protoc",
             f"-I{PROTO_ROOT}",
+            f"-I{well_known}",
             f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
             f"--python_out={tmp}",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -30,11 +30,11 @@ from uuid import UUID
 import grpc
 from ulid import ULID
 
-from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
 from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
+    InvalidArgument,
     NotAuthenticated,
     TailrunnerError,
     TaskNotControllable,
@@ -181,10 +181,11 @@ class AdminClient:
             page_size=page_size,
             page_token=page_token,
         )
-        if updated_after is not None:
-            request.updated_after.CopyFrom(datetime_to_timestamp(updated_after))
-        if updated_before is not None:
-            request.updated_before.CopyFrom(datetime_to_timestamp(updated_before))
+        for name, value in (("updated_after", updated_after), ("updated_before", updated_before)):
+            if value is not None:
+                if value.utcoffset() is None:
+                    raise InvalidArgument(name, f"{value.isoformat()} has no time zone")
+                getattr(request, name).FromDatetime(value)
         response = self._call(self._stub.ListTasks, request)
         return [_task_info(t) for t in response.tasks], response.next_page_token
 
@@ -307,22 +308,22 @@ def _task_info(message: runner_pb2.Task) -> TaskInfo:
         lag=message.lag if message.HasField("lag") else None,
         attempts=message.attempts,
         last_error=message.last_error or None,
-        last_run_started=timestamp_to_datetime(message.last_run_start_time)
+        last_run_started=message.last_run_start_time.ToDatetime(tzinfo=UTC)
         if message.HasField("last_run_start_time")
         else None,
-        last_run_finished=timestamp_to_datetime(message.last_run_end_time)
+        last_run_finished=message.last_run_end_time.ToDatetime(tzinfo=UTC)
         if message.HasField("last_run_end_time")
         else None,
         last_run_outcome=message.last_run_outcome or None,
-        updated_at=timestamp_to_datetime(message.update_time)
+        updated_at=message.update_time.ToDatetime(tzinfo=UTC)
         if message.HasField("update_time")
         else None,
         live=message.live,
         wait_reason=_wait_reason(message.wait_reason),
-        next_run_at=timestamp_to_datetime(message.next_run_time)
+        next_run_at=message.next_run_time.ToDatetime(tzinfo=UTC)
         if message.HasField("next_run_time")
         else None,
-        recheck_at=timestamp_to_datetime(message.recheck_time)
+        recheck_at=message.recheck_time.ToDatetime(tzinfo=UTC)
         if message.HasField("recheck_time")
         else None,
         pending_control=message.pending_control or None,
@@ -341,8 +342,8 @@ def _run_record(message: runner_pb2.Run) -> RunRecord:
         activity=message.activity,
         aggregate=AggregateRef(type=message.aggregate_type, id=UUID(message.aggregate_id)),
         attempt=message.attempt,
-        started_at=timestamp_to_datetime(message.start_time),
-        finished_at=timestamp_to_datetime(message.end_time),
+        started_at=message.start_time.ToDatetime(tzinfo=UTC),
+        finished_at=message.end_time.ToDatetime(tzinfo=UTC),
         tail_before=_ulid(message.tail_before),
         tail_after=_ulid(message.tail_after),
         events_seen=message.events_seen,

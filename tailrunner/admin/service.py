@@ -512,10 +512,10 @@ def _task_message(
         message.attempts = row.record.attempts
         message.last_error = row.record.last_error or ""
     if row.record is not None:
-        message.update_time.CopyFrom(_timestamp(row.record.updated_at))
+        message.update_time.FromDatetime(row.record.updated_at)
     if run is not None:
-        message.last_run_start_time.CopyFrom(_timestamp(run.started_at))
-        message.last_run_end_time.CopyFrom(_timestamp(run.finished_at))
+        message.last_run_start_time.FromDatetime(run.started_at)
+        message.last_run_end_time.FromDatetime(run.finished_at)
         message.last_run_outcome = run.outcome
     if lag is not None:
         message.head = _text(lag.head)
@@ -523,51 +523,32 @@ def _task_message(
     if waiting.reason is not None:
         message.wait_reason = waiting.reason.value
     if waiting.next_run_at is not None:
-        message.next_run_time.CopyFrom(_timestamp(waiting.next_run_at))
+        message.next_run_time.FromDatetime(waiting.next_run_at)
     if waiting.recheck_at is not None:
-        message.recheck_time.CopyFrom(_timestamp(waiting.recheck_at))
+        message.recheck_time.FromDatetime(waiting.recheck_at)
     message.pending_control = waiting.control or ""
     return message
 
 
 def _run_message(run: RunRecord) -> runner_pb2.Run:
-    return runner_pb2.Run(
+    message = runner_pb2.Run(
         activity=run.activity,
         aggregate_type=run.aggregate.type,
         aggregate_id=str(run.aggregate.id),
         attempt=run.attempt,
-        start_time=_timestamp(run.started_at),
-        end_time=_timestamp(run.finished_at),
         tail_before=_text(run.tail_before),
         tail_after=_text(run.tail_after),
         events_seen=run.events_seen,
         outcome=run.outcome,
         error=run.error or "",
     )
+    message.start_time.FromDatetime(run.started_at)
+    message.end_time.FromDatetime(run.finished_at)
+    return message
 
 
 def _text(value: ULID | None) -> str:
     return "" if value is None else str(value)
-
-
-def _timestamp(value: datetime) -> runner_pb2.Timestamp:
-    seconds, micros = divmod(_micros(value), 1_000_000)
-    return runner_pb2.Timestamp(seconds=seconds, nanos=micros * 1000)
-
-
-def timestamp_to_datetime(value: runner_pb2.Timestamp) -> datetime:
-    """The instant a :class:`runner_pb2.Timestamp` names, in UTC (microsecond precision)."""
-    return _EPOCH + timedelta(seconds=value.seconds, microseconds=value.nanos // 1000)
-
-
-def datetime_to_timestamp(value: datetime) -> runner_pb2.Timestamp:
-    """The wire form of an aware ``datetime``.
-
-    :raises InvalidArgument: ``value`` has no time zone.
-    """
-    if value.tzinfo is None:
-        raise InvalidArgument("timestamp", f"{value.isoformat()} has no time zone")
-    return _timestamp(value)
 
 
 def _micros(value: datetime) -> int:
@@ -622,7 +603,7 @@ def _optional_time(request: runner_pb2.ListTasksRequest, name: str) -> datetime 
         given, value = request.HasField("updated_after"), request.updated_after
     else:
         given, value = request.HasField("updated_before"), request.updated_before
-    return timestamp_to_datetime(value) if given else None
+    return value.ToDatetime(tzinfo=UTC) if given else None
 
 
 def _encode_token(query: _TaskQuery, cursor: _Cursor) -> str:

@@ -11,10 +11,10 @@ from pathlib import Path
 import anyio
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from tailrunner.admin.service import datetime_to_timestamp, timestamp_to_datetime
 from tailrunner.engines.task import TaskState
 from tailrunner.proto.v1 import runner_pb2
 from tailrunner.tails.memory import MemoryTailStore
@@ -99,8 +99,8 @@ async def test_list_tasks_filters_by_state_activity_type_and_time(
         suspended, _ = await _all_tasks(served.stub, 10, states=[State.SUSPENDED])
         audit, _ = await _all_tasks(served.stub, 10, activity="audit")
         others, _ = await _all_tasks(served.stub, 10, aggregate_type="other")
-        future = datetime_to_timestamp(datetime.now(UTC) + timedelta(hours=1))
-        past = datetime_to_timestamp(datetime.now(UTC) - timedelta(hours=1))
+        future = _timestamp(datetime.now(UTC) + timedelta(hours=1))
+        past = _timestamp(datetime.now(UTC) - timedelta(hours=1))
         none_after, _ = await _all_tasks(served.stub, 10, updated_after=future)
         none_before, _ = await _all_tasks(served.stub, 10, updated_before=past)
         all_before, _ = await _all_tasks(served.stub, 10, updated_before=future)
@@ -255,7 +255,7 @@ async def test_list_runs_newest_first(journal: LoopbackJournal) -> None:
     assert len(runs.runs) >= 2 and one.runs[0] == runs.runs[0]
     for newer, older in itertools.pairwise(runs.runs):
         assert newer.tail_before == older.tail_after
-        assert timestamp_to_datetime(newer.start_time) >= timestamp_to_datetime(older.end_time)
+        assert newer.start_time.ToDatetime(tzinfo=UTC) >= older.end_time.ToDatetime(tzinfo=UTC)
     assert runs.runs[-1].tail_before == "" and runs.runs[0].tail_after == str(served_tail)
     assert sum(run.events_seen for run in runs.runs) == 3
     assert {run.outcome for run in runs.runs} == {"eof"}
@@ -391,3 +391,9 @@ async def test_a_stored_task_this_runner_does_not_run_is_listed_but_not_controll
     assert (shown.state, shown.attempts, shown.lag, shown.live) == (State.SUSPENDED, 3, 1, False)
     assert resume.value.code() == grpc.StatusCode.NOT_FOUND
     assert "this runner does not run it" in resume.value.details()
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(value)
+    return message

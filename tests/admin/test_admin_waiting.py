@@ -10,7 +10,6 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tailrunner.admin.service import timestamp_to_datetime
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.scheduler import Scheduler
@@ -59,12 +58,12 @@ async def test_a_task_in_backoff_says_so_and_when_it_runs_next(journal: Loopback
 
     assert (shown.state, shown.wait_reason) == (State.RETRY, "backoff")
     assert shown.HasField("next_run_time") and not shown.HasField("recheck_time")
-    next_run = timestamp_to_datetime(shown.next_run_time)
+    next_run = shown.next_run_time.ToDatetime(tzinfo=UTC)
     assert before + timedelta(seconds=60) - SLACK <= next_run <= after + timedelta(seconds=60)
     assert shown.pending_control == ""
     (row,) = listed.tasks
     assert row.wait_reason == "backoff"
-    assert abs(timestamp_to_datetime(row.next_run_time) - next_run) <= SLACK
+    assert abs(row.next_run_time.ToDatetime(tzinfo=UTC) - next_run) <= SLACK
 
 
 async def test_a_task_waiting_for_its_retry_after_time_is_waiting_not_retry(
@@ -80,7 +79,7 @@ async def test_a_task_waiting_for_its_retry_after_time_is_waiting_not_retry(
         waiting = await served.stub.ListTasks(runner_pb2.ListTasksRequest(states=[State.WAITING]))
 
     assert (shown.state, shown.wait_reason) == (State.WAITING, "retry_after")
-    assert abs(timestamp_to_datetime(shown.next_run_time) - when) <= SLACK
+    assert abs(shown.next_run_time.ToDatetime(tzinfo=UTC) - when) <= SLACK
     assert shown.last_error == ""  # asking for a time is not an error
     assert [t.aggregate_id for t in waiting.tasks] == [str(agg.id)]
 
@@ -97,7 +96,7 @@ async def test_a_sleeping_lazy_task_waits_for_a_signal_with_a_backstop(
     assert (shown.state, shown.wait_reason) == (State.SLEEPING, "signal")
     assert not shown.HasField("next_run_time")
     assert shown.HasField("recheck_time")
-    assert timestamp_to_datetime(shown.recheck_time) > datetime.now(UTC) - SLACK
+    assert shown.recheck_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) - SLACK
 
 
 async def test_a_suspended_task_waits_for_an_operator_with_no_time(
@@ -140,8 +139,8 @@ async def test_the_reply_carries_what_the_engine_says_of_a_waiting_task(
 
     for message in (shown, *listed.tasks):
         assert message.wait_reason == "cron_tick"
-        assert timestamp_to_datetime(message.next_run_time) == next_run
-        assert timestamp_to_datetime(message.recheck_time) == recheck
+        assert message.next_run_time.ToDatetime(tzinfo=UTC) == next_run
+        assert message.recheck_time.ToDatetime(tzinfo=UTC) == recheck
         assert message.pending_control == "stop"
 
 
@@ -189,7 +188,7 @@ async def test_a_stored_task_shows_its_stored_wait_and_next_run_time(
         )
 
     assert (retired.live, retired.state, retired.wait_reason) == (False, State.RETRY, "backoff")
-    assert timestamp_to_datetime(retired.next_run_time) == due
+    assert retired.next_run_time.ToDatetime(tzinfo=UTC) == due
     # Only the engine that runs it could say what a sleeping task waits for.
     assert (elsewhere.state, elsewhere.wait_reason) == (State.SLEEPING, "")
     assert not elsewhere.HasField("next_run_time")

@@ -24,6 +24,7 @@ not a ULID) is INVALID_ARGUMENT naming the field.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -36,33 +37,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-@_typing.final
-class Timestamp(_message.Message):
-    """The wire form of google.protobuf.Timestamp (the same fields and numbers),
-    so that these fields can become the well-known type without breaking
-    clients: seconds and nanoseconds since 1970-01-01T00:00:00Z.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SECONDS_FIELD_NUMBER: _builtins.int
-    NANOS_FIELD_NUMBER: _builtins.int
-    seconds: _builtins.int
-    nanos: _builtins.int
-    def __init__(
-        self,
-        *,
-        seconds: _builtins.int = ...,
-        nanos: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nanos", b"nanos", "seconds", b"seconds"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Timestamp: _TypeAlias = Timestamp  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):
@@ -176,25 +150,25 @@ class Task(_message.Message):
     the current run to end; empty when none does.
     """
     @_builtins.property
-    def last_run_start_time(self) -> Global___Timestamp:
+    def last_run_start_time(self) -> _timestamp_pb2.Timestamp:
         """The newest recorded run (a run in progress is recorded when it ends);
         unset when the task has no recorded run.
         """
 
     @_builtins.property
-    def last_run_end_time(self) -> Global___Timestamp: ...
+    def last_run_end_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def update_time(self) -> Global___Timestamp:
+    def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the task's record was last stored; unset when it never was."""
 
     @_builtins.property
-    def next_run_time(self) -> Global___Timestamp:
+    def next_run_time(self) -> _timestamp_pb2.Timestamp:
         """When the task runs next; unset when no time is known (a lazy task waits
         for a signal, a suspended one for an operator, a ready one for capacity).
         """
 
     @_builtins.property
-    def recheck_time(self) -> Global___Timestamp:
+    def recheck_time(self) -> _timestamp_pb2.Timestamp:
         """Lazy engine: the backstop's re-check without a signal, at the latest;
         unset otherwise.
         """
@@ -211,14 +185,14 @@ class Task(_message.Message):
         lag: _builtins.int | None = ...,
         attempts: _builtins.int = ...,
         last_error: _builtins.str = ...,
-        last_run_start_time: Global___Timestamp | None = ...,
-        last_run_end_time: Global___Timestamp | None = ...,
+        last_run_start_time: _timestamp_pb2.Timestamp | None = ...,
+        last_run_end_time: _timestamp_pb2.Timestamp | None = ...,
         last_run_outcome: _builtins.str = ...,
-        update_time: Global___Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
         live: _builtins.bool = ...,
         wait_reason: _builtins.str = ...,
-        next_run_time: Global___Timestamp | None = ...,
-        recheck_time: Global___Timestamp | None = ...,
+        next_run_time: _timestamp_pb2.Timestamp | None = ...,
+        recheck_time: _timestamp_pb2.Timestamp | None = ...,
         pending_control: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_lag", b"_lag", "lag", b"lag", "last_run_end_time", b"last_run_end_time", "last_run_start_time", b"last_run_start_time", "next_run_time", b"next_run_time", "recheck_time", b"recheck_time", "update_time", b"update_time"]  # noqa: Y015
@@ -255,13 +229,13 @@ class ListTasksRequest(_message.Message):
         """Only tasks in one of these states; empty for all."""
 
     @_builtins.property
-    def updated_after(self) -> Global___Timestamp:
+    def updated_after(self) -> _timestamp_pb2.Timestamp:
         """Only tasks updated after this instant (exclusive); PENDING and RUNNING
         tasks count as updated now.
         """
 
     @_builtins.property
-    def updated_before(self) -> Global___Timestamp:
+    def updated_before(self) -> _timestamp_pb2.Timestamp:
         """Only tasks updated before this instant (exclusive)."""
 
     def __init__(
@@ -270,8 +244,8 @@ class ListTasksRequest(_message.Message):
         activity: _builtins.str = ...,
         aggregate_type: _builtins.str = ...,
         states: _abc.Iterable[Global___Task.State.ValueType] | None = ...,
-        updated_after: Global___Timestamp | None = ...,
-        updated_before: Global___Timestamp | None = ...,
+        updated_after: _timestamp_pb2.Timestamp | None = ...,
+        updated_before: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
@@ -361,9 +335,9 @@ class Run(_message.Message):
     that did not fail.
     """
     @_builtins.property
-    def start_time(self) -> Global___Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def end_time(self) -> Global___Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -371,8 +345,8 @@ class Run(_message.Message):
         aggregate_type: _builtins.str = ...,
         aggregate_id: _builtins.str = ...,
         attempt: _builtins.int = ...,
-        start_time: Global___Timestamp | None = ...,
-        end_time: Global___Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
         tail_before: _builtins.str = ...,
         tail_after: _builtins.str = ...,
         events_seen: _builtins.int = ...,
