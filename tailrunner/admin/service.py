@@ -314,7 +314,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 raise TaskNotControllable(
                     f"task {activity}/{aggregate_id} is COMPLETE: restart it to run it again"
                 )
-            log.info("controlling", action=action, state=task.state.value, **_fields(task))
+            log.info("controlling", action=action, state=task.state.value, **task.log_fields())
             try:
                 # A running task takes the control when its run's cancellation
                 # lands; an activity that ignores cancellation must not hang
@@ -331,7 +331,10 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 ) from exc
             if waited.cancelled_caught:
                 log.warning(
-                    "control pending", action=action, timeout=self._control_timeout, **_fields(task)
+                    "control pending",
+                    action=action,
+                    timeout=self._control_timeout,
+                    **task.log_fields(),
                 )
             (reply,) = await self._describe([_Row.of_task(task)])
         except TailrunnerError as exc:
@@ -662,12 +665,3 @@ def _stored_state(record: TailRecord) -> TaskState | None:
         return TaskState(record.state)
     except ValueError:
         return None
-
-
-def _fields(task: Task) -> dict[str, object]:
-    return {
-        "activity": task.activity.name,
-        "aggregate_type": task.aggregate.type,
-        "aggregate_id": str(task.aggregate.id),
-        "tail": None if task.tail is None else str(task.tail),
-    }

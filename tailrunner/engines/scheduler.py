@@ -546,7 +546,7 @@ class Scheduler:
         except Exception:
             # A defect of the engine's own, not the activity's (run_once
             # classifies those): never leave the task stranded as RUNNING.
-            log.exception("run failed inside the engine", **_fields(task))
+            log.exception("run failed inside the engine", **task.log_fields())
         finally:
             del self._run_scopes[task]
             del self._runs[task]
@@ -583,7 +583,7 @@ class Scheduler:
             if not task.busy and await self._save(task, task.state, task.due, None):
                 self._unsaved.discard(task)
         for task in self._unsaved:
-            log.error("state not stored at shutdown", state=task.state.value, **_fields(task))
+            log.error("state not stored at shutdown", state=task.state.value, **task.log_fields())
         if self._runs:
             self.abandoned = list(self._runs)
             for task in self.abandoned:
@@ -592,7 +592,7 @@ class Scheduler:
                     grace=self._shutdown_grace,
                     hint="the activity ignores cancellation; its progress since the last"
                     " save is not stored",
-                    **_fields(task),
+                    **task.log_fields(),
                 )
             for task in self.abandoned:
                 for control in task.controls or ():
@@ -658,7 +658,7 @@ class Scheduler:
         self._set_state(task, state, due)
         for control in applied:
             control.applied.set()
-            log.info("controlled", action=control.action, state=state.value, **_fields(task))
+            log.info("controlled", action=control.action, state=state.value, **task.log_fields())
         if result is not None:
             self._log(task, result, state, due)
             self._notify(task, result)
@@ -711,7 +711,9 @@ class Scheduler:
                 else:
                     await self._tails.save_with_run(record, run)
         except Exception as exc:
-            log.error("tail store failed", error=f"{type(exc).__name__}: {exc}", **_fields(task))
+            log.error(
+                "tail store failed", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
+            )
             return False
         return True
 
@@ -725,7 +727,7 @@ class Scheduler:
                     # A busy task is stored by its own settle.
                     if not task.busy and await self._save(task, task.state, task.due, None):
                         self._unsaved.discard(task)
-                        log.info("stored after all", state=task.state.value, **_fields(task))
+                        log.info("stored after all", state=task.state.value, **task.log_fields())
                 if self._unsaved:
                     failures += 1
                     await anyio.sleep(self._reconnect.delay(failures))
@@ -778,7 +780,7 @@ class Scheduler:
             await self._save_checkpoint(task, tail)
         except Exception as exc:
             log.warning(
-                "progress not stored", error=f"{type(exc).__name__}: {exc}", **_fields(task)
+                "progress not stored", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
             )
         if events:
             self._notify_progress(task, events)
@@ -810,17 +812,17 @@ class Scheduler:
             try:
                 observer(task, result)
             except Exception:
-                log.exception("observer failed", observer=repr(observer), **_fields(task))
+                log.exception("observer failed", observer=repr(observer), **task.log_fields())
 
     def _notify_progress(self, task: Task, events: int) -> None:
         for observer in self._progress_observers:
             try:
                 observer(task, events)
             except Exception:
-                log.exception("observer failed", observer=repr(observer), **_fields(task))
+                log.exception("observer failed", observer=repr(observer), **task.log_fields())
 
     def _log(self, task: Task, result: RunResult, state: TaskState, due: float | None) -> None:
-        fields = _fields(task)
+        fields = task.log_fields()
         kind = result.kind
         delay = None if due is None else round(max(0.0, due - anyio.current_time()), 3)
         if kind is OutcomeKind.DONE:
@@ -857,12 +859,3 @@ class Scheduler:
                 traceback=result.traceback,
                 **fields,
             )
-
-
-def _fields(task: Task) -> dict[str, object]:
-    return {
-        "activity": task.activity.name,
-        "aggregate_type": task.aggregate.type,
-        "aggregate_id": str(task.aggregate.id),
-        "tail": None if task.tail is None else str(task.tail),
-    }

@@ -123,6 +123,15 @@ class Task:
     def key(self) -> tuple[str, str]:
         return (self.activity.name, str(self.aggregate.id))
 
+    def log_fields(self) -> dict[str, object]:
+        """What every log line about this task says: activity, aggregate and tail."""
+        return {
+            "activity": self.activity.name,
+            "aggregate_type": self.aggregate.type,
+            "aggregate_id": str(self.aggregate.id),
+            "tail": None if self.tail is None else str(self.tail),
+        }
+
     @property
     def busy(self) -> bool:
         """A run or a control's save is in progress: nothing else may start it."""
