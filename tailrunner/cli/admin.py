@@ -28,6 +28,7 @@ from ulid import ULID
 
 from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
+from tailrunner.cli.params import ULIDParam, UUIDParam
 from tailrunner.cli.terminal import last_line, printable
 from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
@@ -39,7 +40,6 @@ from tailrunner.errors import (
     TaskNotControllable,
     TaskNotFound,
 )
-from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.tails.store import RunRecord
 
 T = TypeVar("T")
@@ -78,30 +78,6 @@ _FAILED_RUN_SEARCH = 100
 _SHOW_INDENT = 12
 
 
-class _UUIDParam(click.ParamType[UUID]):
-    name = "UUID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
-        if isinstance(value, UUID):
-            return value
-        try:
-            return parse_uuid(str(value), field="aggregate_id")
-        except InvalidArgument as exc:
-            self.fail(exc.reason, param, ctx)
-
-
-class _ULIDParam(click.ParamType[ULID]):
-    name = "ULID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ULID:
-        if isinstance(value, ULID):
-            return value
-        try:
-            return parse_ulid(str(value), field="tail")
-        except InvalidArgument as exc:
-            self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
-
-
 _admin_option = click.option(
     "--admin",
     "address",
@@ -123,7 +99,7 @@ _json_option = click.option(
 )
 _task_arguments = [
     click.argument("activity"),
-    click.argument("aggregate_id", metavar="AGGREGATE_ID", type=_UUIDParam()),
+    click.argument("aggregate_id", metavar="AGGREGATE_ID", type=UUIDParam()),
 ]
 
 
@@ -277,7 +253,7 @@ _control_command(
 @_with_task_arguments
 @click.option(
     "--from-tail",
-    type=_ULIDParam(),
+    type=ULIDParam(),
     default=None,
     help="Replay the events after this event of the aggregate.",
 )

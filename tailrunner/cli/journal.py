@@ -21,6 +21,7 @@ import click
 import structlog
 from ulid import ULID
 
+from tailrunner.cli.params import ULIDParam, UUIDParam
 from tailrunner.errors import (
     InvalidArgument,
     JournalError,
@@ -28,7 +29,6 @@ from tailrunner.errors import (
     StoreError,
     TailMismatch,
 )
-from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.open import DEFAULT_STORE, open_store
 from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
@@ -63,30 +63,6 @@ _SIZE_UNITS = {
 _SIZE = re.compile(r"\s*(\d+)\s*([a-zA-Z]*)\s*")
 
 
-class _UUIDParam(click.ParamType[UUID]):
-    name = "UUID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
-        if isinstance(value, UUID):
-            return value
-        try:
-            return parse_uuid(str(value), field=_param_name(param))
-        except InvalidArgument as exc:
-            self.fail(exc.reason, param, ctx)
-
-
-class _ULIDParam(click.ParamType[ULID]):
-    name = "ULID"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ULID:
-        if isinstance(value, ULID):
-            return value
-        try:
-            return parse_ulid(str(value), field=_param_name(param))
-        except InvalidArgument as exc:
-            self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
-
-
 class _SizeParam(click.ParamType[int]):
     name = "SIZE"
 
@@ -103,10 +79,6 @@ class _SizeParam(click.ParamType[int]):
                 ctx,
             )
         return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-def _param_name(param: click.Parameter | None) -> str:
-    return param.opts[0] if param is not None and param.opts else "value"
 
 
 _journal_option = click.option(
@@ -191,7 +163,7 @@ async def _serve(listen: str, store_url: str, max_event_size: int) -> None:
 @click.command("append")
 @_journal_option
 @click.option("--type", "aggregate_type", required=True, metavar="TYPE", help="Aggregate type.")
-@click.option("--id", "aggregate_id", type=_UUIDParam(), required=True, help="Aggregate id.")
+@click.option("--id", "aggregate_id", type=UUIDParam(), required=True, help="Aggregate id.")
 @click.option("--event-type", required=True, metavar="TYPE", help="The event's type.")
 @click.option(
     "--data",
@@ -201,7 +173,7 @@ async def _serve(listen: str, store_url: str, max_event_size: int) -> None:
 )
 @click.option(
     "--expect-tail",
-    type=_ULIDParam(),
+    type=ULIDParam(),
     default=None,
     help="Append only if this is the aggregate's newest event id (optimistic concurrency).",
 )
@@ -238,9 +210,9 @@ def append(
 
 @click.command("events")
 @_journal_option
-@click.option("--id", "aggregate_id", type=_UUIDParam(), required=True, help="Aggregate id.")
+@click.option("--id", "aggregate_id", type=UUIDParam(), required=True, help="Aggregate id.")
 @click.option(
-    "--after", type=_ULIDParam(), default=None, help="Only events after this id (default: all)."
+    "--after", type=ULIDParam(), default=None, help="Only events after this id (default: all)."
 )
 @click.option("--watch", is_flag=True, help="Keep printing new events as they are appended.")
 @_json_option

@@ -1,0 +1,44 @@
+"""Command-line parameter types that every command group shares: ids as users type them."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import click
+from ulid import ULID
+
+from tailrunner.errors import InvalidArgument
+from tailrunner.ids import parse_ulid, parse_uuid
+
+
+def _param_name(param: click.Parameter | None) -> str:
+    return param.opts[0] if param is not None and param.opts else "value"
+
+
+class UUIDParam(click.ParamType[UUID]):
+    """An aggregate id: a UUID in its canonical text form."""
+
+    name = "UUID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> UUID:
+        if isinstance(value, UUID):
+            return value
+        try:
+            return parse_uuid(str(value), field=_param_name(param))
+        except InvalidArgument as exc:
+            self.fail(exc.reason, param, ctx)
+
+
+class ULIDParam(click.ParamType[ULID]):
+    """An event id (a tail, a head): a ULID of 26 characters."""
+
+    name = "ULID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> ULID:
+        if isinstance(value, ULID):
+            return value
+        try:
+            return parse_ulid(str(value), field=_param_name(param))
+        except InvalidArgument as exc:
+            self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
