@@ -563,6 +563,13 @@ async def test_the_server_binds_an_ephemeral_port_and_reports_it(store: JournalS
         assert one.address == f"127.0.0.1:{one.port}"
 
 
+async def test_an_ipv6_host_is_reported_in_brackets_as_clients_dial_it() -> None:
+    async with JournalServer(MemoryJournalStore(), listen="[::1]:0") as server:
+        assert server.address == f"[::1]:{server.port}"
+        async with JournalClient.connect(server.address, timeout=10) as client:
+            await client.append(AggregateRef(type="t", id=uuid4()), [NewEvent(type="x")])
+
+
 async def test_a_port_in_use_is_refused_naming_listen(server: JournalServer) -> None:
     with pytest.raises(InvalidArgument) as caught:
         async with JournalServer(MemoryJournalStore(), listen=server.address):
