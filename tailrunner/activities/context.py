@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 from ulid import ULID
 
 from tailrunner.activities.stream import EventStream
@@ -43,7 +44,7 @@ class ActivityContext:
     engine: str
     attempt: int
     journal: JournalApi
-    log: Any = field(default=None)
+    log: FilteringBoundLogger = field(init=False, repr=False)
     _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
     _transaction: Transaction = field(default=_no_transaction, repr=False)
     _tail: ULID | None = field(default=None, repr=False)
@@ -51,13 +52,12 @@ class ActivityContext:
     _stream: EventStream | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.log is None:
-            self.log = structlog.get_logger("tailrunner.activity").bind(
-                activity=self.activity,
-                aggregate_type=self.aggregate.type,
-                aggregate_id=str(self.aggregate.id),
-                engine=self.engine,
-            )
+        self.log = structlog.get_logger("tailrunner.activity").bind(
+            activity=self.activity,
+            aggregate_type=self.aggregate.type,
+            aggregate_id=str(self.aggregate.id),
+            engine=self.engine,
+        )
 
     @property
     def tail(self) -> ULID | None:
