@@ -22,7 +22,7 @@ class SQLiteMigration:
         self._conn = conn
 
     async def fetch(self, statement: str, params: Sequence[object] = ()) -> list[Any]:
-        return await anyio.to_thread.run_sync(_fetchall, self._conn, statement, params)
+        return await anyio.to_thread.run_sync(fetchall, self._conn, statement, params)
 
     async def has_table(self, name: str) -> bool:
         rows = await self.fetch(
@@ -49,5 +49,6 @@ def rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _fetchall(conn: sqlite3.Connection, statement: str, params: Sequence[object]) -> list[Any]:
+def fetchall(conn: sqlite3.Connection, statement: str, params: Sequence[object]) -> list[Any]:
+    """The rows of ``statement``: for a worker thread."""
     return conn.execute(statement, params).fetchall()

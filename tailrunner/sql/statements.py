@@ -37,7 +37,7 @@ class TailStatements(Generic[Q]):
     load: Q
     #: Add a run (:meth:`TailRows.run_params`).
     insert_run: Q
-    #: Drop all but a task's newest N runs: (activity, id, activity, id, N - 1).
+    #: Drop all but a task's newest runs (:func:`prune_params`).
     prune_runs: Q
     #: A task's newest runs: (activity, aggregate id, limit).
     list_runs: Q
@@ -73,6 +73,14 @@ class TailStatements(Generic[Q]):
     def map(self, func: Callable[[Q], R]) -> TailStatements[R]:
         """Each statement through ``func`` (PostgreSQL: its schema filled in)."""
         return TailStatements(*(func(getattr(self, f.name)) for f in fields(self)))
+
+
+def prune_params(activity: object, aggregate_id: object, retention: int) -> tuple[object, ...]:
+    """The parameters of :attr:`TailStatements.prune_runs` that keep ``retention`` runs.
+
+    :param aggregate_id: as the dialect stores it.
+    """
+    return (activity, aggregate_id, activity, aggregate_id, retention - 1)
 
 
 def tail_migrations(dialect: Dialect) -> tuple[tuple[str, ...], ...]:

@@ -119,8 +119,3 @@ class SQLTailStore(ABC, Generic[Q, C]):
                 raise
             with anyio.CancelScope(shield=True):
                 await self._save_and_commit(conn, params)
-
-    def _prune_params(self, run: RunRecord, retention: int) -> tuple[object, ...]:
-        """The parameters of :attr:`TailStatements.prune_runs` that keep ``retention`` runs."""
-        activity, key = run.activity, self._dialect.codec.uuid_out(run.aggregate.id)
-        return (activity, key, activity, key, retention - 1)

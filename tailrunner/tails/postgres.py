@@ -33,7 +33,7 @@ from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.postgres import PostgresMigration, reason
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
-from tailrunner.sql.statements import TailStatements, tail_migrations
+from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.stores import redact
 from tailrunner.tails.store import (
@@ -174,7 +174,7 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
 
     async def _record_run(self, what: str, run: RunRecord, record: TailRecord | None) -> None:
         params = self._rows.run_params(run)
-        prune = self._prune_params(run, self._run_retention)
+        prune = prune_params(run.activity, run.aggregate.id, self._run_retention)
 
         async def insert_and_prune(conn: Connection) -> None:
             async with conn.transaction():

@@ -31,8 +31,8 @@ from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import SQLITE
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
-from tailrunner.sql.sqlite import SQLiteMigration, rollback
-from tailrunner.sql.statements import TailStatements, tail_migrations
+from tailrunner.sql.sqlite import SQLiteMigration, fetchall, rollback
+from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.sqlite_wal import use_wal
 from tailrunner.tails.store import (
@@ -166,7 +166,7 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
         write.error = self._error(write.what, exc)
 
     async def _fetch(self, what: str, statement: str, params: Sequence[object]) -> list[Any]:
-        return await self._call(what, _fetchall, statement, params)
+        return await self._call(what, fetchall, statement, params)
 
     def _extend(self, statement: str, text: str) -> str:
         return statement + text
@@ -279,14 +279,8 @@ def _commit_writes(conn: sqlite3.Connection, writes: Sequence[_Write], retention
             if write.run is not None:
                 activity, aggregate_id = write.run[0], write.run[1]
                 conn.execute(_SQL.insert_run, write.run)
-                conn.execute(
-                    _SQL.prune_runs, (activity, aggregate_id, activity, aggregate_id, retention - 1)
-                )
+                conn.execute(_SQL.prune_runs, prune_params(activity, aggregate_id, retention))
         conn.execute("COMMIT")
     except BaseException:
         rollback(conn)
         raise
-
-
-def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[Any]:
-    return conn.execute(sql, params).fetchall()
