@@ -162,7 +162,7 @@ class SQLiteJournalStore:
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
 
     async def _commit_group(self, group: list[_Append]) -> None:
-        await commit_each_alone_on(sqlite3.Error, self._append_group, group, self._failed)
+        await commit_each_alone_on(sqlite3.Error, self._commit_appends, group, self._failed)
         # Still under the write lock, so that listeners hear of commits in commit order.
         for request in group:
             if request.error is None:
@@ -170,7 +170,7 @@ class SQLiteJournalStore:
                 self._remember_type(aggregate.id.bytes, aggregate.type)
                 self._listeners.notify(aggregate, request.ids[-1])
 
-    async def _append_group(self, group: list[_Append]) -> None:
+    async def _commit_appends(self, group: list[_Append]) -> None:
         for request in group:
             request.error = None  # a failed group's retry starts afresh
         await anyio.to_thread.run_sync(_append_group, self._writer, group)
