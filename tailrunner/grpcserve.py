@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, ClassVar, Self, cast
+from typing import Any, ClassVar, Self
 
 import anyio
 import grpc
@@ -119,7 +119,7 @@ class GrpcServer:
                 "listen", f"cannot listen on {self._listen}: the address is in use or not local"
             ) from exc
         await server.start()
-        self._server, self._port = server, cast(int, port)
+        self._server, self._port = server, port
         for service in ("", self.service_name):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", service=self.kind, address=self.address, **self._log_details)

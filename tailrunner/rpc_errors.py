@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 import structlog
@@ -101,7 +101,9 @@ def to_status(exc: TailrunnerError) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code, message=str(exc), details=details))
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: TailrunnerError, *, rpc: str) -> NoReturn:
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any], exc: TailrunnerError, *, rpc: str
+) -> NoReturn:
     """End the call with :func:`to_status` of ``exc``; ``context.abort_with_status`` raises.
 
     :param rpc: the method's name, for the log line of a server-side failure.
@@ -194,7 +196,8 @@ def from_rpc_error(exc: grpc.RpcError, errors: ClientErrors) -> TailrunnerError:
 def _status_details(exc: grpc.RpcError) -> list[any_pb2.Any]:
     """The details of the call's ``google.rpc.Status``; none when it sent none (or a bad one)."""
     try:
-        status = rpc_status.from_call(exc)
+        # An AioRpcError is the call as far as from_call reads it (code, details, trailers).
+        status = rpc_status.from_call(cast(grpc.Call, exc))
     except ValueError:  # a status that contradicts the call's code or message: not ours
         return []
     return [] if status is None else list(status.details)

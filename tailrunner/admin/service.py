@@ -40,7 +40,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -200,7 +200,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     # -- reads ---------------------------------------------------------------
 
     async def ListTasks(
-        self, request: runner_pb2.ListTasksRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.ListTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.ListTasksResponse:
         try:
             query = _parse_list(request)
@@ -211,7 +211,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return runner_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def GetTask(
-        self, request: runner_pb2.GetTaskRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.GetTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.Task:
         try:
             activity, aggregate_id = _task_key(request)
@@ -229,7 +229,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return task
 
     async def ListRuns(
-        self, request: runner_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.ListRunsResponse:
         try:
             activity, aggregate_id = _task_key(request)
@@ -248,22 +248,22 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     # -- controls ------------------------------------------------------------
 
     async def SuspendTask(
-        self, request: runner_pb2.SuspendTaskRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.SuspendTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.Task:
         return await self._control(request, context, "suspend", self._engine.suspend)
 
     async def ResumeTask(
-        self, request: runner_pb2.ResumeTaskRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.ResumeTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.Task:
         return await self._control(request, context, "resume", self._engine.resume)
 
     async def StopTask(
-        self, request: runner_pb2.StopTaskRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.StopTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.Task:
         return await self._control(request, context, "stop", self._engine.stop)
 
     async def RestartTask(
-        self, request: runner_pb2.RestartTaskRequest, context: grpc.aio.ServicerContext
+        self, request: runner_pb2.RestartTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> runner_pb2.Task:
         try:
             _, aggregate_id = _task_key(request)
@@ -293,7 +293,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     async def _control(
         self,
         request: _TaskRequest,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         action: str,
         apply: Callable[[Task], Awaitable[None]],
     ) -> runner_pb2.Task:

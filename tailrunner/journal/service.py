@@ -13,7 +13,7 @@ import binascii
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import nullcontext
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import grpc
@@ -96,7 +96,7 @@ class JournalService:
         self._max_event_size = max_event_size
 
     async def Append(
-        self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext
+        self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> journal_pb2.AppendResponse:
         try:
             aggregate, events, expected_tail = self._parse_append(request)
@@ -108,7 +108,7 @@ class JournalService:
         )
 
     async def Events(
-        self, request: journal_pb2.EventsRequest, context: grpc.aio.ServicerContext
+        self, request: journal_pb2.EventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
         try:
             aggregate_id = uuid_from_bytes(request.aggregate_id, field="aggregate_id")
@@ -170,7 +170,7 @@ class JournalService:
         return messages, event_id(rows[-1]), more
 
     async def AggregateSignals(
-        self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext
+        self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[journal_pb2.SignalsResponse]:
         # The hub's first batch for a new subscriber is a resync: it tells the
         # reader it is subscribed, and to check once what came before.
@@ -191,7 +191,9 @@ class JournalService:
                     yield response
 
     async def ListAggregates(
-        self, request: journal_pb2.ListAggregatesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: journal_pb2.ListAggregatesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> journal_pb2.ListAggregatesResponse:
         type_filter = request.aggregate_type
         try:
@@ -290,7 +292,7 @@ def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
     As the generated ``add_JournalServicer_to_server`` does, but ``Events``
     messages go out as the service serialized them.
     """
-    handlers = {
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Append": grpc.unary_unary_rpc_method_handler(
             service.Append,
             request_deserializer=journal_pb2.AppendRequest.FromString,
