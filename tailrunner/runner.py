@@ -3,7 +3,7 @@
 Aggregates are found by ``ListAggregates`` at start, again every discovery
 interval and whenever the lazy engine's signal stream says ``resync``, and
 (lazy) by signals for aggregates not seen before. Each new task resumes from
-its stored record (:meth:`~tailrunner.engines.scheduler.Scheduler.restore`):
+its stored record (:meth:`~tailrunner.engines.base.Engine.restore`):
 its tail, its state if complete, stopped or suspended, and its backoff.
 """
 
@@ -17,9 +17,9 @@ import structlog
 from anyio.abc import TaskStatus
 
 from tailrunner.activities.decorator import Activity
+from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.reconnect import ConnectionWatch
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
@@ -51,7 +51,7 @@ class Runner:
         self._discovery_interval = discovery_interval
         self._reconnect = options.reconnect
         self._rediscover = anyio.Event()
-        self.engine: Scheduler = build_engine(
+        self.engine: Engine = build_engine(
             options,
             journal=journal,
             tails=tails,

@@ -3,8 +3,8 @@
 Every :class:`Metrics` has its own :class:`~prometheus_client.CollectorRegistry`
 (not the process-wide default), so that several runners, or tests, can live
 in one process. Counters and the run duration histogram are fed by a
-:data:`~tailrunner.engines.scheduler.RunObserver` after every run, and the
-events processed by a :data:`~tailrunner.engines.scheduler.ProgressObserver`
+:data:`~tailrunner.engines.base.RunObserver` after every run, and the
+events processed by a :data:`~tailrunner.engines.base.ProgressObserver`
 as runs go (an eager watch never ends); the gauges are read from the engine
 when scraped.
 
@@ -48,8 +48,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 
 from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.admin.lag import LagTracker, TaskTail
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import OutcomeKind, RunResult
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.errors import InvalidArgument, TailrunnerError
 from tailrunner.journal.api import JournalApi
@@ -81,7 +81,7 @@ class Metrics:
     def __init__(
         self,
         *,
-        engine: Scheduler,
+        engine: Engine,
         journal: JournalApi,
         registry: CollectorRegistry | None = None,
         lag_interval: float = 10.0,

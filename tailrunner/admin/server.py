@@ -21,7 +21,7 @@ from tailrunner.admin.service import (
     DEFAULT_LAG_TIMEOUT,
     RunnerService,
 )
-from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.base import Engine
 from tailrunner.errors import InvalidArgument
 from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.api import JournalApi
@@ -126,7 +126,7 @@ class AdminServer(GrpcServer):
     def __init__(
         self,
         *,
-        engine: Scheduler,
+        engine: Engine,
         tails: TailStore,
         journal: JournalApi,
         listen: str = DEFAULT_ADMIN_LISTEN,

@@ -1,7 +1,7 @@
 """``RunnerService``: the grpc.aio servicer of ``tailrunner.v1.Runner``.
 
 It reads tasks from two places and says which wins: the live engine
-(:meth:`~tailrunner.engines.scheduler.Scheduler.find`) knows a task's state,
+(:meth:`~tailrunner.engines.base.Engine.find`) knows a task's state,
 tail, attempts and error right now; the tail store knows when each task was
 last updated, its recorded runs, and tasks this runner does not run. A task
 the engine has is shown with the engine's values and the store's update
@@ -14,7 +14,7 @@ first, from the engine: the store never holds ``RUNNING``, and it holds the
 state a task had before it was woken.
 
 Why a task waits and when it runs next comes from
-:meth:`~tailrunner.engines.scheduler.Scheduler.waiting` for a task the
+:meth:`~tailrunner.engines.base.Engine.waiting` for a task the
 engine has, and from its stored state and ``next_run_at`` for a task only
 the store has.
 
@@ -49,7 +49,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.admin.lag import Lag, count_after
-from tailrunner.engines.scheduler import Scheduler
+from tailrunner.engines.base import Engine
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import (
     ControlNotStored,
@@ -185,7 +185,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
     def __init__(
         self,
         *,
-        engine: Scheduler,
+        engine: Engine,
         tails: TailStore,
         journal: JournalApi,
         lag_timeout: float = DEFAULT_LAG_TIMEOUT,

@@ -1,6 +1,6 @@
 """Engines decide when activities run: lazy, eager and cron.
 
-``scheduler`` is the machinery the three share (task table, round-robin
+``base`` is :class:`Engine`, the machinery the three share (task table, round-robin
 dispatch within capacity, timers, operators' controls in one order with the
 runs' outcomes, shutdown); ``execute`` runs one task once and classifies
 what the activity reported (the one place the activity contract is read);

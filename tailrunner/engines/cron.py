@@ -24,9 +24,9 @@ from typing import ClassVar
 from croniter import croniter
 
 from tailrunner.activities.decorator import Activity
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.journal.api import JournalApi
 from tailrunner.tails.store import TailStore
@@ -36,7 +36,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class CronEngine(Scheduler):
+class CronEngine(Engine):
     """Its schedule is ``options.cron`` (a cron expression, read in UTC) or else
     ``options.interval`` (seconds between ticks).
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 
 
-class EagerEngine(Scheduler):
+class EagerEngine(Engine):
     name: ClassVar[str] = "eager"
     watch: ClassVar[bool] = True
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from tailrunner.activities.decorator import Activity
+from tailrunner.engines.base import Engine
 from tailrunner.engines.cron import CronEngine
 from tailrunner.engines.eager import EagerEngine
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import TailStore
@@ -25,8 +25,8 @@ def build_engine(
     activities: Sequence[Activity],
     on_unknown: Callable[[AggregateRef], Awaitable[None]] | None = None,
     on_resync: Callable[[], None] | None = None,
-) -> Scheduler:
-    """The engine ``options.kind`` names, ready to :meth:`~Scheduler.run`.
+) -> Engine:
+    """The engine ``options.kind`` names, ready to :meth:`~Engine.run`.
 
     :param on_unknown: lazy only: awaited for a signal about an aggregate
         without tasks.

@@ -24,10 +24,10 @@ import structlog
 from anyio.abc import TaskGroup
 
 from tailrunner.activities.decorator import Activity
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.reconnect import ConnectionWatch
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
@@ -42,7 +42,7 @@ UnknownAggregate = Callable[[AggregateRef], Awaitable[None]]
 _BACKSTOP_JITTER = 0.2
 
 
-class LazyEngine(Scheduler):
+class LazyEngine(Engine):
     """``options.backstop``: seconds after which a sleeping task is re-checked
     without a signal.
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import anyio
 
     from tailrunner.activities.decorator import Activity
-    from tailrunner.engines.scheduler import Control
+    from tailrunner.engines.base import Control
 
 
 class TaskState(enum.StrEnum):

@@ -104,7 +104,7 @@ async def run_activity(
         retry=retry or RetryPolicy(initial=0.001, max_delay=0.001, jitter=0.0),
         interval=0.01,
     )
-    scheduler = build_engine(
+    under_test = build_engine(
         options,
         journal=watched,  # type: ignore[arg-type]  # a pass-through proxy
         tails=tails or MemoryTailStore(),
@@ -121,16 +121,16 @@ async def run_activity(
         if resting or len(results) >= max_runs:
             idle.set()
 
-    scheduler.add_observer(observe)
+    under_test.add_observer(observe)
     with anyio.fail_after(time_limit):
         async with anyio.create_task_group() as tg:
-            await tg.start(scheduler.run)
-            if isinstance(scheduler, LazyEngine):
+            await tg.start(under_test.run)
+            if isinstance(under_test, LazyEngine):
                 # Start the task after the signal stream's first resync, which
                 # would otherwise make a task that is running at that moment
                 # run once more: correct, but noise in a test.
-                await scheduler.connected.wait()
-            task = scheduler.start_activity(aggregate, activity, tail)
+                await under_test.connected.wait()
+            task = under_test.start_activity(aggregate, activity, tail)
 
             async def on_blocked() -> None:
                 await blocked.wait()

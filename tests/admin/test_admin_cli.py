@@ -19,9 +19,9 @@ from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
 from tailrunner.cli.admin import COMMANDS
+from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.errors import StoreError
 from tailrunner.testing import LoopbackJournal
@@ -276,12 +276,12 @@ async def test_a_control_that_could_not_be_stored_is_reported_and_fails(
     agg = new_aggregate()
     await append(journal, agg, 1)
 
-    async def stop_but_fail_to_store(self: Scheduler, task: Task) -> None:
+    async def stop_but_fail_to_store(self: Engine, task: Task) -> None:
         raise StoreError("tail store tails.db: save_with_run failed: disk I/O error")
 
     async with serve_runner(journal, [Behaviour().activity()]) as served:
         await served.settled(agg)
-        monkeypatch.setattr(Scheduler, "stop", stop_but_fail_to_store)
+        monkeypatch.setattr(Engine, "stop", stop_but_fail_to_store)
         result = await invoke(served, "task", "stop", "follow", str(agg.id))
 
     assert result.exit_code == 1

@@ -10,9 +10,9 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import StoreError
 from tailrunner.proto.v1 import runner_pb2
@@ -126,14 +126,14 @@ async def test_the_reply_carries_what_the_engine_says_of_a_waiting_task(
     next_run = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
     recheck = next_run + timedelta(minutes=4)
 
-    def waiting(self: Scheduler, task: Task) -> Waiting:
+    def waiting(self: Engine, task: Task) -> Waiting:
         return Waiting(
             reason=WaitReason.CRON_TICK, next_run_at=next_run, recheck_at=recheck, control="stop"
         )
 
     async with serve_runner(journal, [Behaviour().activity()]) as served:
         await served.settled(agg)
-        monkeypatch.setattr(Scheduler, "waiting", waiting)
+        monkeypatch.setattr(Engine, "waiting", waiting)
         shown = await served.stub.GetTask(runner_pb2.GetTaskRequest(**key_of(agg.id)))
         listed = await served.stub.ListTasks(runner_pb2.ListTasksRequest())
 
@@ -259,12 +259,12 @@ async def test_a_control_the_engine_could_not_store_is_reported_unavailable(
     agg = new_aggregate()
     await append(journal, agg, 1)
 
-    async def stop_but_fail_to_store(self: Scheduler, task: Task) -> None:
+    async def stop_but_fail_to_store(self: Engine, task: Task) -> None:
         raise StoreError("tail store tails.db: save_with_run failed: disk I/O error")
 
     async with serve_runner(journal, [Behaviour().activity()]) as served:
         await served.settled(agg)
-        monkeypatch.setattr(Scheduler, "stop", stop_but_fail_to_store)
+        monkeypatch.setattr(Engine, "stop", stop_but_fail_to_store)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await served.stub.StopTask(runner_pb2.StopTaskRequest(**key_of(agg.id)))
 

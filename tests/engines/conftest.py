@@ -15,10 +15,10 @@ from ulid import ULID
 
 from tailrunner import Activity, ActivityContext, EventStream, activity
 from tailrunner.activities.outcomes import Outcome
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task
 from tailrunner.errors import StoreError
 from tailrunner.model import AggregateRef, NewEvent
@@ -137,7 +137,7 @@ def make_engine(
     journal: LoopbackJournal,
     activities: Sequence[Activity],
     **options: Any,
-) -> Scheduler:
+) -> Engine:
     opts: dict[str, Any] = {"retry": FAST_RETRY, "interval": CRON_INTERVAL, "capacity": 100}
     opts.update(options)
     tails = opts.pop("tails", None) or MemoryTailStore()
@@ -152,7 +152,7 @@ def make_engine(
 
 
 @asynccontextmanager
-async def running(engine: Scheduler) -> AsyncIterator[Scheduler]:
+async def running(engine: Engine) -> AsyncIterator[Engine]:
     async with anyio.create_task_group() as tg:
         await tg.start(engine.run)
         yield engine
@@ -168,7 +168,7 @@ def new_aggregate(aggregate_type: str = "thing") -> AggregateRef:
     return AggregateRef(type=aggregate_type, id=uuid.uuid4())
 
 
-def observed(engine: Scheduler) -> list[tuple[Task, RunResult]]:
+def observed(engine: Engine) -> list[tuple[Task, RunResult]]:
     """Every (task, result) the engine reports, in order."""
     seen: list[tuple[Task, RunResult]] = []
     engine.add_observer(lambda task, result: seen.append((task, result)))

@@ -11,9 +11,9 @@ from ulid import ULID
 
 from tailrunner import EOF, ActivityContext, EventStream
 from tailrunner.activities.outcomes import Outcome
+from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.reconnect import ReconnectPolicy
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.errors import StoreError, TaskNotControllable
 from tailrunner.tails.memory import MemoryTailStore
@@ -101,7 +101,7 @@ async def _until(predicate: Callable[[], bool]) -> None:
 class _Overlap:
     """Counts runs in flight, from the activity's start until the engine settles the run."""
 
-    def __init__(self, engine: Scheduler) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.in_flight = 0
         self.most = 0
         self.started = 0

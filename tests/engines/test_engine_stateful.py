@@ -131,9 +131,9 @@ from tailrunner import (
     activity,
 )
 from tailrunner.activities.outcomes import Outcome
+from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.scheduler import Scheduler
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.errors import TailrunnerError
 from tailrunner.model import AggregateRef, EventBatch, NewEvent
@@ -335,7 +335,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.aggregates: list[AggregateRef] = []
         self.names: dict[ULID, str] = {}
         self.capacity = 1
-        self.engine: Scheduler | None = None
+        self.engine: Engine | None = None
         self.engine_generation = 0
         self.engine_scope: anyio.CancelScope | None = None
         self.host: asyncio.Task[None] | None = None
@@ -785,7 +785,7 @@ class EngineMachine(RuleBasedStateMachine):
         self._note(f"{op}{suffix} #{call.number} of {self._agg(key)} called ({task.state.value})")
         call.runner = asyncio.get_running_loop().create_task(self._operate(call, engine, task))
 
-    async def _operate(self, call: ControlCall, engine: Scheduler, task: Task) -> None:
+    async def _operate(self, call: ControlCall, engine: Engine, task: Task) -> None:
         try:
             if call.op == "stop":
                 await engine.stop(task)

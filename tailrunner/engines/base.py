@@ -5,7 +5,7 @@ record; coroutines exist only for running tasks, and never more than the
 capacity limit. One dispatcher loop moves ``PENDING`` tasks into runs (round
 robin over activities, within the global and per-activity limits), fires
 timers, and calls the engine's periodic hook (lazy backstop, cron ticks).
-Engines subclass :class:`Scheduler` and decide what an ``EOF`` means and
+Engines subclass :class:`Engine` and decide what an ``EOF`` means and
 what wakes a sleeping task.
 
 One order for everything that changes a task: a task is **busy** from the
@@ -84,7 +84,7 @@ class Control:
 NextState = tuple[TaskState, float | None]
 
 
-class Scheduler:
+class Engine:
     """Base of the engines. Subclasses set :attr:`name` and :attr:`watch`.
 
     :param options: its settings (capacity, retry and reconnect policies,
