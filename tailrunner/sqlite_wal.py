@@ -1,9 +1,16 @@
-"""Switching a SQLite file to WAL mode, as both SQLite stores open their files."""
+"""How both SQLite stores open their files: WAL mode, and the ``synchronous`` levels."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from typing import Literal, get_args
+
+#: ``PRAGMA synchronous`` levels. ``FULL`` (the stores' default) syncs the WAL
+#: on every commit, so what was acknowledged survives a power cut; ``NORMAL``
+#: survives a killed process but may lose the last commits on a power cut.
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 
 #: How long opening a file waits for other connections' locks (ms), as
 #: ``PRAGMA busy_timeout``.

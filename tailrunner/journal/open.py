@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import cast
 
 from tailrunner.journal.memory import MemoryJournalStore
-from tailrunner.journal.sqlite import SYNCHRONOUS_LEVELS, SQLiteJournalStore, Synchronous
+from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
+from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous
 from tailrunner.stores import parse_store_url, store_options
 
 DEFAULT_STORE = "sqlite:///journal.db"

@@ -16,7 +16,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -31,15 +31,9 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import AppendListener
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
-from tailrunner.sqlite_wal import use_wal
+from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, use_wal
 
 log = structlog.get_logger(__name__)
-
-#: ``PRAGMA synchronous`` levels. ``FULL`` (the default) syncs the WAL on
-#: every commit, so an acknowledged append survives a power cut; ``NORMAL``
-#: survives a killed process but may lose the last commits on a power cut.
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 
 _SCHEMA_VERSION = 2
 _SCHEMA = (

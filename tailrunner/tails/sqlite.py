@@ -19,7 +19,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -34,7 +34,7 @@ from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.sqlite import SQLiteMigration, fetchall, rollback
 from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
-from tailrunner.sqlite_wal import use_wal
+from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, use_wal
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
     RunRecord,
@@ -43,12 +43,6 @@ from tailrunner.tails.store import (
 )
 
 log = structlog.get_logger(__name__)
-
-#: ``PRAGMA synchronous`` levels. ``FULL`` (the default) syncs the WAL on
-#: every commit, so a saved tail survives a power cut; ``NORMAL`` survives a
-#: killed process but may lose the last commits on a power cut.
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 
 #: The schema, one migration per version: ``MIGRATIONS[i]`` takes a file
 #: from version ``i`` to ``i + 1`` (:data:`tailrunner.sql.schema.TAIL_MIGRATIONS`).
