@@ -39,7 +39,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -61,6 +61,7 @@ from tailrunner.errors import (
     TaskNotFound,
 )
 from tailrunner.ids import parse_ulid, parse_uuid
+from tailrunner.instants import from_micros, micros
 from tailrunner.journal.api import JournalApi
 from tailrunner.journal.lookup import is_event_of
 from tailrunner.model import AggregateRef
@@ -95,8 +96,6 @@ _STORED_REASONS = {
     TaskState.SUSPENDED: WaitReason.SUSPENDED,
     TaskState.STOPPED: WaitReason.STOPPED,
 }
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class _TaskRequest(Protocol):
@@ -163,8 +162,8 @@ class _TaskQuery:
             self.activity,
             self.aggregate_type,
             sorted(s.value for s in self.states),
-            None if self.updated_after is None else _micros(self.updated_after),
-            None if self.updated_before is None else _micros(self.updated_before),
+            None if self.updated_after is None else micros(self.updated_after),
+            None if self.updated_before is None else micros(self.updated_before),
         ]
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
@@ -554,10 +553,6 @@ def _text(value: ULID | None) -> str:
     return "" if value is None else str(value)
 
 
-def _micros(value: datetime) -> int:
-    return (value - _EPOCH) // _MICROSECOND
-
-
 # -- requests -----------------------------------------------------------------
 
 
@@ -616,7 +611,7 @@ def _encode_token(query: _TaskQuery, cursor: _Cursor) -> str:
             None
             if cursor.store_after is None
             else [
-                _micros(cursor.store_after[0]),
+                micros(cursor.store_after[0]),
                 cursor.store_after[1],
                 cursor.store_after[2].hex,
             ]
@@ -643,8 +638,8 @@ def _decode_token(token: str, fingerprint: str) -> _Cursor:
         )
     try:
         if body.get("s") is not None:
-            micros, activity, hex_id = body["s"]
-            after = (_EPOCH + timedelta(microseconds=int(micros)), str(activity), UUID(hex_id))
+            at_micros, activity, hex_id = body["s"]
+            after = (from_micros(int(at_micros)), str(activity), UUID(hex_id))
             return _Cursor(in_store=True, store_after=after)
         if "s" in body:
             return _Cursor(in_store=True)

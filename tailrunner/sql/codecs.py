@@ -12,27 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from ulid import ULID
 
+from tailrunner.instants import from_micros, micros
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import RunRecord, TailRecord, check_record, require_aware
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def micros(value: datetime) -> int:
-    """An aware ``value`` as whole microseconds since the epoch (SQLite's time columns)."""
-    return (value - _EPOCH) // _MICROSECOND
-
-
-def from_micros(value: int) -> datetime:
-    """The UTC time ``value`` microseconds after the epoch."""
-    return _EPOCH + timedelta(microseconds=value)
 
 
 def _same(value: Any) -> Any:
