@@ -33,8 +33,8 @@ from tailrunner.activities import (
     SilentRetryAfter,
     activity,
 )
+from tailrunner.hooks import hookimpl
 from tailrunner.model import AggregateRef, Event, NewEvent
-from tailrunner.plugins import hookimpl
 
 __version__ = _metadata.version("tailrunner")
 

@@ -36,10 +36,10 @@ from croniter import croniter
 from tailrunner.address import parse_host_port
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
 from tailrunner.engines.options import DEFAULT_SHUTDOWN_GRACE, EngineOptions
-from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.logs import LOG_FORMATS, LogFormat
+from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.stores import parse_store_url, redact
 
 __all__ = [

@@ -8,7 +8,7 @@ entry point of its distribution::
     reports = "reports.plugin"
 
     # reports/plugin.py
-    from tailrunner.plugins import hookimpl
+    from tailrunner import hookimpl
 
     @hookimpl
     def tailrunner_activities():
@@ -37,6 +37,7 @@ import structlog
 
 from tailrunner.activities.decorator import Activity
 from tailrunner.errors import ConfigError, PluginError
+from tailrunner.hooks import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -49,13 +50,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-#: The entry-point group plugins register under, and pluggy's project name.
-ENTRY_POINT_GROUP = "tailrunner"
-
-hookspec = pluggy.HookspecMarker(ENTRY_POINT_GROUP)
-#: Marks a plugin's hook implementations: ``@hookimpl def tailrunner_activities(): …``.
-hookimpl = pluggy.HookimplMarker(ENTRY_POINT_GROUP)
 
 
 class HookSpecs:

@@ -19,10 +19,10 @@ from anyio.abc import TaskStatus
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
-from tailrunner.engines.reconnect import ConnectionWatch
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
+from tailrunner.reconnect import ConnectionWatch
 from tailrunner.tails.store import TailRecord, TailStore
 
 log = structlog.get_logger(__name__)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tailrunner.config import JournalConfig, load_config
-from tailrunner.engines.reconnect import ReconnectPolicy
 from tailrunner.errors import ConfigError
+from tailrunner.reconnect import ReconnectPolicy
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "config").glob("*.toml"))
 

@@ -16,7 +16,7 @@ from tailrunner.activities.context import ActivityContext
 from tailrunner.activities.decorator import Activity, activity
 from tailrunner.activities.outcomes import EOF, Outcome
 from tailrunner.activities.stream import EventStream
-from tailrunner.plugins import hookimpl
+from tailrunner.hooks import hookimpl
 
 #: The aggregate type the demo appends to and the counter follows.
 DEMO_TYPE = "demo"

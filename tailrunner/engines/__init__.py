@@ -5,7 +5,8 @@ dispatch within capacity, timers, operators' controls in one order with the
 runs' outcomes, shutdown); ``execute`` runs one task once and classifies
 what the activity reported (the one place the activity contract is read);
 ``task`` is a task's record and state vocabulary; ``lazy``, ``eager`` and
-``cron`` decide what wakes a sleeping task; ``retry`` and ``reconnect`` are
-the backoff policies of activities and of the journal connection;
-``factory`` builds an engine from typed options.
+``cron`` decide what wakes a sleeping task; ``retry`` is the activities'
+backoff policy (the journal connection's is :mod:`tailrunner.reconnect`);
+``options`` holds every setting of an engine, ``kinds`` their names, and
+``factory`` builds an engine from its options.
 """

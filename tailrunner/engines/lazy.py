@@ -27,11 +27,11 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.reconnect import ConnectionWatch
 from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef, Signal
+from tailrunner.reconnect import ConnectionWatch
 from tailrunner.tails.store import TailStore
 
 log = structlog.get_logger(__name__)

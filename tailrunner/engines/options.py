@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
-from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
+from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 
 #: Seconds shutdown waits for runs to end after cancelling them.
 DEFAULT_SHUTDOWN_GRACE = 10.0

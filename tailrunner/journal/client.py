@@ -27,7 +27,6 @@ import grpc
 import structlog
 from ulid import ULID
 
-from tailrunner.engines.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.errors import (
     AggregateTypeMismatch,
     JournalError,
@@ -46,6 +45,7 @@ from tailrunner.model import (
     SignalBatch,
 )
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
 
 log = structlog.get_logger(__name__)

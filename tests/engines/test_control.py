@@ -13,9 +13,9 @@ from tailrunner import EOF, ActivityContext, EventStream
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
-from tailrunner.engines.reconnect import ReconnectPolicy
 from tailrunner.engines.task import Task, TaskState
 from tailrunner.errors import StoreError, TaskNotControllable
+from tailrunner.reconnect import ReconnectPolicy
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 

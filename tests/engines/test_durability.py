@@ -9,9 +9,9 @@ from ulid import ULID
 
 from tailrunner import ActivityContext, Done, EventStream
 from tailrunner.activities.outcomes import Outcome
-from tailrunner.engines.reconnect import ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import TaskState
+from tailrunner.reconnect import ReconnectPolicy
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import Call, GatedTails, Script, append, make_engine, new_aggregate, read, running

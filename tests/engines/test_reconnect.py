@@ -19,7 +19,6 @@ import tailrunner.engines.lazy as lazy_module
 import tailrunner.runner as runner_module
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.lazy import LazyEngine
-from tailrunner.engines.reconnect import ConnectionWatch, ReconnectPolicy
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import TaskState
 from tailrunner.errors import JournalUnavailable, StoreError
@@ -27,6 +26,7 @@ from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.server import JournalServer
 from tailrunner.model import AggregateRef
+from tailrunner.reconnect import ConnectionWatch, ReconnectPolicy
 from tailrunner.runner import Runner
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
