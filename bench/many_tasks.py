@@ -54,12 +54,13 @@ from bench.common import (
 from tailrunner.activities import EOF, ActivityContext, EventStream, Outcome, activity
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.factory import EngineOptions
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.server import JournalServer, open_store
 from tailrunner.journal.store import AppendListener, JournalStore
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.runner import Runner
+from tailrunner.states import TaskState
 from tailrunner.tails.sqlite import SQLiteTailStore
 
 LAZY_TYPE = "many"

@@ -31,10 +31,11 @@ from tailrunner.activities import EOF, ActivityContext, EventStream, Outcome, ac
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.journal.client import JournalClient
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 
 DATA = b'{"n": 1, "what": "happened"}'

@@ -14,9 +14,9 @@ from tailrunner import EOF, ActivityContext, EventStream, activity
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import TaskState
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.runner import Runner
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import TailRecord
 from tailrunner.testing import LoopbackJournal, loopback_journal

@@ -30,8 +30,8 @@ from tailrunner import EOF, ActivityContext, Done, EventStream, activity
 from tailrunner.activities.builtin import counter
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.config import ENGINE_KINDS
-from tailrunner.engines.execute import OutcomeKind
 from tailrunner.model import AggregateRef, NewEvent
+from tailrunner.states import OutcomeKind
 from tailrunner.testing import ActivityRun, LoopbackJournal, activity_context, make_events
 
 README = Path(__file__).parent.parent / "README.md"

@@ -30,7 +30,6 @@ from uuid import UUID
 import grpc
 from ulid import ULID
 
-from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
@@ -43,6 +42,7 @@ from tailrunner.errors import (
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
+from tailrunner.states import OutcomeKind, TaskState, WaitReason
 from tailrunner.tails.store import RunRecord
 
 #: The environment variable the CLI reads the admin token from, unless told another.
@@ -347,7 +347,7 @@ def _run_record(message: runner_pb2.Run) -> RunRecord:
         tail_before=_ulid(message.tail_before),
         tail_after=_ulid(message.tail_after),
         events_seen=message.events_seen,
-        outcome=message.outcome,
+        outcome=OutcomeKind.stored(message.outcome),
         error=message.error or None,
     )
 

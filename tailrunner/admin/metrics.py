@@ -27,7 +27,7 @@ metric                                          meaning
                                                  counting ``COMPLETE`` tasks)
 ==============================================  ======================================
 
-Runs ended by an operator's stop are counted with the outcome ``cancelled``.
+Runs ended by an operator's stop are counted with the outcome ``stopped``.
 """
 
 from __future__ import annotations
@@ -49,10 +49,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metr
 from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.admin.lag import LagTracker, TaskTail
 from tailrunner.engines.base import Engine
-from tailrunner.engines.execute import OutcomeKind, RunResult
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.execute import RunResult
+from tailrunner.engines.task import Task
 from tailrunner.errors import InvalidArgument, TailrunnerError
 from tailrunner.journal.api import JournalApi
+from tailrunner.states import OutcomeKind, TaskState
 
 log = structlog.get_logger(__name__)
 

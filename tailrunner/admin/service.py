@@ -50,7 +50,7 @@ from ulid import ULID
 
 from tailrunner.admin.lag import Lag, count_after
 from tailrunner.engines.base import Engine
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, Waiting
 from tailrunner.errors import (
     ControlNotStored,
     InvalidArgument,
@@ -67,6 +67,7 @@ from tailrunner.journal.lookup import is_event_of
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.rpc_errors import abort
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, TailStore, query_cursor
 
 log = structlog.get_logger(__name__)

@@ -30,7 +30,6 @@ from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
 from tailrunner.cli.params import ULIDParam, UUIDParam
 from tailrunner.cli.terminal import last_line, printable
-from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
@@ -40,6 +39,7 @@ from tailrunner.errors import (
     TaskNotControllable,
     TaskNotFound,
 )
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import RunRecord
 
 T = TypeVar("T")

@@ -36,17 +36,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from ulid import ULID
 
 from tailrunner.activities.decorator import Activity
-from tailrunner.engines.execute import OutcomeKind, RunResult, run_once
+from tailrunner.engines.execute import RunResult, run_once
 from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import (
-    FINAL_STATES,
-    TIMED_STATES,
-    Task,
-    TaskState,
-    Waiting,
-    WaitReason,
-)
+from tailrunner.engines.task import FINAL_STATES, TIMED_STATES, Task, Waiting
 from tailrunner.errors import (
     EngineStopped,
     JournalUnavailable,
@@ -55,6 +48,7 @@ from tailrunner.errors import (
 )
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
+from tailrunner.states import OutcomeKind, TaskState, WaitReason
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
 
 log = structlog.get_logger(__name__)
@@ -183,10 +177,7 @@ class Engine:
         task.errors = record.attempts
         task.failures = record.failures
         task.last_error = record.last_error
-        try:
-            stored = TaskState(record.state)
-        except ValueError:
-            stored = TaskState.PENDING
+        stored = record.state
         if record.completed:
             stored = TaskState.COMPLETE
         if stored in FINAL_STATES:
@@ -671,7 +662,7 @@ class Engine:
             task.errors = task.failures = 0
             task.last_error = None
             return TaskState.COMPLETE, None
-        if kind is OutcomeKind.CANCELLED:
+        if kind is OutcomeKind.STOPPED:
             # The controls queued on the task say what comes next.
             return TaskState.STOPPED, None
         if kind is OutcomeKind.EOF:
@@ -734,7 +725,6 @@ class Engine:
             failures = 0
 
     def _run_record(self, task: Task, result: RunResult, attempt: int) -> RunRecord:
-        stopped = result.kind is OutcomeKind.CANCELLED
         return RunRecord(
             activity=task.activity.name,
             aggregate=task.aggregate,
@@ -744,7 +734,7 @@ class Engine:
             tail_before=result.tail_before,
             tail_after=result.tail,
             events_seen=result.events_seen,
-            outcome="stopped" if stopped else result.kind.value,
+            outcome=result.kind,
             error=result.traceback,
         )
 
@@ -756,7 +746,7 @@ class Engine:
             activity=task.activity.name,
             aggregate=task.aggregate,
             tail=task.tail,
-            state=state.value,
+            state=state,
             attempts=task.errors,
             last_error=task.last_error,
             completed=state is TaskState.COMPLETE,
@@ -832,7 +822,7 @@ class Engine:
                 log.info("progressed", events=result.events_seen, **fields)
             else:
                 log.debug("caught up", **fields)
-        elif kind is OutcomeKind.CANCELLED:
+        elif kind is OutcomeKind.STOPPED:
             log.info("stopped", events=result.events_seen, **fields)
         elif kind is OutcomeKind.SILENT_RETRY:
             log.debug("silent retry", delay=delay, reason=str(result.error), **fields)

@@ -27,8 +27,9 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, Waiting
 from tailrunner.journal.api import JournalApi
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import TailStore
 
 

@@ -16,7 +16,8 @@ from typing import ClassVar
 
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, Waiting
+from tailrunner.states import TaskState, WaitReason
 
 
 class EagerEngine(Engine):

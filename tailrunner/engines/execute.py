@@ -16,7 +16,6 @@ are errors of the run, retried like any other.
 from __future__ import annotations
 
 import asyncio
-import enum
 import math
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +43,7 @@ from tailrunner.engines.task import Task
 from tailrunner.errors import InvalidOutcome
 from tailrunner.journal.api import JournalApi
 from tailrunner.journal.lookup import is_event_of
+from tailrunner.states import OutcomeKind
 from tailrunner.tails.store import MAX_ERROR_TEXT
 
 log = structlog.get_logger(__name__)
@@ -54,16 +54,6 @@ CheckpointSaver = Callable[[Task, ULID | None], Awaitable[None]]
 TransactionOpener = Callable[[Task, ULID | None], AbstractAsyncContextManager[Any]]
 #: ``await on_progress(task, tail, events)``: a watching run caught up at ``tail``.
 ProgressSaver = Callable[[Task, ULID | None, int], Awaitable[None]]
-
-
-class OutcomeKind(enum.StrEnum):
-    DONE = "done"
-    EOF = "eof"
-    #: The engine cancelled the run (an operator's control).
-    CANCELLED = "cancelled"
-    SILENT_RETRY = "silent_retry"
-    RETRY_AFTER = "retry_after"
-    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -225,7 +215,7 @@ class _Run:
         if _cancel_pending():
             await self.shut_down(outcome if cancelled is None else None, cancelled)
         if cancelled is not None:
-            return self.result(OutcomeKind.CANCELLED, self.ctx.tail)
+            return self.result(OutcomeKind.STOPPED, self.ctx.tail)
         if raised is not None:
             return await self.classify_error(raised)
         return await self.classify_outcome(outcome)

@@ -27,11 +27,12 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, Waiting
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef, Signal
 from tailrunner.reconnect import ConnectionWatch
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import TailStore
 
 log = structlog.get_logger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -10,55 +9,13 @@ from typing import TYPE_CHECKING
 from ulid import ULID
 
 from tailrunner.model import AggregateRef
+from tailrunner.states import TaskState, WaitReason
 
 if TYPE_CHECKING:
     import anyio
 
     from tailrunner.activities.decorator import Activity
     from tailrunner.engines.base import Control
-
-
-class TaskState(enum.StrEnum):
-    """Spin Cycle's vocabulary where it fits, plus the lazy engine's ``SLEEPING``.
-
-    ``PENDING``: ready to run, waiting for capacity. ``RUNNING``: its stream is
-    open. ``SLEEPING``: caught up, waiting for a signal, a tick or the backstop.
-    ``RETRY``: waiting for a retry time after an error (backoff).
-    ``WAITING``: waiting for the time it asked for (``SilentRetryAfter``); not
-    an error. ``COMPLETE``: returned ``Done``, never runs again.
-    ``STOPPED``: stopped by an operator. ``SUSPENDED``: reached its attempt
-    limit or suspended by an operator; waits for an operator to resume it.
-    """
-
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SLEEPING = "SLEEPING"
-    RETRY = "RETRY"
-    COMPLETE = "COMPLETE"
-    STOPPED = "STOPPED"
-    SUSPENDED = "SUSPENDED"
-    WAITING = "WAITING"
-
-
-class WaitReason(enum.StrEnum):
-    """Why a task that is not running waits, for the operator's status view."""
-
-    #: Backoff after an error or a silent retry (``RETRY``).
-    BACKOFF = "backoff"
-    #: The time its ``SilentRetryAfter`` asked for (``WAITING``).
-    RETRY_AFTER = "retry_after"
-    #: Cron: the next tick (``SLEEPING``).
-    CRON_TICK = "cron_tick"
-    #: Lazy: the next signal, or the backstop re-check at the latest (``SLEEPING``).
-    SIGNAL = "signal"
-    #: Eager: re-opening its watch stream after a pause (``SLEEPING``).
-    REOPEN = "reopen"
-    #: Ready, but every slot is taken (``PENDING``).
-    CAPACITY = "capacity"
-    #: Set aside until an operator resumes it (``SUSPENDED``).
-    SUSPENDED = "suspended"
-    #: Stopped by an operator (``STOPPED``).
-    STOPPED = "stopped"
 
 
 #: States a task never leaves by itself.

@@ -20,6 +20,7 @@ from ulid import ULID
 
 from tailrunner.instants import from_micros, micros
 from tailrunner.model import AggregateRef
+from tailrunner.states import OutcomeKind, TaskState
 from tailrunner.tails.store import RunRecord, TailRecord, check_record, require_aware
 
 
@@ -106,7 +107,7 @@ class TailRows:
             c.uuid_out(record.aggregate.id),
             record.aggregate.type,
             c.ulid_out(record.tail),
-            record.state,
+            str(record.state),
             record.attempts,
             record.last_error,
             c.flag_out(record.completed),
@@ -135,7 +136,7 @@ class TailRows:
             activity=activity,
             aggregate=AggregateRef(type=type_, id=c.uuid_in(id_)),
             tail=c.ulid_in(tail),
-            state=state,
+            state=TaskState(state),
             attempts=attempts,
             last_error=last_error,
             completed=c.flag_in(completed),
@@ -157,7 +158,7 @@ class TailRows:
             c.ulid_out(run.tail_before),
             c.ulid_out(run.tail_after),
             run.events_seen,
-            run.outcome,
+            str(run.outcome),
             run.error,
         )
 
@@ -176,6 +177,6 @@ class TailRows:
             tail_before=c.ulid_in(before),
             tail_after=c.ulid_in(after),
             events_seen=seen,
-            outcome=outcome,
+            outcome=OutcomeKind.stored(outcome),
             error=error,
         )

@@ -26,6 +26,7 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.model import AggregateRef
+from tailrunner.states import OutcomeKind, TaskState
 
 #: How many runs per task a store keeps unless told otherwise.
 DEFAULT_RUN_RETENTION = 100
@@ -34,9 +35,7 @@ DEFAULT_RUN_RETENTION = 100
 MAX_ERROR_TEXT = 8192
 
 #: The values of :attr:`RunRecord.outcome`.
-RUN_OUTCOMES = frozenset(
-    {"done", "eof", "cancelled", "silent_retry", "retry_after", "error", "stopped"}
-)
+RUN_OUTCOMES = frozenset(kind.value for kind in OutcomeKind)
 
 #: Where a page of :meth:`TailStore.query` ended: ``(updated_at, activity,
 #: aggregate_id)`` of its last record (see :func:`query_cursor`).
@@ -51,8 +50,7 @@ class TailRecord:
     aggregate: AggregateRef
     #: The last event handled; ``None``: start from the first event.
     tail: ULID | None
-    #: The task state name (:class:`~tailrunner.engines.task.TaskState`).
-    state: str
+    state: TaskState
     #: Consecutive errors at this tail.
     attempts: int = 0
     last_error: str | None = None
@@ -80,8 +78,7 @@ class RunRecord:
     tail_before: ULID | None
     tail_after: ULID | None
     events_seen: int = 0
-    #: One of :data:`RUN_OUTCOMES`.
-    outcome: str
+    outcome: OutcomeKind
     #: The error of a failed run: its traceback, bounded
     #: (:data:`MAX_ERROR_TEXT`), whose last line is ``"ValueError: bad event"``.
     error: str | None = None

@@ -11,14 +11,15 @@ import anyio
 from ulid import ULID
 
 from tailrunner.activities.decorator import Activity
-from tailrunner.engines.execute import OutcomeKind, RunResult
+from tailrunner.engines.execute import RunResult
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.kinds import EngineKind
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef, EventBatch
+from tailrunner.states import OutcomeKind, TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import TailStore
 

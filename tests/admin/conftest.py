@@ -28,10 +28,11 @@ from tailrunner.admin.service import DEFAULT_CONTROL_TIMEOUT
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.proto.v1 import runner_pb2_grpc
 from tailrunner.runner import Runner
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import TailStore
 from tailrunner.testing import LoopbackJournal, loopback_journal

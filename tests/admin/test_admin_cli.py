@@ -22,8 +22,9 @@ from tailrunner.cli.admin import COMMANDS
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.errors import StoreError
+from tailrunner.states import TaskState
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import (

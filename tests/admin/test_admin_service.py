@@ -15,8 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import code_pb2, error_details_pb2
 from grpc_status import rpc_status
 
-from tailrunner.engines.task import TaskState
 from tailrunner.proto.v1 import runner_pb2
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.sqlite import SQLiteTailStore
 from tailrunner.tails.store import TailRecord, TailStore, query_cursor

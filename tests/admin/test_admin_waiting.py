@@ -13,10 +13,11 @@ from grpc_status import rpc_status
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState, Waiting, WaitReason
+from tailrunner.engines.task import Task, Waiting
 from tailrunner.errors import StoreError
 from tailrunner.proto.v1 import runner_pb2
 from tailrunner.rpc_errors import CONTROL_NOT_STORED, ERROR_DOMAIN
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal

@@ -13,10 +13,10 @@ from ulid import ULID
 from tailrunner.admin.lag import LagTracker
 from tailrunner.admin.metrics import Metrics, serve_metrics
 from tailrunner.engines.lazy import LazyEngine
-from tailrunner.engines.task import TaskState
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import EventBatch
 from tailrunner.runner import Runner
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 

@@ -14,7 +14,7 @@ from ulid import ULID
 
 from tailrunner import EOF, ActivityContext, EventStream, activity
 from tailrunner.activities.outcomes import Outcome
-from tailrunner.engines.task import TaskState, WaitReason
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import CHANGES, Call, Script, make_engine, new_aggregate, read, running, wait_until

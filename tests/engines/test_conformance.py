@@ -21,10 +21,9 @@ from tailrunner import (
     SilentRetryAfter,
 )
 from tailrunner.activities.outcomes import Outcome
-from tailrunner.engines.execute import OutcomeKind
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import TaskState
 from tailrunner.errors import StreamCancelled
+from tailrunner.states import OutcomeKind, TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 

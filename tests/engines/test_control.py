@@ -13,9 +13,10 @@ from tailrunner import EOF, ActivityContext, EventStream
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.errors import StoreError, TaskNotControllable
 from tailrunner.reconnect import ReconnectPolicy
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 

@@ -16,8 +16,8 @@ import pytest
 
 from tailrunner.engines.cron import CronEngine
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.task import TaskState, WaitReason
 from tailrunner.journal.api import JournalApi
+from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.memory import MemoryTailStore
 
 from .conftest import Script, new_aggregate

@@ -10,8 +10,8 @@ from ulid import ULID
 from tailrunner import ActivityContext, Done, EventStream
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import TaskState
 from tailrunner.reconnect import ReconnectPolicy
+from tailrunner.states import TaskState
 from tailrunner.testing import LoopbackJournal
 
 from .conftest import Call, GatedTails, Script, append, make_engine, new_aggregate, read, running

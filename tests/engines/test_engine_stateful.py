@@ -134,9 +134,10 @@ from tailrunner.activities.outcomes import Outcome
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import Task, TaskState
+from tailrunner.engines.task import Task
 from tailrunner.errors import TailrunnerError
 from tailrunner.model import AggregateRef, EventBatch, NewEvent
+from tailrunner.states import TaskState
 from tailrunner.tails.store import TailRecord
 
 from .stateful_support import FakeJournal, SlowTailStore, StoreMode, VirtualClockLoop, settle

@@ -9,8 +9,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.options import EngineOptions
-from tailrunner.engines.task import TaskState
 from tailrunner.model import Signal, SignalBatch
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal

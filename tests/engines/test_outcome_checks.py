@@ -24,8 +24,8 @@ from ulid import ULID
 
 from tailrunner import EOF, ActivityContext, Done, EventStream, Failed, SilentRetry
 from tailrunner.activities.outcomes import Outcome, SilentRetryAfter
-from tailrunner.engines.execute import OutcomeKind
 from tailrunner.model import AggregateRef
+from tailrunner.states import OutcomeKind
 from tailrunner.tails.sqlite import SQLiteTailStore
 from tailrunner.tails.store import TailRecord
 from tailrunner.testing import LoopbackJournal

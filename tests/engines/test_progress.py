@@ -20,8 +20,7 @@ from ulid import ULID
 from tailrunner import EOF, Activity, ActivityContext, EventStream, activity
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.admin.metrics import Metrics
-from tailrunner.engines.execute import OutcomeKind
-from tailrunner.engines.task import TaskState
+from tailrunner.states import OutcomeKind, TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.store import RunRecord, TailRecord
 from tailrunner.testing import LoopbackJournal

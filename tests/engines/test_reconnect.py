@@ -20,7 +20,6 @@ import tailrunner.runner as runner_module
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.retry import RetryPolicy
-from tailrunner.engines.task import TaskState
 from tailrunner.errors import JournalUnavailable, StoreError
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
@@ -28,6 +27,7 @@ from tailrunner.journal.server import JournalServer
 from tailrunner.model import AggregateRef
 from tailrunner.reconnect import ConnectionWatch, ReconnectPolicy
 from tailrunner.runner import Runner
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import LoopbackJournal
 

@@ -10,7 +10,7 @@ from ulid import ULID
 
 from tailrunner import EOF, ActivityContext, EventStream
 from tailrunner.activities.outcomes import Outcome
-from tailrunner.engines.task import TaskState
+from tailrunner.states import TaskState
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.tails.sqlite import SQLiteTailStore
 from tailrunner.tails.store import TailRecord

@@ -131,7 +131,7 @@ class Task(_message.Message):
     fail.
     """
     last_run_outcome: _builtins.str
-    """done, eof, cancelled, silent_retry, retry_after, error or stopped."""
+    """done, eof, stopped (by an operator), silent_retry, retry_after or error."""
     live: _builtins.bool
     """This runner runs the task; false for a record in the tail store whose
     activity or aggregate this runner does not follow (it cannot be
@@ -328,7 +328,7 @@ class Run(_message.Message):
     tail_after: _builtins.str
     events_seen: _builtins.int
     outcome: _builtins.str
-    """done, eof, cancelled, silent_retry, retry_after, error or stopped."""
+    """done, eof, stopped (by an operator), silent_retry, retry_after or error."""
     error: _builtins.str
     """A failed run's traceback, bounded to 8 KiB (8192 characters), whose
     last line is the exception ("ValueError: bad event"); empty for a run
