@@ -28,7 +28,7 @@ from ulid import ULID
 
 from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
-from tailrunner.cli.params import ULIDParam, UUIDParam
+from tailrunner.cli.params import ULIDParam, UUIDParam, option_error
 from tailrunner.cli.terminal import last_line, printable
 from tailrunner.errors import (
     AdminError,
@@ -360,10 +360,7 @@ def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]
     try:
         yield
     except InvalidArgument as exc:
-        name = _OPTION_FOR_FIELD.get(exc.field)
-        if name is None:
-            raise click.ClickException(str(exc)) from exc
-        raise click.BadParameter(exc.reason, param_hint=f"'{name}'") from exc
+        raise option_error(exc, _OPTION_FOR_FIELD) from exc
     except NotAuthenticated as exc:
         hint = (
             f"the token in ${token_env} is not the runner's"

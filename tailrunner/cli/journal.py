@@ -21,7 +21,7 @@ import click
 import structlog
 from ulid import ULID
 
-from tailrunner.cli.params import ULIDParam, UUIDParam
+from tailrunner.cli.params import ULIDParam, UUIDParam, option_error
 from tailrunner.errors import (
     InvalidArgument,
     JournalError,
@@ -290,10 +290,7 @@ def _cli_errors(address: str) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as exc:
-        option = _OPTION_FOR_FIELD.get(exc.field)
-        if option is None:
-            raise click.ClickException(str(exc)) from exc
-        raise click.BadParameter(exc.reason, param_hint=f"'{option}'") from exc
+        raise option_error(exc, _OPTION_FOR_FIELD) from exc
     except TailMismatch as exc:
         actual = exc.actual or "none (the aggregate has no events)"
         raise click.ClickException(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
 
@@ -42,3 +43,11 @@ class ULIDParam(click.ParamType[ULID]):
             return parse_ulid(str(value), field=_param_name(param))
         except InvalidArgument as exc:
             self.fail(f"{exc.reason} (26 characters of Crockford base32)", param, ctx)
+
+
+def option_error(exc: InvalidArgument, option_for_field: Mapping[str, str]) -> click.ClickException:
+    """The CLI's error for a refused field: blamed on its option when the command has one."""
+    option = option_for_field.get(exc.field)
+    if option is None:
+        return click.ClickException(str(exc))
+    return click.BadParameter(exc.reason, param_hint=f"'{option}'")
