@@ -547,3 +547,18 @@ def test_the_cli_address_variables_are_not_taken_for_misspelt_overrides(name: st
     # keep `tailrunner run` from starting.
     config = load_config(None, environ={name: "127.0.0.1:7740"})
     assert config.journal.address
+
+
+def test_every_public_class_of_the_config_module_is_exported() -> None:
+    import inspect
+
+    import tailrunner.config as config
+
+    public = {
+        name
+        for name, value in vars(config).items()
+        if not name.startswith("_")
+        and inspect.isclass(value)
+        and value.__module__ == config.__name__
+    }
+    assert public <= set(config.__all__), sorted(public - set(config.__all__))
