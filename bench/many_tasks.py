@@ -56,7 +56,8 @@ from tailrunner.engines.execute import RunResult
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.engines.task import Task
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import JournalServer, open_store
+from tailrunner.journal.open import open_store
+from tailrunner.journal.server import JournalServer
 from tailrunner.journal.store import AppendListener, JournalStore
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.runner import Runner

@@ -45,7 +45,8 @@ from bench.common import Figure, run_module, temp_dir
 from tailrunner.activities import EOF, ActivityContext, EventStream, Outcome, activity
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import JournalServer, open_store
+from tailrunner.journal.open import open_store
+from tailrunner.journal.server import JournalServer
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.runner import Runner
 from tailrunner.tails.sqlite import SQLiteTailStore

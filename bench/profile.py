@@ -130,7 +130,8 @@ async def profile_latency(out: Path) -> None:
 
 async def profile_many(out: Path) -> None:
     from bench.many_tasks import LAZY_TYPE, Gate, append_one_each, lazy_round
-    from tailrunner.journal.server import JournalServer, open_store
+    from tailrunner.journal.open import open_store
+    from tailrunner.journal.server import JournalServer
     from tailrunner.model import AggregateRef
 
     n = 20_000

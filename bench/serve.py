@@ -19,7 +19,8 @@ import anyio
 
 from bench.baseline_server import build_responses, start_baseline
 from bench.common import Reporter, quiet_logs
-from tailrunner.journal.server import JournalServer, open_store
+from tailrunner.journal.open import open_store
+from tailrunner.journal.server import JournalServer
 from tailrunner.proto.v1 import journal_pb2
 
 

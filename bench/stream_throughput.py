@@ -23,7 +23,7 @@ import grpc
 from bench.common import Figure, Goal, median, run_module, serving, temp_dir
 from tailrunner.activities import EOF, ActivityContext, EventStream, Outcome, activity
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import open_store
+from tailrunner.journal.open import open_store
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 from tailrunner.testing import run_activity
