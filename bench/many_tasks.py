@@ -304,8 +304,7 @@ async def child_lazy(reporter: Reporter, address: str, n: int) -> None:
             journal=journal,  # type: ignore[arg-type]  # a pass-through proxy
             tails=tails,
             activities=[reader],
-            options=EngineOptions(kind="lazy", capacity=CAPACITY),
-            discovery_interval=3600,
+            options=EngineOptions(kind="lazy", capacity=CAPACITY, discovery_interval=3600),
         )
         runner.engine.add_observer(observe)
         rss0 = rss_bytes()
@@ -414,8 +413,7 @@ async def child_eager(reporter: Reporter, address: str, m: int) -> None:
             journal=client,
             tails=tails,
             activities=[reader],
-            options=EngineOptions(kind="eager", capacity=m + 10),
-            discovery_interval=3600,
+            options=EngineOptions(kind="eager", capacity=m + 10, discovery_interval=3600),
         )
         rss0 = rss_bytes()
         async with anyio.create_task_group() as tg:

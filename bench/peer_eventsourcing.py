@@ -156,8 +156,7 @@ async def run_tailrunner(folder: str, aggregates: int, events: int) -> float:
             journal=client,
             tails=tails,
             activities=[count],
-            options=EngineOptions(kind="lazy"),
-            discovery_interval=3600,
+            options=EngineOptions(kind="lazy", discovery_interval=3600),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)

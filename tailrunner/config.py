@@ -34,8 +34,8 @@ from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, cast
 from croniter import croniter
 
 from tailrunner.address import parse_host_port
-from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
-from tailrunner.engines.options import DEFAULT_SHUTDOWN_GRACE, EngineOptions
+from tailrunner.engines.kinds import ENGINE_KINDS
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.logs import LOG_FORMATS, LogFormat
@@ -50,7 +50,6 @@ __all__ = [
     "ActivitiesConfig",
     "AdminConfig",
     "Config",
-    "EngineConfig",
     "JournalConfig",
     "LogConfig",
     "MetricsConfig",
@@ -125,39 +124,6 @@ class JournalConfig:
         return dataclasses.replace(
             DEFAULT_RECONNECT, initial=self.reconnect_initial, max_delay=self.reconnect_max_delay
         )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EngineConfig:
-    """``[engine]``: which engine runs the activities, and how.
-
-    :ivar kind: ``lazy``, ``eager`` or ``cron``.
-    :ivar capacity: at most this many streams open at once.
-    :ivar backstop: lazy: seconds after which a sleeping task is re-checked
-        even without a signal.
-    :ivar interval: cron: seconds between ticks; ``None`` when :attr:`cron` is set.
-    :ivar cron: cron: a cron expression (UTC) instead of an interval.
-    :ivar discovery_interval: seconds between re-listings of the aggregates.
-    :ivar shutdown_grace: seconds shutdown waits for cancelled runs to end;
-        after that it names each one still running and exits anyway.
-    """
-
-    kind: EngineKind = field(
-        default="lazy", metadata=_key(lambda p: p.choice(ENGINE_KINDS), text=True)
-    )
-    capacity: int = field(default=100, metadata=_key(lambda p: p.integer(minimum=1)))
-    backstop: float = field(default=300.0, metadata=_key(lambda p: p.duration(positive=True)))
-    #: The key ``interval`` takes a duration or a cron expression: it fills both.
-    interval: float | None = field(
-        default=30.0, metadata=_key(lambda p: p.interval, into=("interval", "cron"))
-    )
-    cron: str | None = None
-    discovery_interval: float = field(
-        default=30.0, metadata=_key(lambda p: p.duration(positive=True))
-    )
-    shutdown_grace: float = field(
-        default=DEFAULT_SHUTDOWN_GRACE, metadata=_key(lambda p: p.duration(positive=False))
-    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -268,7 +234,9 @@ class Config:
     """
 
     journal: JournalConfig = field(default_factory=JournalConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    #: ``[engine]`` with ``[retry]``, ``[activities]``' limits and retry
+    #: policies and ``journal``'s reconnect policy: what the engine takes.
+    engine: EngineOptions = field(default_factory=EngineOptions)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     activities: ActivitiesConfig = field(default_factory=ActivitiesConfig)
     tails: TailsConfig = field(default_factory=TailsConfig)
@@ -311,21 +279,6 @@ class Config:
                     f"{shown} in {self.origin(key)}: no such activity"
                     f"{_did_you_mean(name, sorted(known))} ({_known('activities', sorted(known))})"
                 )
-
-    def engine_options(self) -> EngineOptions:
-        """The engine's options: ``[engine]``, ``[retry]`` and the per-activity settings."""
-        return EngineOptions(
-            kind=self.engine.kind,
-            capacity=self.engine.capacity,
-            retry=self.retry,
-            retry_overrides=self.activities.retry,
-            reconnect=self.journal.reconnect,
-            activity_limits=self.activities.limits,
-            backstop=self.engine.backstop,
-            interval=self.engine.interval,
-            cron=self.engine.cron,
-            shutdown_grace=self.engine.shutdown_grace,
-        )
 
 
 # --------------------------------------------------------------------------- durations
@@ -391,6 +344,31 @@ _RETRY_KEYS: Mapping[str, Callable[[_Parser], _Convert[Any]]] = {
 }
 assert set(_RETRY_KEYS) == {f.name for f in dataclasses.fields(RetryPolicy)}, "retry keys"
 
+#: The keys of ``[engine]``: fields of :class:`EngineOptions`, which lives below
+#: config (checked below); the engine's other fields come from other sections.
+_ENGINE_KEYS: Mapping[str, dict[str, Any]] = {
+    "kind": _key(lambda p: p.choice(ENGINE_KINDS), text=True),
+    "capacity": _key(lambda p: p.integer(minimum=1)),
+    "backstop": _key(lambda p: p.duration(positive=True)),
+    # A duration or a cron expression: it fills interval and cron.
+    "interval": _key(lambda p: p.interval, into=("interval", "cron")),
+    "discovery_interval": _key(lambda p: p.duration(positive=True)),
+    "shutdown_grace": _key(lambda p: p.duration(positive=False)),
+}
+assert set(_ENGINE_KEYS) <= {f.name for f in dataclasses.fields(EngineOptions)}, "engine keys"
+
+
+def _declared(kind: type) -> dict[str, dict[str, Any]]:
+    """The config keys of a section's dataclass, each with how it is read."""
+    if kind is EngineOptions:
+        return dict(_ENGINE_KEYS)
+    return {
+        f.name: dict(f.metadata)
+        for f in dataclasses.fields(kind)
+        if "convert" in f.metadata or "table" in f.metadata
+    }
+
+
 #: Section name → its dataclass (``retry`` is a :class:`RetryPolicy`).
 _SECTION_TYPES: Mapping[str, type] = {
     f.name: RetryPolicy if f.name == "retry" else f.default_factory  # type: ignore[misc]
@@ -399,20 +377,16 @@ _SECTION_TYPES: Mapping[str, type] = {
 }
 _SECTIONS = tuple(_SECTION_TYPES)
 _KEYS: Mapping[str, tuple[str, ...]] = {
-    name: tuple(_RETRY_KEYS)
-    if kind is RetryPolicy
-    else tuple(
-        f.name for f in dataclasses.fields(kind) if "convert" in f.metadata or "table" in f.metadata
-    )
+    name: tuple(_RETRY_KEYS) if kind is RetryPolicy else tuple(_declared(kind))
     for name, kind in _SECTION_TYPES.items()
 }
 #: Keys whose value is text: from the environment they take the text as it is.
 _TEXT_KEYS = {
-    (name, f.name)
+    (name, key)
     for name, kind in _SECTION_TYPES.items()
     if kind is not RetryPolicy
-    for f in dataclasses.fields(kind)
-    if f.metadata.get("text")
+    for key, meta in _declared(kind).items()
+    if meta.get("text")
 }
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -575,8 +549,16 @@ class _Parser:
                 sections[name] = retry
             elif name == "activities":
                 sections[name] = self.activities(table, retry_table)
-            else:
+            elif kind is not EngineOptions:
                 sections[name] = kind(**self.section(name, table))
+        # The engine's options gather what the other sections say of it.
+        sections["engine"] = EngineOptions(
+            **self.section("engine", self.table(data, ("engine",))),
+            retry=retry,
+            retry_overrides=sections["activities"].retry,
+            activity_limits=sections["activities"].limits,
+            reconnect=sections["journal"].reconnect,
+        )
         return Config(
             **sections,
             path=path,
@@ -591,8 +573,7 @@ class _Parser:
         self.known(table, (name,))
         defaults = kind()
         values: dict[str, Any] = {}
-        for f in dataclasses.fields(kind):
-            meta = f.metadata
+        for key, meta in _declared(kind).items():
             if "convert" not in meta:
                 continue
             into: tuple[str, ...] = meta["into"]
@@ -601,12 +582,12 @@ class _Parser:
             elif into:
                 default = tuple(getattr(defaults, n) for n in into)
             else:
-                default = getattr(defaults, f.name)
-            value = self.get(table, (name, f.name), meta["convert"](self), default)
+                default = getattr(defaults, key)
+            value = self.get(table, (name, key), meta["convert"](self), default)
             if into:
                 values.update(zip(into, value, strict=True))
             else:
-                values[f.name] = value
+                values[key] = value
         return values
 
     def journal(self, table: Mapping[str, Any]) -> JournalConfig:

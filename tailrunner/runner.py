@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 class Runner:
     """Runs ``activities`` under the engine ``options`` names until cancelled.
 
-    :param discovery_interval: seconds between re-listings of aggregates.
+    The aggregates are listed again every ``options.discovery_interval`` seconds.
     """
 
     def __init__(
@@ -41,14 +41,13 @@ class Runner:
         tails: TailStore,
         activities: Sequence[Activity],
         options: EngineOptions,
-        discovery_interval: float = 30.0,
     ) -> None:
         if not activities:
             raise ValueError("the runner needs at least one activity")
         self._journal = journal
         self._tails = tails
         self._activities = list(activities)
-        self._discovery_interval = discovery_interval
+        self._discovery_interval = options.discovery_interval
         self._reconnect = options.reconnect
         self._rediscover = anyio.Event()
         self.engine: Engine = build_engine(

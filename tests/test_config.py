@@ -13,11 +13,11 @@ import pytest
 from tailrunner.config import (
     ActivitiesConfig,
     Config,
-    EngineConfig,
     TailsConfig,
     load_config,
     parse_duration,
 )
+from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError
 
@@ -41,7 +41,7 @@ def test_no_file_and_no_environment_gives_the_defaults() -> None:
     config = load_config(None, {})
 
     assert config == Config(tails=TailsConfig(store=f"sqlite:///{Path.cwd() / 'tails.db'}"))
-    assert config.engine == EngineConfig(kind="lazy", capacity=100, backstop=300.0)
+    assert config.engine == EngineOptions(kind="lazy", capacity=100, backstop=300.0)
     assert config.retry == RetryPolicy(
         initial=1.0, multiplier=2.0, max_delay=300.0, jitter=0.2, max_attempts=None
     )
@@ -499,7 +499,7 @@ def test_engine_options_carry_the_engine_retry_and_activity_settings() -> None:
         },
     )
 
-    options = config.engine_options()
+    options = config.engine
 
     assert (options.kind, options.interval, options.cron) == ("cron", None, "@hourly")
     assert options.retry == config.retry

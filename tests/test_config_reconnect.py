@@ -58,7 +58,7 @@ def test_reconnect_defaults_to_100ms_doubling_to_5s() -> None:
 
     assert (config.journal.reconnect_initial, config.journal.reconnect_max_delay) == (0.1, 5.0)
     assert config.journal.reconnect == ReconnectPolicy()
-    assert config.engine_options().reconnect == ReconnectPolicy()
+    assert config.engine.reconnect == ReconnectPolicy()
 
 
 def test_reconnect_keys_are_parsed_as_durations_and_reach_the_engine_options(
@@ -69,7 +69,7 @@ def test_reconnect_keys_are_parsed_as_durations_and_reach_the_engine_options(
     config = load_config(path, {"TAILRUNNER_JOURNAL__RECONNECT_MAX_DELAY": "10s"})
 
     assert config.journal.reconnect == ReconnectPolicy(initial=0.25, max_delay=10.0)
-    assert config.engine_options().reconnect == config.journal.reconnect
+    assert config.engine.reconnect == config.journal.reconnect
     assert config.origin("journal.reconnect_initial") == str(path)
     assert config.origin("journal.reconnect_max_delay") == "TAILRUNNER_JOURNAL__RECONNECT_MAX_DELAY"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -84,8 +85,7 @@ async def test_runner_finds_existing_and_new_aggregates(
         journal=journal.client,
         tails=MemoryTailStore(),
         activities=[recording(seen)],
-        options=options(kind),
-        discovery_interval=0.05,
+        options=dataclasses.replace(options(kind), discovery_interval=0.05),
     )
     async with anyio.create_task_group() as tg:
         await tg.start(runner.run)

@@ -94,8 +94,8 @@ async def _demo(engine: EngineKind, path: Path) -> dict[str, object]:
                 capacity=10,
                 interval=0.2,
                 retry=RetryPolicy(initial=0.1, max_delay=2.0),
+                discovery_interval=0.5,
             ),
-            discovery_interval=0.5,
         )
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)

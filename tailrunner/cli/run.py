@@ -89,8 +89,7 @@ async def _run(config: Config) -> None:
                 journal=journal,
                 tails=tails,
                 activities=activities,
-                options=config.engine_options(),
-                discovery_interval=config.engine.discovery_interval,
+                options=config.engine,
             )
             # Observing from before the first run, so that no run is missed.
             metrics = Metrics(

@@ -1,8 +1,9 @@
 """``EngineOptions``: every setting of an engine, in one typed, validated object.
 
-The config's ``[engine]``, ``[retry]`` and per-activity sections become one
-of these (:meth:`tailrunner.config.Config.engine_options`); every engine's
-constructor takes it, and each engine reads the fields that concern it.
+The config's ``[engine]`` section, with ``[retry]``, the per-activity
+settings and the journal's reconnect policy, is one of these
+(``Config.engine``); every engine's constructor and the runner take it, and
+each reads the fields that concern it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class EngineOptions:
     interval: float | None = 30.0
     #: Cron: a cron expression (UTC) instead of an interval.
     cron: str | None = None
+    #: Seconds between the runner's listings of the aggregates (it starts a
+    #: task for each new one; lazy also hears of new ones by signal).
+    discovery_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:
@@ -57,6 +61,8 @@ class EngineOptions:
             raise ValueError(f"backstop {self.backstop}: must be positive")
         if self.interval is not None and self.interval <= 0:
             raise ValueError(f"interval {self.interval}: must be positive")
+        if self.discovery_interval <= 0:
+            raise ValueError(f"discovery_interval {self.discovery_interval}: must be positive")
         if self.interval is None and self.cron is None:
             raise ValueError("interval or cron: give one (the cron engine's schedule)")
         for name, limit in self.activity_limits.items():

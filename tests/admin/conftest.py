@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -167,8 +168,7 @@ async def serve_runner(
         journal=journal.client,
         tails=tails,
         activities=activities,
-        options=options or fast_options(),
-        discovery_interval=3600,
+        options=dataclasses.replace(options or fast_options(), discovery_interval=3600),
     )
     changes = Changes()
     runner.engine.add_observer(changes.notify)

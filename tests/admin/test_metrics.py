@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from uuid import UUID
@@ -63,8 +64,7 @@ async def test_metrics_count_runs_and_the_lag_falls_to_zero_once_caught_up(
         journal=journal.client,
         tails=MemoryTailStore(),
         activities=[act],
-        options=fast_options(max_attempts=2),
-        discovery_interval=3600,
+        options=dataclasses.replace(fast_options(max_attempts=2), discovery_interval=3600),
     )
     # Known before the runner runs, so that the lag is measured before any run.
     runner.engine.start_activity(from_start, act, None)

@@ -340,8 +340,13 @@ async def test_runner_discovery_retries_on_the_reconnect_policy_and_logs_the_out
             tails=MemoryTailStore(),
             activities=[Script().activity()],
             # Cron: no signal stream, so only discovery talks to the journal.
-            options=EngineOptions(kind="cron", interval=3600.0, retry=SLOW_RETRY, reconnect=TINY),
-            discovery_interval=3600.0,
+            options=EngineOptions(
+                kind="cron",
+                interval=3600.0,
+                retry=SLOW_RETRY,
+                reconnect=TINY,
+                discovery_interval=3600.0,
+            ),
         )
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)
