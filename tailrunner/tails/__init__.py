@@ -2,5 +2,6 @@
 
 ``store`` is the :class:`TailStore` contract and its records (a task's tail,
 state and backoff; each run's record); ``memory``, ``sqlite`` (the embedded
-default) and ``postgres`` are its backends; ``open`` opens one from a URL.
+default) and ``postgres`` are its backends, the two SQL ones built on
+:mod:`tailrunner.sql`; ``open`` opens one from a URL.
 """
