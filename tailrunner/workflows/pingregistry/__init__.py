@@ -1,0 +1,10 @@
+"""Ping-registry, the reference workflow (nog's pingregistrywf, seed 003).
+
+``state`` holds the workflow's :class:`~.state.State` (its state codes from
+uninitialized to terminated, the pings and the summary) and ``new_state``;
+``behaviour`` its commands (init, append-ping, post-summary, abort-expired,
+the commit steps commit and end, delete) with the pure ``tell`` and
+``advance``; ``errors`` the refusals (``Uninitialized``,
+``ArgumentNotIdempotent``, ``WrongState``). The events are the protobuf messages of
+``proto/tailrunner/v1/workflows.proto``. Nothing here does I/O.
+"""
