@@ -14,6 +14,14 @@
     │   ├── JournalUnavailable the journal cannot be reached (retryable)
     │   └── StreamCancelled    a call ended with gRPC CANCELLED
     ├── StoreError             a journal or tail store cannot be opened or failed
+    ├── WorkflowError          an aggregate (tailrunner.workflows) refused a command
+    │   ├── VersionConflict    the caller's version is not the aggregate's head (names both)
+    │   ├── RetryLimit         RETRY_NO_VC still conflicted after its bounded retries
+    │   ├── NotFound           no aggregate with that id: it has no events
+    │   └── CommandRefused     a behaviour's tell refused the command (names the state)
+    │       ├── Uninitialized  the aggregate was never initialised
+    │       ├── WrongState     the command does not fit the aggregate's state
+    │       └── ArgumentNotIdempotent  a repeated init with another value; names the argument
     └── AdminError             a call to a runner's admin service failed
         ├── TaskNotFound       NOT_FOUND: no such task here
         ├── TaskNotControllable FAILED_PRECONDITION: not in this state
@@ -135,3 +143,69 @@ class NotAuthenticated(AdminError):
 
 class AdminUnavailable(AdminError):
     """The runner's admin address cannot be reached; worth retrying."""
+
+
+class WorkflowError(TailrunnerError):
+    """An aggregate of :mod:`tailrunner.workflows` could not take a command."""
+
+
+class VersionConflict(WorkflowError):
+    """The version a command was told against is not the aggregate's head."""
+
+    def __init__(self, aggregate: str, expected: ULID | None, actual: ULID | None) -> None:
+        super().__init__(
+            f"{aggregate}: told at version {expected}, but the aggregate's version is {actual}"
+        )
+        self.aggregate = aggregate
+        self.expected = expected
+        self.actual = actual
+
+
+class RetryLimit(WorkflowError):
+    """``RETRY_NO_VC`` met a conflict on every one of its attempts."""
+
+    def __init__(self, aggregate: str, attempts: int) -> None:
+        super().__init__(f"{aggregate}: still conflicting after {attempts} attempts")
+        self.aggregate = aggregate
+        self.attempts = attempts
+
+
+class NotFound(WorkflowError):
+    """No aggregate has this id: the journal has no events for it."""
+
+    def __init__(self, aggregate: str) -> None:
+        super().__init__(f"{aggregate}: not found")
+        self.aggregate = aggregate
+
+
+class CommandRefused(WorkflowError):
+    """A behaviour refused a command; the base of its typed refusals."""
+
+
+class Uninitialized(CommandRefused):
+    """A command other than the initial one on an aggregate that was never initialised."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: the aggregate is uninitialized (init it first)")
+        self.what = what
+
+
+class WrongState(CommandRefused):
+    """Command ``what`` does not fit the aggregate's ``state``."""
+
+    def __init__(self, state: str, what: str) -> None:
+        super().__init__(f"{what} is not allowed in state {state}")
+        self.state = state
+        self.what = what
+
+
+class ArgumentNotIdempotent(CommandRefused):
+    """An idempotent command repeated with another value of ``argument``."""
+
+    def __init__(self, argument: str, *, recorded: object, given: object) -> None:
+        super().__init__(
+            f"{argument}: the aggregate recorded {recorded!r}, the repeated command gave {given!r}"
+        )
+        self.argument = argument
+        self.recorded = recorded
+        self.given = given
