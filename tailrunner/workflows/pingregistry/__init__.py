@@ -4,7 +4,9 @@
 uninitialized to terminated, the pings and the summary) and ``new_state``;
 ``behaviour`` its commands (init, append-ping, post-summary, abort-expired,
 the commit steps commit and end, delete) with the pure ``tell`` and
-``advance``; ``errors`` the refusals (``Uninitialized``,
-``ArgumentNotIdempotent``, ``WrongState``). The events are the protobuf messages of
+``advance``; ``index`` the per-registry index aggregate that records which
+workflows were started, completed and deleted; ``errors`` the refusals
+(``Uninitialized``, ``ArgumentNotIdempotent``, ``WrongState``,
+``UnknownWorkflow``). The events are the protobuf messages of
 ``proto/tailrunner/v1/workflows.proto``. Nothing here does I/O.
 """
