@@ -29,8 +29,14 @@ class JournalApi(Protocol):
         events: Sequence[NewEvent],
         *,
         expected_tail: ULID | None = None,
+        request_id: str | None = None,
     ) -> AppendResult:
         """Append events to one aggregate.
+
+        :param request_id: makes the append safe to retry: a repeat with the
+            request id of an earlier append to the same aggregate appends
+            nothing and returns the earlier result (for the journal's window
+            of request ids; see ``AppendRequest.request_id`` in journal.proto).
 
         :raises TailMismatch: ``expected_tail`` is set and is not the head.
         :raises InvalidArgument: the journal refused the input (names the field).

@@ -35,6 +35,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.journal.received import received_batch
+from tailrunner.journal.store import check_request_id
 from tailrunner.model import (
     AggregateInfo,
     AggregateRef,
@@ -156,8 +157,12 @@ class JournalClient:
         events: Sequence[NewEvent],
         *,
         expected_tail: ULID | None = None,
+        request_id: str | None = None,
     ) -> AppendResult:
         """Append events to one aggregate; all commit, or none.
+
+        :param request_id: makes the append safe to retry after a timeout:
+            the journal returns the first append's result for a repeat.
 
         :raises TailMismatch: ``expected_tail`` is set and is not the head;
             ``actual`` is the head.
@@ -170,6 +175,11 @@ class JournalClient:
             aggregate_id=aggregate.id.bytes,
             expected_tail=ulid_to_bytes(expected_tail),
         )
+        if request_id is not None:
+            if not request_id:
+                # On the wire "" is no request id: refused here, as the journal would.
+                check_request_id(request_id)
+            request.request_id = request_id
         # Fields set one by one on messages made in place: a quarter of what
         # add(type=..., data=..., metadata=...) costs per event.
         add = request.events.add

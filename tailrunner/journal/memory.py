@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,7 +15,12 @@ from ulid import ULID
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
-from tailrunner.journal.store import AppendListener
+from tailrunner.journal.store import (
+    DEFAULT_REQUEST_IDS_KEPT,
+    AppendListener,
+    check_request_id,
+    check_request_ids_kept,
+)
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
@@ -26,6 +32,8 @@ class _Aggregate:
     events: list[Event] = field(default_factory=list)
     #: The events' ids as bytes, for bisecting (bytes order is ULID order).
     keys: list[bytes] = field(default_factory=list)
+    #: The results of the last appends that had a request id, oldest first.
+    requests: OrderedDict[str, AppendResult] = field(default_factory=OrderedDict)
 
 
 class MemoryJournalStore:
@@ -35,7 +43,10 @@ class MemoryJournalStore:
     event loop: nothing interleaves with them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT) -> None:
+        """:param request_ids_kept: how many request ids to remember per aggregate."""
+        check_request_ids_kept(request_ids_kept)
+        self._request_ids_kept = request_ids_kept
         self._aggregates: dict[UUID, _Aggregate] = {}
         #: Aggregate ids as bytes, sorted, for ``list_aggregates``.
         self._order: list[bytes] = []
@@ -48,16 +59,23 @@ class MemoryJournalStore:
         events: Sequence[NewEvent],
         *,
         expected_tail: ULID | None,
+        request_id: str | None = None,
     ) -> AppendResult:
         if self._closed:
             raise StoreError("the memory journal store is closed")
         if not events:
             raise InvalidArgument("events", "an append needs at least one event")
+        if request_id is not None:
+            check_request_id(request_id)
         state = self._aggregates.get(aggregate.id)
         if state is not None and state.type != aggregate.type:
             raise AggregateTypeMismatch(
                 f"aggregate {aggregate.id} has type {state.type!r}, not {aggregate.type!r}"
             )
+        if state is not None and request_id is not None:
+            first = state.requests.get(request_id)
+            if first is not None:
+                return first
         head = state.events[-1].id if state is not None and state.events else None
         if expected_tail is not None and expected_tail != head:
             raise TailMismatch(expected_tail, head)
@@ -82,8 +100,13 @@ class MemoryJournalStore:
             bisect.insort(self._order, aggregate.id.bytes)
         state.events.extend(built)
         state.keys.extend(event_id.bytes for event_id in ids)
+        result = AppendResult(tail=ids[-1], event_ids=tuple(ids))
+        if request_id is not None:
+            state.requests[request_id] = result
+            if len(state.requests) > self._request_ids_kept:
+                state.requests.popitem(last=False)
         self._listeners.notify(aggregate, ids[-1])
-        return AppendResult(tail=ids[-1], event_ids=tuple(ids))
+        return result
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
         if self._closed:

@@ -25,7 +25,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
 from tailrunner.journal.hub import Hub
-from tailrunner.journal.store import JournalStore
+from tailrunner.journal.store import JournalStore, check_request_id
 from tailrunner.journal.wire_format import encode_event, event_id, events_messages
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2
@@ -100,7 +100,12 @@ class JournalService:
     ) -> journal_pb2.AppendResponse:
         try:
             aggregate, events, expected_tail = self._parse_append(request)
-            result = await self._store.append(aggregate, events, expected_tail=expected_tail)
+            request_id = request.request_id or None
+            if request_id is not None:
+                check_request_id(request_id)
+            result = await self._store.append(
+                aggregate, events, expected_tail=expected_tail, request_id=request_id
+            )
         except TailrunnerError as exc:
             await abort(context, exc, rpc="Append")
         return journal_pb2.AppendResponse(

@@ -8,6 +8,16 @@ loop.
 
 Events are clustered by ``(aggregate_id, id)`` (a ``WITHOUT ROWID`` table), so
 reading an aggregate is one range scan of its primary key.
+
+Idempotent appends: an append with a request id records it, with its result,
+in ``append_requests``, in the transaction (and savepoint) of the append
+itself; a later append with that request id on that aggregate finds it there
+and returns the recorded result. Each aggregate keeps the request ids of its
+last ``request_ids_kept`` appends that had one (numbered by ``seq``); older
+ones are deleted as new ones come.
+
+Schema versions: 1 kept events as columns; 2 keeps their wire form; 3 adds
+``append_requests``.
 """
 
 from __future__ import annotations
@@ -28,14 +38,19 @@ from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError
 from tailrunner.group_commit import GroupCommit, commit_each_alone_on
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
-from tailrunner.journal.store import AppendListener
+from tailrunner.journal.store import (
+    DEFAULT_REQUEST_IDS_KEPT,
+    AppendListener,
+    check_request_id,
+    check_request_ids_kept,
+)
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, use_wal
 
 log = structlog.get_logger(__name__)
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 _SCHEMA = (
     """
 CREATE TABLE IF NOT EXISTS aggregates (
@@ -54,6 +69,20 @@ CREATE TABLE IF NOT EXISTS events (
     wire BLOB NOT NULL,
     PRIMARY KEY (aggregate_id, id)
 ) WITHOUT ROWID""",
+    # Schema 3. ``seq`` numbers an aggregate's appends with a request id, so
+    # that all but the last N are deleted; ``event_ids``: the 16-byte ids of
+    # the append's events, one after the other.
+    """
+CREATE TABLE IF NOT EXISTS append_requests (
+    aggregate_id BLOB NOT NULL,
+    request_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    tail BLOB NOT NULL,
+    event_ids BLOB NOT NULL,
+    PRIMARY KEY (aggregate_id, request_id)
+) WITHOUT ROWID""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS append_requests_by_seq"
+    " ON append_requests (aggregate_id, seq)",
 )
 
 _SELECT_AGGREGATE = "SELECT type, head FROM aggregates WHERE id = ?"
@@ -61,6 +90,15 @@ _SELECT_TYPE = "SELECT type FROM aggregates WHERE id = ?"
 _INSERT_EVENT = "INSERT INTO events (aggregate_id, id, wire) VALUES (?, ?, ?)"
 _INSERT_AGGREGATE = "INSERT INTO aggregates (id, type, head, event_count) VALUES (?, ?, ?, ?)"
 _UPDATE_AGGREGATE = "UPDATE aggregates SET head = ?, event_count = event_count + ? WHERE id = ?"
+_SELECT_REQUEST = (
+    "SELECT tail, event_ids FROM append_requests WHERE aggregate_id = ? AND request_id = ?"
+)
+_LAST_REQUEST_SEQ = "SELECT MAX(seq) FROM append_requests WHERE aggregate_id = ?"
+_INSERT_REQUEST = (
+    "INSERT INTO append_requests (aggregate_id, request_id, seq, tail, event_ids)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_FORGET_REQUESTS = "DELETE FROM append_requests WHERE aggregate_id = ? AND seq <= ?"
 # An empty blob sorts before every id, so ``after`` = b"" reads from epoch.
 _READ_EVENTS = "SELECT wire FROM events WHERE aggregate_id = ? AND id > ? ORDER BY id LIMIT ?"
 _LIST_ALL = "SELECT id, type, head, event_count FROM aggregates WHERE id > ? ORDER BY id LIMIT ?"
@@ -82,9 +120,17 @@ class SQLiteJournalStore:
     Open it with :meth:`open`; close it with :meth:`aclose`.
     """
 
-    def __init__(self, path: str, writer: sqlite3.Connection, *, read_connections: int = 4) -> None:
+    def __init__(
+        self,
+        path: str,
+        writer: sqlite3.Connection,
+        *,
+        read_connections: int = 4,
+        request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
+    ) -> None:
         """Use :meth:`open` instead: it creates the file and the schema."""
         self._path = path
+        self._request_ids_kept = request_ids_kept
         self._writer = writer
         self._write_lock = anyio.Lock()
         self._group = GroupCommit(self._write_lock, self._commit_group, self._check_open)
@@ -100,11 +146,14 @@ class SQLiteJournalStore:
         *,
         synchronous: Synchronous = "FULL",
         read_connections: int = 4,
+        request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
     ) -> SQLiteJournalStore:
         """Open (and create if needed) the journal in the file at ``path``.
 
         :param synchronous: the ``PRAGMA synchronous`` level of the writes.
         :param read_connections: how many reads may run at once.
+        :param request_ids_kept: how many request ids of idempotent appends
+            to remember per aggregate (the last ones).
         :raises InvalidArgument: an unknown ``synchronous`` level.
         :raises StoreError: the file cannot be opened or is not a journal;
             the message names the path and the reason.
@@ -116,10 +165,13 @@ class SQLiteJournalStore:
             )
         if read_connections < 1:
             raise InvalidArgument("read_connections", "at least one read connection is needed")
+        check_request_ids_kept(request_ids_kept)
         name = os.fspath(path)
         writer = await anyio.to_thread.run_sync(_open_writer, name, synchronous)
         log.debug("opened", path=name, synchronous=synchronous)
-        return cls(name, writer, read_connections=read_connections)
+        return cls(
+            name, writer, read_connections=read_connections, request_ids_kept=request_ids_kept
+        )
 
     @property
     def path(self) -> str:
@@ -132,6 +184,7 @@ class SQLiteJournalStore:
         events: Sequence[NewEvent],
         *,
         expected_tail: ULID | None,
+        request_id: str | None = None,
     ) -> AppendResult:
         """Append ``events`` to ``aggregate``, durably, all or none.
 
@@ -144,11 +197,17 @@ class SQLiteJournalStore:
         settled: dropped if it was still queued; if its group's commit had
         begun, committed (and heard by the listeners) or failed with it. So
         reading the aggregate back tells a cancelled caller whether it is in.
+
+        With a ``request_id``, the look-up of an earlier append with it is in
+        the savepoint of this append: two appends with one request id in one
+        group find the first one's record, so they append once.
         """
         if not events:
             raise InvalidArgument("events", "an append needs at least one event")
+        if request_id is not None:
+            check_request_id(request_id)
         self._check_open()
-        request = _Append(aggregate, events, expected_tail)
+        request = _Append(aggregate, events, expected_tail, request_id)
         await self._group.submit(request)
         if request.error is not None:
             raise request.error
@@ -159,7 +218,7 @@ class SQLiteJournalStore:
         await commit_each_alone_on(sqlite3.Error, self._commit_appends, group, self._failed)
         # Still under the write lock, so that listeners hear of commits in commit order.
         for request in group:
-            if request.error is None:
+            if request.error is None and not request.repeated:
                 aggregate = request.aggregate
                 self._remember_type(aggregate.id.bytes, aggregate.type)
                 self._listeners.notify(aggregate, request.ids[-1])
@@ -167,7 +226,8 @@ class SQLiteJournalStore:
     async def _commit_appends(self, group: list[_Append]) -> None:
         for request in group:
             request.error = None  # a failed group's retry starts afresh
-        await anyio.to_thread.run_sync(_append_group, self._writer, group)
+            request.repeated = False
+        await anyio.to_thread.run_sync(_append_group, self._writer, group, self._request_ids_kept)
 
     def _failed(self, request: _Append, exc: sqlite3.Error) -> None:
         request.error = StoreError(f"journal store {self._path}: append failed: {exc}")
@@ -331,6 +391,9 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
                 (version,) = conn.execute("PRAGMA user_version").fetchone()
                 if version == 1:
                     _migrate_from_1(conn)
+                # 2 → 3 only adds append_requests: _SCHEMA creates it.
+                if 1 <= version < 3:
+                    log.info("migrating the journal store to schema 3 (append request ids)")
                 # Statement by statement: executescript() would commit on its own.
                 for statement in _SCHEMA:
                     conn.execute(statement)
@@ -376,19 +439,28 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 class _Append:
     """One caller's append, waiting for a group commit, and then its outcome."""
 
-    __slots__ = ("aggregate", "error", "events", "expected_tail", "ids")
+    __slots__ = ("aggregate", "error", "events", "expected_tail", "ids", "repeated", "request_id")
 
     def __init__(
-        self, aggregate: AggregateRef, events: Sequence[NewEvent], expected_tail: ULID | None
+        self,
+        aggregate: AggregateRef,
+        events: Sequence[NewEvent],
+        expected_tail: ULID | None,
+        request_id: str | None,
     ) -> None:
         self.aggregate = aggregate
         self.events = events
         self.expected_tail = expected_tail
+        self.request_id = request_id
         self.ids: list[ULID] = []
+        #: The request id was known: ``ids`` are the first append's, nothing was appended.
+        self.repeated = False
         self.error: Exception | None = None
 
 
-def _append_group(conn: sqlite3.Connection, group: Sequence[_Append]) -> None:
+def _append_group(
+    conn: sqlite3.Connection, group: Sequence[_Append], request_ids_kept: int
+) -> None:
     """Commit the appends of ``group`` in one transaction, each in a savepoint.
 
     An append refused by the journal's rules (a tail or type mismatch) is
@@ -399,9 +471,7 @@ def _append_group(conn: sqlite3.Connection, group: Sequence[_Append]) -> None:
         for request in group:
             conn.execute("SAVEPOINT one_append")
             try:
-                request.ids = _append_rows(
-                    conn, request.aggregate, request.events, request.expected_tail
-                )
+                _append_rows(conn, request, request_ids_kept)
             except sqlite3.Error:
                 raise
             except Exception as exc:  # the append's own outcome, raised to its caller
@@ -415,13 +485,13 @@ def _append_group(conn: sqlite3.Connection, group: Sequence[_Append]) -> None:
         raise
 
 
-def _append_rows(
-    conn: sqlite3.Connection,
-    aggregate: AggregateRef,
-    events: Sequence[NewEvent],
-    expected_tail: ULID | None,
-) -> list[ULID]:
-    """Insert one append's events and move its aggregate's head; the new ids."""
+def _append_rows(conn: sqlite3.Connection, request: _Append, request_ids_kept: int) -> None:
+    """Insert one append's events and move its aggregate's head; sets ``request.ids``.
+
+    An append whose request id is recorded inserts nothing and gets the
+    recorded ids (``request.repeated``).
+    """
+    aggregate, events, expected_tail = request.aggregate, request.events, request.expected_tail
     key = aggregate.id.bytes
     row = conn.execute(_SELECT_AGGREGATE, (key,)).fetchone()
     head: ULID | None = None
@@ -431,6 +501,13 @@ def _append_rows(
                 f"aggregate {aggregate.id} has type {row[0]!r}, not {aggregate.type!r}"
             )
         head = ULID(row[1])
+        if request.request_id is not None:
+            recorded = conn.execute(_SELECT_REQUEST, (key, request.request_id)).fetchone()
+            if recorded is not None:
+                blob: bytes = recorded[1]
+                request.ids = [ULID(blob[i : i + 16]) for i in range(0, len(blob), 16)]
+                request.repeated = True
+                return
     if expected_tail is not None and expected_tail != head:
         raise TailMismatch(expected_tail, head)
     ids = next_ulids(head, len(events))
@@ -447,7 +524,19 @@ def _append_rows(
         conn.execute(_INSERT_AGGREGATE, (key, aggregate.type, raw[-1], len(raw)))
     else:
         conn.execute(_UPDATE_AGGREGATE, (raw[-1], len(raw), key))
-    return ids
+    if request.request_id is not None:
+        _record_request(conn, key, request.request_id, raw, request_ids_kept)
+    request.ids = ids
+
+
+def _record_request(
+    conn: sqlite3.Connection, key: bytes, request_id: str, raw_ids: list[bytes], kept: int
+) -> None:
+    """Record an append's request id and result; forget all but the last ``kept``."""
+    (last,) = conn.execute(_LAST_REQUEST_SEQ, (key,)).fetchone()
+    seq = 1 if last is None else last + 1
+    conn.execute(_INSERT_REQUEST, (key, request_id, seq, raw_ids[-1], b"".join(raw_ids)))
+    conn.execute(_FORGET_REQUESTS, (key, seq - kept))
 
 
 def _read(  # noqa: PLR0917 (a worker-thread entry point: positional args only)

@@ -14,12 +14,51 @@ from uuid import UUID
 
 from ulid import ULID
 
+from tailrunner.errors import InvalidArgument
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 
 #: Called after an append committed, with the aggregate and its new head. A
 #: store whose appends can come from other processes (PostgreSQL with
 #: LISTEN/NOTIFY) calls it for those too. Listeners must not block.
 AppendListener = Callable[[AggregateRef, ULID], None]
+
+#: The longest request id an append may carry, in characters.
+MAX_REQUEST_ID_LENGTH = 128
+#: How many request ids a store remembers per aggregate by default: those of
+#: the aggregate's last appends that had one. There is no time limit: the
+#: window is counted in appends, so it does not depend on clocks.
+DEFAULT_REQUEST_IDS_KEPT = 10_000
+
+
+def check_request_ids_kept(request_ids_kept: int) -> None:
+    """Refuse a window of request ids that could not hold the one just appended.
+
+    :raises InvalidArgument: naming ``request_ids_kept``.
+    """
+    if request_ids_kept < 1:
+        raise InvalidArgument("request_ids_kept", f"must be at least 1, got {request_ids_kept}")
+
+
+def check_request_id(request_id: str) -> None:
+    """Refuse a malformed request id: empty, too long, or not printable ASCII.
+
+    Printable ASCII (``!`` to ``~``) takes UUIDs, ULIDs and most tokens, and
+    keeps request ids readable in logs.
+
+    :raises InvalidArgument: naming ``request_id``.
+    """
+    if not request_id:
+        raise InvalidArgument("request_id", "must not be empty (leave it out for none)")
+    if len(request_id) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgument(
+            "request_id",
+            f"is {len(request_id)} characters, over the limit of {MAX_REQUEST_ID_LENGTH}",
+        )
+    bad = next((c for c in request_id if not "!" <= c <= "~"), None)
+    if bad is not None:
+        raise InvalidArgument(
+            "request_id", f"{request_id!r} has {bad!r}: only printable ASCII (! to ~) is allowed"
+        )
 
 
 class JournalStore(Protocol):
@@ -29,6 +68,7 @@ class JournalStore(Protocol):
         events: Sequence[NewEvent],
         *,
         expected_tail: ULID | None,
+        request_id: str | None = None,
     ) -> AppendResult:
         """Append ``events`` in one transaction: all commit, or none.
 
@@ -37,6 +77,18 @@ class JournalStore(Protocol):
 
         :param expected_tail: ``None`` for no check; otherwise the head the
             aggregate must have.
+        :param request_id: makes the append idempotent. When an earlier
+            append to the same aggregate had this request id, nothing is
+            appended and its result is returned, whatever ``events`` and
+            ``expected_tail`` are (the append already happened); listeners
+            hear nothing. The check and the append are one transaction, so
+            concurrent appends with one request id append once. A store
+            remembers the request ids of each aggregate's last appends (a
+            count set when it is made, :data:`DEFAULT_REQUEST_IDS_KEPT` by
+            default); an older one is forgotten and appends again. An
+            aggregate type mismatch is refused all the same.
+        :raises InvalidArgument: a malformed ``request_id`` (see
+            :func:`check_request_id`).
         :raises TailMismatch: the head is not ``expected_tail``.
         :raises AggregateTypeMismatch: the aggregate exists with another type.
         """

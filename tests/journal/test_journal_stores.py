@@ -301,7 +301,7 @@ async def test_sqlite_migrates_a_schema_1_journal_keeping_every_event(
     finally:
         await store.aclose()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         assert "events_1" not in tables
 

@@ -84,6 +84,7 @@ class AppendRequest(_message.Message):
     AGGREGATE_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_TAIL_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     aggregate_type: _builtins.str
     """Required, non-empty. An aggregate keeps the type of its first append; a
     later append with another type is FAILED_PRECONDITION.
@@ -93,6 +94,24 @@ class AppendRequest(_message.Message):
     expected_tail: _builtins.bytes
     """Optimistic concurrency: empty means no check; otherwise the 16-byte ULID
     that must be the aggregate's head for the append to commit.
+    """
+    request_id: _builtins.str
+    """Optional; empty means none. Makes the append idempotent: an append with
+    the request_id of an earlier append to the same aggregate_id appends
+    nothing and returns the earlier append's response (its tail and
+    event_ids), even when expected_tail no longer matches (the append
+    already happened). Only the aggregate_id and the request_id identify the
+    request: the events of a repeat are not compared, the first append's
+    result is returned whatever they are. The same request_id on another
+    aggregate is another request.
+
+    At most 128 characters, each printable ASCII (0x21 to 0x7e), e.g. a
+    UUID or a ULID in text; otherwise INVALID_ARGUMENT naming request_id.
+
+    The window: the journal remembers the request ids of the last appends of
+    each aggregate (10,000 by default; the store's setting), with no time
+    limit. A repeat that comes after that many later appends with request
+    ids to the same aggregate appends again.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewEvent]:
@@ -105,10 +124,11 @@ class AppendRequest(_message.Message):
         aggregate_id: _builtins.bytes = ...,
         expected_tail: _builtins.bytes = ...,
         events: _abc.Iterable[Global___NewEvent] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "events", b"events", "expected_tail", b"expected_tail"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "events", b"events", "expected_tail", b"expected_tail", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

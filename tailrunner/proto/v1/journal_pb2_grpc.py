@@ -65,8 +65,13 @@ class JournalServicer:
         aggregate (monotonic even within one millisecond); each event records its
         parent, the id of the event before it (empty for the first).
 
+        Idempotent with a request_id: a retry of an append that (unknown to the
+        client) committed returns the first append's response and appends
+        nothing; see AppendRequest.request_id.
+
         Errors: INVALID_ARGUMENT (bad id, empty aggregate_type or event type, no
-        events, an event over the size limit) naming the field;
+        events, an event over the size limit, a malformed request_id) naming the
+        field;
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
         head, with a TailMismatch in the status details.
         """

@@ -43,8 +43,13 @@ class JournalStub:
     aggregate (monotonic even within one millisecond); each event records its
     parent, the id of the event before it (empty for the first).
 
+    Idempotent with a request_id: a retry of an append that (unknown to the
+    client) committed returns the first append's response and appends
+    nothing; see AppendRequest.request_id.
+
     Errors: INVALID_ARGUMENT (bad id, empty aggregate_type or event type, no
-    events, an event over the size limit) naming the field;
+    events, an event over the size limit, a malformed request_id) naming the
+    field;
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
     head, with a TailMismatch in the status details.
     """
@@ -85,8 +90,13 @@ class JournalAsyncStub(JournalStub):
     aggregate (monotonic even within one millisecond); each event records its
     parent, the id of the event before it (empty for the first).
 
+    Idempotent with a request_id: a retry of an append that (unknown to the
+    client) committed returns the first append's response and appends
+    nothing; see AppendRequest.request_id.
+
     Errors: INVALID_ARGUMENT (bad id, empty aggregate_type or event type, no
-    events, an event over the size limit) naming the field;
+    events, an event over the size limit, a malformed request_id) naming the
+    field;
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
     head, with a TailMismatch in the status details.
     """
@@ -130,8 +140,13 @@ class JournalServicer(metaclass=_abc_1.ABCMeta):
         aggregate (monotonic even within one millisecond); each event records its
         parent, the id of the event before it (empty for the first).
 
+        Idempotent with a request_id: a retry of an append that (unknown to the
+        client) committed returns the first append's response and appends
+        nothing; see AppendRequest.request_id.
+
         Errors: INVALID_ARGUMENT (bad id, empty aggregate_type or event type, no
-        events, an event over the size limit) naming the field;
+        events, an event over the size limit, a malformed request_id) naming the
+        field;
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
         head, with a TailMismatch in the status details.
         """
