@@ -15,7 +15,7 @@ import anyio
 import pytest
 from ulid import ULID
 
-from tailrunner.errors import InvalidArgument
+from tailrunner.errors import AggregateTypeMismatch, InvalidArgument
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.sqlite import SQLiteJournalStore
@@ -94,6 +94,15 @@ async def test_a_repeat_with_other_events_returns_the_first_result_and_appends_n
 
     assert again == first
     assert await _event_types(store, ref) == ["a"]
+
+
+async def test_a_repeat_with_another_aggregate_type_is_still_a_type_mismatch(
+    store: JournalStore, ref: AggregateRef
+) -> None:
+    await store.append(ref, [NewEvent(type="a")], expected_tail=None, request_id="r")
+    retyped = AggregateRef(type="not-" + ref.type, id=ref.id)
+    with pytest.raises(AggregateTypeMismatch):
+        await store.append(retyped, [NewEvent(type="a")], expected_tail=None, request_id="r")
 
 
 async def test_concurrent_appends_with_one_request_id_append_once(
