@@ -39,7 +39,7 @@ from tailrunner.workflows.pingregistry.behaviour import (
     advance,
     tell,
 )
-from tailrunner.workflows.pingregistry.errors import CommandRejected
+from tailrunner.workflows.pingregistry.errors import CommandRefused
 from tailrunner.workflows.pingregistry.index import (
     INDEX_EVENT_TYPES,
     EntryCode,
@@ -96,7 +96,7 @@ class WorkflowMachine(RuleBasedStateMachine):
         before = self.state
         try:
             events = tell(before, command)
-        except (CommandRejected, InvalidArgument):
+        except (CommandRefused, InvalidArgument):
             assert self.state == before
             return
         if isinstance(command, AppendPing):
@@ -179,7 +179,7 @@ class IndexMachine(RuleBasedStateMachine):
         before = self.state
         try:
             events = tell_index(before, command)
-        except (CommandRejected, InvalidArgument):
+        except (CommandRefused, InvalidArgument):
             return
         state = before
         for event in events:
