@@ -130,7 +130,7 @@ class Aggregates(Generic[S, C, E]):
                             f"not a {self._type!r}"
                         )
                     state = self._behaviour.advance(
-                        state, self._behaviour.decode(event.type, event.data)
+                        state, self._behaviour.decode(event.type, event.data), event.id
                     )
                     version = event.id
         if version is None:
@@ -176,8 +176,8 @@ class Aggregates(Generic[S, C, E]):
                     raise RetryLimit(str(self.ref(id)), attempt) from exc
                 await anyio.sleep(self._pause * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
                 continue
-            for event in events:
-                state = self._behaviour.advance(state, event)
+            for event, event_id in zip(events, result.event_ids, strict=True):
+                state = self._behaviour.advance(state, event, event_id)
             self._remember(id, result.tail, state)
             return result.tail
 

@@ -1,8 +1,8 @@
 """The behaviour of an aggregate: nog's pure shape, testable without I/O.
 
 A behaviour decides (``tell``: a command against a state gives events, or a
-typed refusal) and remembers (``advance``: a state and one event give the
-next state). Neither does I/O, so given/when/then tests need no journal.
+typed refusal) and remembers (``advance``: a state and one event, with its
+journal id, give the next state). Neither does I/O, so given/when/then tests need no journal.
 Events are protobuf messages; the behaviour also says how one travels in the
 journal: its type name (the message's full name) and its serialised bytes.
 """
@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 from uuid import UUID
 
 from google.protobuf.message import Message
+from ulid import ULID
 
 from tailrunner.errors import ArgumentNotIdempotent, InvalidArgument
 
@@ -41,8 +42,12 @@ class Behaviour(Protocol[S, C_contra, E]):
         """
         ...
 
-    def advance(self, state: S, event: E) -> S:
-        """The state after ``event``; ``state`` itself is left as it was."""
+    def advance(self, state: S, event: E, event_id: ULID) -> S:
+        """The state after ``event``; ``state`` itself is left as it was.
+
+        :param event_id: the event's id in the journal (a state may record it,
+            as ping-registry does for each ping).
+        """
         ...
 
     def event_type(self, event: E) -> str:

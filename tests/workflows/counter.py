@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from google.protobuf.wrappers_pb2 import BoolValue, Int64Value, StringValue
+from ulid import ULID
 
 from tailrunner.errors import Uninitialized, WrongState
 from tailrunner.workflows.behaviour import ProtoCodec, check_idempotent
@@ -26,6 +27,8 @@ class Counter:
     name: str | None = None
     value: int = 0
     closed: bool = False
+    #: The id of the last event: equal to the aggregate's version, always.
+    last: ULID | None = None
 
     @property
     def state(self) -> str:
@@ -77,12 +80,12 @@ class CounterBehaviour(ProtoCodec[CounterEvent]):
                     raise Uninitialized("close")
                 return [] if state.closed else [BoolValue(value=True)]
 
-    def advance(self, state: Counter, event: CounterEvent) -> Counter:
+    def advance(self, state: Counter, event: CounterEvent, event_id: ULID) -> Counter:
         if isinstance(event, StringValue):
-            return dataclasses.replace(state, name=event.value)
+            return dataclasses.replace(state, name=event.value, last=event_id)
         if isinstance(event, Int64Value):
-            return dataclasses.replace(state, value=state.value + event.value)
-        return dataclasses.replace(state, closed=True)
+            return dataclasses.replace(state, value=state.value + event.value, last=event_id)
+        return dataclasses.replace(state, closed=True, last=event_id)
 
 
 def valid(state: Counter) -> bool:

@@ -67,7 +67,7 @@ async def test_tell_appends_and_load_replays(spy: SpyJournal) -> None:
     v2 = await counters.tell(id, Add(2), v1)
     assert v1 is not None and v2 is not None and v1 < v2
     fresh = aggregates(SpyJournal(spy.inner))
-    assert await fresh.load(id) == (Counter(id=id, name="a", value=2), v2)
+    assert await fresh.load(id) == (Counter(id=id, name="a", value=2, last=v2), v2)
 
 
 async def test_a_refused_command_appends_nothing(spy: SpyJournal) -> None:
@@ -113,7 +113,10 @@ async def test_no_vc_tells_on_whatever_is_current(
     await counters.tell(id, Init("a"))
     await other_writer_adds(journal, counters.ref(id))
     version = await counters.tell(id, Add(1), NO_VC)
-    assert await counters.load(id) == (Counter(id=id, name="a", value=101), version)
+    assert await counters.load(id) == (
+        Counter(id=id, name="a", value=101, last=version),
+        version,
+    )
 
 
 async def test_no_vc_with_a_writer_racing_the_append_is_a_conflict(
@@ -183,7 +186,10 @@ async def test_a_hot_aggregate_reads_only_the_events_after_the_cached_version(
     await other_writer_adds(journal, counters.ref(id))
     version = await counters.tell(id, Close())
     assert spy.events_read == 1
-    assert await counters.load(id) == (Counter(id=id, name="a", value=105, closed=True), version)
+    assert await counters.load(id) == (
+        Counter(id=id, name="a", value=105, closed=True, last=version),
+        version,
+    )
 
 
 async def test_the_cache_is_bounded(spy: SpyJournal) -> None:

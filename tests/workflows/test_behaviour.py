@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 from google.protobuf.wrappers_pb2 import BoolValue, Int64Value, StringValue
+from ulid import ULID
 
 from tailrunner.errors import (
     ArgumentNotIdempotent,
@@ -33,7 +34,7 @@ ID = uuid.UUID(int=1)
 def given(*events: CounterEvent) -> Counter:
     state = B.new_state(ID)
     for event in events:
-        state = B.advance(state, event)
+        state = B.advance(state, event, ULID())
     return state
 
 
@@ -80,7 +81,7 @@ def test_add_and_close() -> None:
 
 def test_advance_never_mutates_the_previous_state() -> None:
     before = given(StringValue(value="a"))
-    after = B.advance(before, Int64Value(value=3))
+    after = B.advance(before, Int64Value(value=3), ULID())
     assert (before.value, after.value) == (0, 3)
 
 

@@ -91,7 +91,7 @@ async def test_stored_events_replay_to_the_state_tell_saw(
         event("retried" if racing and mode is RETRY_NO_VC and spy.races == 0 else "told")
         # The other writer only races before an append: nothing lands after ours.
         state, head = await counters.load(id)
-        assert head == seen
+        assert head == seen == state.last
         assert await replayed(journal, id) == (state, head)
         assert valid(state)
     state, head = await counters.load(id)
