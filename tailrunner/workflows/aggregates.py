@@ -20,6 +20,10 @@ The journal cannot yet check "no events": the first append to a new
 aggregate is made without ``expected_tail``, so two racing first appends
 both land. Behaviours whose first command is an idempotent init tolerate it.
 
+Every tell appends with a request id (the caller's, or a new one), so that
+the journal appends it at most once; a caller that repeats a tell after a
+timeout passes the same ``request_id``.
+
 Loaded states are cached (a bounded LRU of each aggregate's newest known
 version and state), so a tell on a hot aggregate reads only the events after
 the cached version.
@@ -30,7 +34,6 @@ from __future__ import annotations
 import enum
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
 from contextlib import aclosing
 from typing import Generic, TypeAlias, TypeVar
 from uuid import UUID
@@ -47,7 +50,7 @@ from tailrunner.errors import (
     VersionConflict,
 )
 from tailrunner.journal.api import JournalApi
-from tailrunner.model import AggregateRef, AppendResult, NewEvent
+from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.workflows.behaviour import Behaviour, encode
 
 S = TypeVar("S")
@@ -140,18 +143,33 @@ class Aggregates(Generic[S, C, E]):
         self._remember(id, version, state)
         return state, version
 
-    async def tell(self, id: UUID, command: C, version: Version = NO_VC) -> ULID | None:
+    async def tell(
+        self,
+        id: UUID,
+        command: C,
+        version: Version = NO_VC,
+        *,
+        request_id: str | None = None,
+    ) -> ULID | None:
         """Tell ``command`` to the aggregate; its version afterwards.
 
         A command that yields no events appends nothing and returns the
         current version.
 
+        :param request_id: makes the tell safe to repeat (after a timeout, or
+            a crash of the caller): the journal appends nothing for a repeat
+            of an append with this id to this aggregate, and returns the first
+            one's result, whose tail this returns. Without it, each tell
+            appends with a new request id of its own.
         :raises VersionConflict: the aggregate is not at ``version`` (or, with
             ``NO_VC``, another writer appended first); names both versions.
         :raises RetryLimit: ``RETRY_NO_VC`` conflicted on every attempt.
         :raises CommandRefused: (a subclass) the behaviour refused the command.
         :raises JournalUnavailable: the journal cannot be reached.
         """
+        # The same id for every attempt: a conflicting attempt appended nothing,
+        # so the journal has no result to repeat for it.
+        request = request_id if request_id is not None else str(ULID())
         attempt = 0
         while True:
             state, head = await self.load(id)
@@ -165,7 +183,9 @@ class Aggregates(Generic[S, C, E]):
                 for event in events
             ]
             try:
-                result = await self._append(id, new, head)
+                result = await self._journal.append(
+                    self.ref(id), new, expected_tail=head, request_id=request
+                )
             except TailMismatch as exc:
                 # Another writer appended after our load; our cached state is stale
                 # but still a valid prefix, so the next load only reads what is new.
@@ -176,21 +196,15 @@ class Aggregates(Generic[S, C, E]):
                     raise RetryLimit(str(self.ref(id)), attempt) from exc
                 await anyio.sleep(self._pause * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
                 continue
+            if request_id is not None:
+                # Perhaps a repeat: the journal's result is then the first
+                # append's, whose events need not be the ones told here. The
+                # next load reads what was stored instead.
+                return result.tail
             for event, event_id in zip(events, result.event_ids, strict=True):
                 state = self._behaviour.advance(state, event, event_id)
             self._remember(id, result.tail, state)
             return result.tail
-
-    async def _append(
-        self, id: UUID, events: Sequence[NewEvent], head: ULID | None
-    ) -> AppendResult:
-        """The one place tells append.
-
-        TODO(issue 12, idempotent appends): pass ``request_id=`` (one per
-        attempt, reused if this append is retried after a timeout) once
-        ``JournalApi.append`` takes it.
-        """
-        return await self._journal.append(self.ref(id), events, expected_tail=head)
 
     def _remember(self, id: UUID, version: ULID, state: S) -> None:
         self._cache[id] = (version, state)

@@ -46,14 +46,14 @@ class SpyJournal:
         expected_tail: ULID | None = None,
         request_id: str | None = None,
     ) -> AppendResult:
-        # Recorded, not forwarded yet: JournalApi.append gains request_id in
-        # the same issue (idempotent appends); Aggregates does not pass it so far.
         self.request_ids.append(request_id)
         if self.race is not None and self.races > 0:
             self.races -= 1
             await self.race(aggregate)
         self.appends += 1
-        return await self.inner.append(aggregate, events, expected_tail=expected_tail)
+        return await self.inner.append(
+            aggregate, events, expected_tail=expected_tail, request_id=request_id
+        )
 
     async def events(
         self,

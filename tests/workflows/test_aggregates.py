@@ -218,3 +218,42 @@ async def test_close_then_add_is_refused_through_aggregates(spy: SpyJournal) -> 
     await counters.tell(id, Close())
     with pytest.raises(WrongState, match="closed"):
         await counters.tell(id, Add(1))
+
+
+async def test_each_tell_appends_with_a_request_id_of_its_own(spy: SpyJournal) -> None:
+    counters = aggregates(spy)
+    id = uuid.uuid4()
+    await counters.tell(id, Init("a"))
+    await counters.tell(id, Add(1))
+    assert len(spy.request_ids) == 2
+    assert None not in spy.request_ids and len(set(spy.request_ids)) == 2
+
+
+async def test_a_tell_repeated_with_its_request_id_appends_once(spy: SpyJournal) -> None:
+    counters = aggregates(spy)
+    id = uuid.uuid4()
+    await counters.tell(id, Init("a"))
+    first = await counters.tell(id, Add(1), request_id="add-1")
+    # The caller timed out and repeats: the state already has the first add,
+    # the behaviour adds again, and the journal returns the first append.
+    again = await counters.tell(id, Add(1), request_id="add-1")
+    assert again == first
+    state, head = await counters.load(id)
+    assert (state.value, head, state.last) == (1, first, first)
+    assert spy.request_ids[1:] == ["add-1", "add-1"]
+
+
+async def test_retry_no_vc_keeps_its_request_id_across_attempts(
+    spy: SpyJournal, journal: LoopbackJournal
+) -> None:
+    counters = aggregates(spy)
+    id = uuid.uuid4()
+    await counters.tell(id, Init("a"))
+
+    async def race(aggregate: AggregateRef) -> None:
+        await other_writer_adds(journal, aggregate)
+
+    spy.race, spy.races = race, 1
+    await counters.tell(id, Add(1), RETRY_NO_VC, request_id="r")
+    assert spy.request_ids[1:] == ["r", "r"]
+    assert (await counters.load(id))[0].value == 101
