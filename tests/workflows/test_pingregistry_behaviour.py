@@ -10,6 +10,7 @@ import pytest
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.workflows.behaviour import Behaviour, encode
 from tailrunner.workflows.pingregistry.behaviour import (
     EXPIRED_CODE,
     AbortExpired,
@@ -20,6 +21,7 @@ from tailrunner.workflows.pingregistry.behaviour import (
     End,
     Event,
     Init,
+    PingRegistryBehaviour,
     PostSummary,
     advance,
     tell,
@@ -226,3 +228,19 @@ def test_advance_never_changes_the_state_it_is_given() -> None:
     after = advance(before, event, ULID())
     assert before.pings == () and before.code is StateCode.INITIALIZED
     assert after is not before
+
+
+def test_the_behaviour_carries_its_events_as_protobuf_by_full_name() -> None:
+    behaviour: Behaviour[State, Command, Event] = PingRegistryBehaviour()
+    state = behaviour.new_state(WORKFLOW)
+    (started,) = behaviour.tell(state, INIT)
+    assert behaviour.event_type(started) == "tailrunner.v1.PingRegistryStarted"
+    state = behaviour.advance(
+        state, behaviour.decode(behaviour.event_type(started), encode(started)), ULID()
+    )
+    ping_id = ULID()
+    (pinged,) = behaviour.tell(state, PING)
+    decoded = behaviour.decode(behaviour.event_type(pinged), encode(pinged))
+    state = behaviour.advance(state, decoded, ping_id)
+    assert state.deadline == DEADLINE
+    assert [p.event_id for p in state.pings] == [ping_id]

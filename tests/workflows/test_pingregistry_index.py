@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import pytest
+from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.workflows.behaviour import Behaviour, encode
 from tailrunner.workflows.pingregistry.errors import (
     ArgumentNotIdempotent,
     UnknownWorkflow,
@@ -15,7 +17,9 @@ from tailrunner.workflows.pingregistry.errors import (
 )
 from tailrunner.workflows.pingregistry.index import (
     EntryCode,
+    IndexBehaviour,
     IndexCommand,
+    IndexEvent,
     IndexState,
     RecordCompleted,
     RecordDeleted,
@@ -97,3 +101,13 @@ def test_advance_never_changes_the_index_it_is_given() -> None:
     (event,) = tell_index(before, RecordStarted(workflow=FIRST, deadline=DEADLINE))
     after = advance_index(before, event)
     assert before.entries == () and len(after.entries) == 1
+
+
+def test_the_index_behaviour_carries_its_events_as_protobuf_by_full_name() -> None:
+    behaviour: Behaviour[IndexState, IndexCommand, IndexEvent] = IndexBehaviour()
+    state = behaviour.new_state(INDEX)
+    (event,) = behaviour.tell(state, RecordStarted(workflow=FIRST, deadline=DEADLINE))
+    assert behaviour.event_type(event) == "tailrunner.v1.IndexWorkflowStarted"
+    decoded = behaviour.decode(behaviour.event_type(event), encode(event))
+    assert decoded == event
+    assert behaviour.advance(state, decoded, ULID()) == advance_index(state, event)

@@ -28,18 +28,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.proto.v1 import workflows_pb2 as pb
+from tailrunner.workflows.behaviour import ProtoCodec
 from tailrunner.workflows.pingregistry.errors import (
     ArgumentNotIdempotent,
     Uninitialized,
     WrongState,
 )
-from tailrunner.workflows.pingregistry.state import Ping, State, StateCode, Summary
+from tailrunner.workflows.pingregistry.state import Ping, State, StateCode, Summary, new_state
 
 EXPIRED_CODE = 4
 """The summary code of a workflow aborted because it expired (gRPC's DEADLINE_EXCEEDED)."""
@@ -251,3 +253,22 @@ def _gathered(state: State, code: int, message: str) -> pb.ServerPingsGathered:
         for p in state.pings
     ]
     return pb.ServerPingsGathered(code=code, message=message, pings=pings)
+
+
+class PingRegistryBehaviour(ProtoCodec[Event]):
+    """The workflow as a :class:`~tailrunner.workflows.behaviour.Behaviour`, for ``Aggregates``."""
+
+    def __init__(self) -> None:
+        super().__init__(*EVENT_TYPES)
+
+    def new_state(self, id: UUID) -> State:
+        """:func:`~tailrunner.workflows.pingregistry.state.new_state`."""
+        return new_state(id)
+
+    def tell(self, state: State, command: Command) -> list[Event]:
+        """:func:`tell`."""
+        return tell(state, command)
+
+    def advance(self, state: State, event: Event, event_id: ULID) -> State:
+        """:func:`advance`."""
+        return advance(state, event, event_id)

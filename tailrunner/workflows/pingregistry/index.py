@@ -29,9 +29,11 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.proto.v1 import workflows_pb2 as pb
+from tailrunner.workflows.behaviour import ProtoCodec
 from tailrunner.workflows.pingregistry.errors import (
     ArgumentNotIdempotent,
     UnknownWorkflow,
@@ -175,3 +177,22 @@ def advance_index(state: IndexState, event: IndexEvent) -> IndexState:
 def _set_code(state: IndexState, workflow: UUID, code: EntryCode) -> IndexState:
     entries = tuple(replace(e, code=code) if e.workflow == workflow else e for e in state.entries)
     return replace(state, entries=entries)
+
+
+class IndexBehaviour(ProtoCodec[IndexEvent]):
+    """The index as a :class:`~tailrunner.workflows.behaviour.Behaviour`, for ``Aggregates``."""
+
+    def __init__(self) -> None:
+        super().__init__(*INDEX_EVENT_TYPES)
+
+    def new_state(self, id: UUID) -> IndexState:
+        """The state of an index that has no events yet."""
+        return new_index_state(id)
+
+    def tell(self, state: IndexState, command: IndexCommand) -> list[IndexEvent]:
+        """:func:`tell_index`."""
+        return tell_index(state, command)
+
+    def advance(self, state: IndexState, event: IndexEvent, event_id: ULID) -> IndexState:
+        """:func:`advance_index`; the index has no use for ``event_id``."""
+        return advance_index(state, event)
