@@ -7,6 +7,7 @@ the commit steps commit and end, delete) with the pure ``tell`` and
 ``advance``; ``index`` the per-registry index aggregate that records which
 workflows were started, completed and deleted; ``errors`` the refusals
 (``Uninitialized``, ``ArgumentNotIdempotent``, ``WrongState``,
-``UnknownWorkflow``). The events are the protobuf messages of
+``UnknownWorkflow``); ``deadlines`` converts deadlines between commands and
+events. The events are the protobuf messages of
 ``proto/tailrunner/v1/workflows.proto``. Nothing here does I/O.
 """

@@ -27,17 +27,16 @@ Any command but ``Init`` on an uninitialized workflow raises
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.proto.v1 import workflows_pb2 as pb
-from tailrunner.workflows.behaviour import ProtoCodec
+from tailrunner.workflows.behaviour import ProtoCodec, check_idempotent
+from tailrunner.workflows.pingregistry.deadlines import from_timestamp, to_timestamp
 from tailrunner.workflows.pingregistry.errors import (
-    ArgumentNotIdempotent,
     Uninitialized,
     WrongState,
 )
@@ -177,7 +176,7 @@ def advance(state: State, event: Event, event_id: ULID) -> State:
                 state,
                 code=StateCode.INITIALIZED,
                 registry=event.registry,
-                deadline=event.deadline.ToDatetime(tzinfo=UTC),
+                deadline=from_timestamp(event.deadline),
             )
         case pb.ServerPinged():
             ping = Ping(
@@ -219,17 +218,12 @@ _NAMES: dict[type[Command], str] = {
 def _tell_init(state: State, command: Init) -> list[Event]:
     if not command.registry:
         raise InvalidArgument("registry", "must not be empty")
-    if command.deadline.tzinfo is None:
-        raise InvalidArgument("deadline", f"{command.deadline} has no timezone")
+    deadline = to_timestamp(command.deadline)
     if state.code is not StateCode.UNINITIALIZED:
         # A repeated init is a no-op only when it asks for exactly what was recorded.
-        if command.registry != state.registry:
-            raise ArgumentNotIdempotent("registry", recorded=state.registry, given=command.registry)
-        if command.deadline != state.deadline:
-            raise ArgumentNotIdempotent("deadline", recorded=state.deadline, given=command.deadline)
+        check_idempotent("registry", state.registry, command.registry)
+        check_idempotent("deadline", state.deadline, command.deadline)
         return []
-    deadline = Timestamp()
-    deadline.FromDatetime(command.deadline)
     return [pb.PingRegistryStarted(registry=command.registry, deadline=deadline)]
 
 
@@ -239,10 +233,8 @@ def _require(state: State, allowed: tuple[StateCode, ...], what: str) -> None:
 
 
 def _same_summary(summary: Summary, code: int, message: str) -> None:
-    if code != summary.code:
-        raise ArgumentNotIdempotent("code", recorded=summary.code, given=code)
-    if message != summary.message:
-        raise ArgumentNotIdempotent("message", recorded=summary.message, given=message)
+    check_idempotent("code", summary.code, code)
+    check_idempotent("message", summary.message, message)
 
 
 def _gathered(state: State, code: int, message: str) -> pb.ServerPingsGathered:

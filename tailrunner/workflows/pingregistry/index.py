@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from ulid import ULID
 
-from tailrunner.errors import InvalidArgument
 from tailrunner.proto.v1 import workflows_pb2 as pb
-from tailrunner.workflows.behaviour import ProtoCodec
+from tailrunner.workflows.behaviour import ProtoCodec, check_idempotent
+from tailrunner.workflows.pingregistry.deadlines import from_timestamp, to_timestamp
 from tailrunner.workflows.pingregistry.errors import (
-    ArgumentNotIdempotent,
     UnknownWorkflow,
     WrongState,
 )
@@ -127,14 +125,10 @@ def tell_index(state: IndexState, command: IndexCommand) -> list[IndexEvent]:
     workflow_id = command.workflow.bytes
     match command:
         case RecordStarted(deadline=deadline):
-            if deadline.tzinfo is None:
-                raise InvalidArgument("deadline", f"{deadline} has no timezone")
+            stamp = to_timestamp(deadline)
             if entry is not None:
-                if entry.deadline != deadline:
-                    raise ArgumentNotIdempotent("deadline", recorded=entry.deadline, given=deadline)
+                check_idempotent("deadline", entry.deadline, deadline)
                 return []
-            stamp = Timestamp()
-            stamp.FromDatetime(deadline)
             return [pb.IndexWorkflowStarted(workflow_id=workflow_id, deadline=stamp)]
         case RecordCompleted():
             if entry is None:
@@ -163,7 +157,7 @@ def advance_index(state: IndexState, event: IndexEvent) -> IndexState:
         case pb.IndexWorkflowStarted():
             entry = IndexEntry(
                 workflow=workflow,
-                deadline=event.deadline.ToDatetime(tzinfo=UTC),
+                deadline=from_timestamp(event.deadline),
                 code=EntryCode.STARTED,
             )
             return replace(state, entries=(*state.entries, entry))
