@@ -207,7 +207,11 @@ class Aggregates(Generic[S, C, E]):
             return result.tail
 
     def _remember(self, id: UUID, version: ULID, state: S) -> None:
-        self._cache[id] = (version, state)
+        cached = self._cache.get(id)
+        # A load that overlapped a tell may finish at an older version than
+        # the tell cached; keep the newer (event ids grow along an aggregate).
+        if cached is None or cached[0] <= version:
+            self._cache[id] = (version, state)
         self._cache.move_to_end(id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

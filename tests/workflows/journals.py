@@ -7,6 +7,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import anyio
 from ulid import ULID
 
 from tailrunner.journal.api import JournalApi
@@ -37,6 +38,11 @@ class SpyJournal:
     request_ids: list[str | None] = field(default_factory=list)
     races: int = 0
     race: Callable[[AggregateRef], Awaitable[None]] | None = None
+    #: When set, the next ``events`` call reads to the end, then waits for it
+    #: before it ends (a slow reader that overlaps other calls).
+    hold: anyio.Event | None = None
+    #: Set once that call waits.
+    holding: anyio.Event = field(default_factory=anyio.Event)
 
     async def append(
         self,
@@ -64,11 +70,15 @@ class SpyJournal:
         max_batch: int = 0,
     ) -> AsyncGenerator[EventBatch, None]:
         self.reads.append(after)
+        hold, self.hold = self.hold, None
         stream = self.inner.events(aggregate_id, after=after, watch=watch, max_batch=max_batch)
         async with aclosing(stream) as batches:
             async for batch in batches:
                 self.events_read += len(batch.events)
                 yield batch
+        if hold is not None:
+            self.holding.set()
+            await hold.wait()
 
     def signals(self, aggregate_types: Sequence[str] = ()) -> AsyncGenerator[SignalBatch, None]:
         return self.inner.signals(aggregate_types)

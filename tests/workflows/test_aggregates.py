@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 import pytest
 from google.protobuf.wrappers_pb2 import Int64Value
 from ulid import ULID
@@ -257,3 +258,21 @@ async def test_retry_no_vc_keeps_its_request_id_across_attempts(
     await counters.tell(id, Add(1), RETRY_NO_VC, request_id="r")
     assert spy.request_ids[1:] == ["r", "r"]
     assert (await counters.load(id))[0].value == 101
+
+
+async def test_a_load_that_overlapped_a_tell_keeps_the_newer_cached_version(
+    spy: SpyJournal,
+) -> None:
+    counters = aggregates(spy)
+    id = uuid.uuid4()
+    await counters.tell(id, Init("a"))
+    spy.hold = hold = anyio.Event()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(counters.load, id)  # reads nothing new, then waits
+            await spy.holding.wait()
+            newer = await counters.tell(id, Add(1))
+            hold.set()
+    spy.reads.clear()
+    assert await counters.load(id) == (Counter(id=id, name="a", value=1, last=newer), newer)
+    assert spy.reads == [newer]
