@@ -28,6 +28,7 @@ from typing import Any, Self
 from uuid import UUID
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from ulid import ULID
 
 from tailrunner.errors import (
@@ -308,26 +309,24 @@ def _task_info(message: runner_pb2.Task) -> TaskInfo:
         lag=message.lag if message.HasField("lag") else None,
         attempts=message.attempts,
         last_error=message.last_error or None,
-        last_run_started=message.last_run_start_time.ToDatetime(tzinfo=UTC)
-        if message.HasField("last_run_start_time")
-        else None,
-        last_run_finished=message.last_run_end_time.ToDatetime(tzinfo=UTC)
-        if message.HasField("last_run_end_time")
-        else None,
+        last_run_started=_time(message, "last_run_start_time"),
+        last_run_finished=_time(message, "last_run_end_time"),
         last_run_outcome=message.last_run_outcome or None,
-        updated_at=message.update_time.ToDatetime(tzinfo=UTC)
-        if message.HasField("update_time")
-        else None,
+        updated_at=_time(message, "update_time"),
         live=message.live,
         wait_reason=_wait_reason(message.wait_reason),
-        next_run_at=message.next_run_time.ToDatetime(tzinfo=UTC)
-        if message.HasField("next_run_time")
-        else None,
-        recheck_at=message.recheck_time.ToDatetime(tzinfo=UTC)
-        if message.HasField("recheck_time")
-        else None,
+        next_run_at=_time(message, "next_run_time"),
+        recheck_at=_time(message, "recheck_time"),
         pending_control=message.pending_control or None,
     )
+
+
+def _time(message: runner_pb2.Task, name: str) -> datetime | None:
+    """The instant in ``message``'s Timestamp field ``name``; ``None`` when it is unset."""
+    if not message.HasField(name):  # type: ignore[arg-type]  # a field name checked by the caller
+        return None
+    value: Timestamp = getattr(message, name)
+    return value.ToDatetime(tzinfo=UTC)
 
 
 def _wait_reason(text: str) -> WaitReason | None:
