@@ -27,12 +27,14 @@ import re
 import tomllib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, cast
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar, cast, get_type_hints
 
 from croniter import croniter
 
+from tailrunner.activities.decorator import Activity
 from tailrunner.address import parse_host_port
 from tailrunner.engines.kinds import ENGINE_KINDS
 from tailrunner.engines.options import EngineOptions
@@ -134,11 +136,17 @@ class ActivitiesConfig:
     :ivar limits: activity name → most runs of it at once.
     :ivar retry: activity name → its retry policy: ``[activities.retry.NAME]``
         over the global ``[retry]`` (keys it does not set come from there).
+    :ivar settings: activity name → its ``[activities.settings.NAME]`` table
+        as written; :meth:`Config.configure_activities` reads it into the
+        activity's settings type once the plugins are loaded.
     """
 
     enabled: tuple[str, ...] = field(default=("*",), metadata=_key(lambda p: p.patterns))
     limits: Mapping[str, int] = field(default_factory=lambda: _EMPTY, metadata=_TABLE)
     retry: Mapping[str, RetryPolicy] = field(default_factory=lambda: _EMPTY, metadata=_TABLE)
+    settings: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: _EMPTY, metadata=_TABLE
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -255,7 +263,7 @@ class Config:
         return self.origins.get(key, _DEFAULTS)
 
     def check_activity_names(self, known: Collection[str]) -> None:
-        """Check that ``[activities.limits]`` and ``[activities.retry]`` name known activities.
+        """Check that ``[activities.limits]``, ``.retry`` and ``.settings`` name known activities.
 
         Config is read before plugins load, so the CLI calls this once it
         knows the activities: a limit for a misspelt name would otherwise do
@@ -267,6 +275,7 @@ class Config:
         for section, names in (
             ("limits", self.activities.limits),
             ("retry", self.activities.retry),
+            ("settings", self.activities.settings),
         ):
             for name in names:
                 if name in known:
@@ -279,6 +288,35 @@ class Config:
                     f"{shown} in {self.origin(key)}: no such activity"
                     f"{_did_you_mean(name, sorted(known))} ({_known('activities', sorted(known))})"
                 )
+
+    def configure_activities(self, activities: Iterable[Activity]) -> list[Activity]:
+        """``activities``, each with its ``[activities.settings.NAME]`` read into its settings.
+
+        An activity without a settings type must have no such table; one
+        with a settings type gets the table's keys as its fields (the other
+        fields keep their defaults).
+
+        :raises ConfigError: naming the key: a table for an activity that
+            takes no settings, an unknown key, a value of the wrong type, a
+            field without default that the table does not set, or a value
+            the settings type itself refuses (a ``ValueError`` from it).
+        """
+        return [self._configured(a) for a in activities]
+
+    def _configured(self, act: Activity) -> Activity:
+        at = ("activities", "settings", act.name)
+        table = self.activities.settings.get(act.name)
+        origin = self.origin(_dotted(at))
+        if act.settings_type is None:
+            if table is None:
+                return act
+            raise ConfigError(f"[{_dotted(at)}] in {origin}: activity {act.name} takes no settings")
+        values = _settings_values(act.settings_type, table or _EMPTY, at, self.origin)
+        try:
+            settings = act.settings_type(**values)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"[{_dotted(at)}] in {origin}: {exc}") from exc
+        return dataclasses.replace(act, settings=settings)
 
 
 # --------------------------------------------------------------------------- durations
@@ -326,6 +364,83 @@ def _duration_seconds(value: object) -> float | None:
     if not math.isfinite(seconds) or seconds < 0:
         return None
     return seconds
+
+
+# --------------------------------------------------------------------------- activity settings
+
+
+def _settings_values(
+    kind: type[Any], table: Mapping[str, Any], at: Key, origin: Callable[[str], str]
+) -> dict[str, Any]:
+    """The fields of settings type ``kind`` that ``table`` sets, converted by their types."""
+    fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
+    hints = get_type_hints(kind)
+    for name, value in table.items():
+        if name not in fields:
+            key = _dotted((*at, name))
+            hint = _did_you_mean(name, fields, prefix=_dotted(at) + ".")
+            raise ConfigError(
+                f"{key} = {_show(value)} in {origin(key)}: unknown key{hint}"
+                f" ({_known('keys', fields)})"
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _dotted((*at, name))
+        if name not in table:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(
+                    f"{key} in {origin(_dotted(at))}: required"
+                    f" ({_SETTING_KINDS.get(hints[name], ('a value',))[0]})"
+                )
+            continue
+        value = table[name]
+        expected, convert = _SETTING_KINDS.get(hints[name], ("", None))
+        if convert is None:
+            raise TypeError(f"{kind.__name__}.{name}: settings cannot be of type {hints[name]!r}")
+        converted = convert(value)
+        if isinstance(converted, _Bad) or converted is None:
+            raise ConfigError(f"{key} = {_show(value)} in {origin(key)}: expected {expected}")
+        values[name] = converted
+    return values
+
+
+def _setting_text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _setting_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _setting_float(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _setting_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _setting_texts(value: Any) -> tuple[str, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return None
+
+
+def _setting_duration(value: Any) -> timedelta | None:
+    seconds = _duration_seconds(value)
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+#: The types a settings field may have: what a value must be, and its converter.
+_SETTING_KINDS: Mapping[Any, tuple[str, Callable[[Any], Any]]] = {
+    str: ("text", _setting_text),
+    int: ("a whole number", _setting_int),
+    float: ("a number", _setting_float),
+    bool: ("true or false", _setting_bool),
+    tuple[str, ...]: ("a list of text", _setting_texts),
+    timedelta: (_DURATION_ALLOWED, _setting_duration),
+}
 
 
 # --------------------------------------------------------------------------- loading
@@ -663,10 +778,22 @@ class _Parser:
                 self.fail(key, value, f"expected a table [{_dotted(key)}] with keys of [retry]")
             self.seen[_dotted(key)] = self.sources.of(key)
             policies[name] = self.retry(value, key, base=retry_table)
+        settings: dict[str, Mapping[str, Any]] = {}
+        for name, value in self.table(table, ("activities", "settings")).items():
+            key = ("activities", "settings", name)
+            if not isinstance(value, dict):
+                self.fail(
+                    key, value, f"expected a table [{_dotted(key)}] of the activity's settings"
+                )
+            self.seen[_dotted(key)] = self.sources.of(key)
+            for setting in value:
+                self.seen[_dotted((*key, setting))] = self.sources.of((*key, setting))
+            settings[name] = MappingProxyType(dict(value))
         return ActivitiesConfig(
             **values,
             limits=MappingProxyType(limits),
             retry=MappingProxyType(policies),
+            settings=MappingProxyType(settings),
         )
 
     # -- tables and keys

@@ -46,6 +46,7 @@ __all__ = [
     "PluginSet",
     "hookimpl",
     "hookspec",
+    "is_enabled",
     "load_plugins",
 ]
 
@@ -117,7 +118,9 @@ class PluginSet:
         """The activities that ``enabled`` (``activities.enabled``) names.
 
         :param enabled: activity names or :mod:`fnmatch` globs (``"*"``,
-            ``"report-*"``), matched case-sensitively.
+            ``"report-*"``), matched case-sensitively. The catch-all ``"*"``
+            leaves out opt-in activities (:attr:`Activity.opt_in`): another
+            pattern must name them.
         :param origin: where ``enabled`` came from (``Config.origin("activities.enabled")``),
             for the error message.
         :returns: the matching activities, in load order.
@@ -141,11 +144,24 @@ class PluginSet:
                     f"{where}: {json.dumps(pattern)} matches no activity{hint} ({known})"
                 )
         chosen = [
-            self.activities[n] for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)
+            activity for name, activity in self.activities.items() if is_enabled(activity, patterns)
         ]
         if not chosen:
             raise ConfigError(f"{where}: selects no activity ({known})")
         return chosen
+
+
+def is_enabled(activity: Activity, enabled: Iterable[str]) -> bool:
+    """Whether the patterns of ``activities.enabled`` enable ``activity``.
+
+    A pattern enables the activities whose names it matches, except that the
+    catch-all ``"*"`` leaves out the opt-in ones.
+    """
+    return any(
+        fnmatch.fnmatchcase(activity.name, pattern)
+        for pattern in enabled
+        if not (activity.opt_in and pattern == "*")
+    )
 
 
 def load_plugins(*, strict: bool, extra: Sequence[object] = ()) -> PluginSet:

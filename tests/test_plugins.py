@@ -627,6 +627,8 @@ def test_plugins_command_json(site: Site, cli: Callable[..., Result]) -> None:
                 "name": "daily-report",
                 "aggregate_types": ["demo", "order"],
                 "enabled": True,
+                "opt_in": False,
+                "settings": [],
                 "description": "",
             }
         ],

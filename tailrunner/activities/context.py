@@ -37,6 +37,8 @@ class ActivityContext:
     :ivar attempt: 1 for the first run at this tail, counting up while runs fail.
     :ivar journal: the journal, for activities that append (commands, workflow events).
     :ivar log: a structlog logger bound to activity, aggregate and engine.
+    :ivar settings: the activity's settings (``@activity(settings=…)``), as
+        ``[activities.settings.NAME]`` configured them; ``None`` without.
     """
 
     activity: str
@@ -44,6 +46,7 @@ class ActivityContext:
     engine: str
     attempt: int
     journal: JournalApi
+    settings: Any = None
     log: FilteringBoundLogger = field(init=False, repr=False)
     _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
     _transaction: Transaction = field(default=_no_transaction, repr=False)

@@ -5,16 +5,24 @@
 
 from __future__ import annotations
 
-import fnmatch
+import dataclasses
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tailrunner.activities.decorator import Activity
 from tailrunner.config import Config, load_config
 from tailrunner.errors import ConfigError
-from tailrunner.plugins import ENTRY_POINT_GROUP, PluginInfo, PluginSet, load_plugins
+from tailrunner.plugins import (
+    ENTRY_POINT_GROUP,
+    PluginInfo,
+    PluginSet,
+    is_enabled,
+    load_plugins,
+)
 
 
 @click.command("plugins")
@@ -66,8 +74,28 @@ def plugins(config_path: Path | None, as_json: bool, strict: bool | None) -> Non
         raise click.ClickException(f"plugins failed to load (strict): {names}")
 
 
-def _enabled(config: Config, name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in config.activities.enabled)
+def _enabled(found: PluginSet, config: Config, name: str) -> bool:
+    return is_enabled(found.activities[name], config.activities.enabled)
+
+
+def _settings(act: Activity) -> list[dict[str, Any]]:
+    """The settings an activity declares: each field's name, type and default."""
+    if act.settings_type is None:
+        return []
+    shown = []
+    for f in dataclasses.fields(act.settings_type):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        if isinstance(default, timedelta):
+            default = f"{default.total_seconds():g}s"
+        elif isinstance(default, tuple):
+            default = list(default)
+        shown.append({"name": f.name, "required": default is None, "default": default})
+    return shown
 
 
 def _as_json(found: PluginSet, config: Config) -> dict[str, Any]:
@@ -84,7 +112,9 @@ def _as_json(found: PluginSet, config: Config) -> dict[str, Any]:
                     {
                         "name": name,
                         "aggregate_types": list(found.activities[name].aggregate_types),
-                        "enabled": _enabled(config, name),
+                        "enabled": _enabled(found, config, name),
+                        "opt_in": found.activities[name].opt_in,
+                        "settings": _settings(found.activities[name]),
                         "description": found.activities[name].description,
                     }
                     for name in plugin.activities
@@ -109,8 +139,21 @@ def _as_text(found: PluginSet, config: Config) -> str:
         width = max((len(name) for name in plugin.activities), default=0)
         for name in plugin.activities:
             types = ", ".join(found.activities[name].aggregate_types)
-            off = "" if _enabled(config, name) else "  (not enabled by activities.enabled)"
+            act = found.activities[name]
+            off = ""
+            if not _enabled(found, config, name):
+                why = "opt-in: name it in" if act.opt_in else "not enabled by"
+                off = f"  ({why} activities.enabled)"
             lines.append(f"    {name:<{width}}  follows {types}{off}")
+            settings = ", ".join(
+                f"{s['name']} (required)"
+                if s["required"]
+                else f"{s['name']} = {json.dumps(s['default'])}"
+                for s in _settings(act)
+            )
+            if settings:
+                where = f"[activities.settings.{name}]"
+                lines.append(f"    {'':<{width}}  settings {where}: {settings}")
     failed = len(found.errors)
     summary = (
         f"{len(found.plugins)} plugin{'s' * (len(found.plugins) != 1)},"

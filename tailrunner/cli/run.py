@@ -70,10 +70,10 @@ async def _run(config: Config) -> None:
     from tailrunner.plugins import load_plugins
 
     plugins = load_plugins(strict=config.plugins.strict)
-    activities = plugins.select(
-        config.activities.enabled, origin=config.origin("activities.enabled")
-    )
     config.check_activity_names(plugins.activities)
+    activities = config.configure_activities(
+        plugins.select(config.activities.enabled, origin=config.origin("activities.enabled"))
+    )
     tails = await open_tail_store(
         config.tails.store,
         run_retention=config.tails.run_retention,

@@ -166,6 +166,7 @@ class _Run:
             engine=engine,
             attempt=task.errors + 1,
             journal=journal,
+            settings=task.activity.settings,
             _checkpoint=self.save_checkpoint,
             _transaction=self.in_transaction,
             _tail=self.tail_before,
