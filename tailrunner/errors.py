@@ -89,10 +89,18 @@ class JournalError(TailrunnerError):
 
 
 class TailMismatch(JournalError):
-    """Append's expected tail was not the aggregate's head."""
+    """Append's expected tail was not the aggregate's head.
+
+    ``expected`` is ``None`` when the append expected no events (``expect_new``);
+    ``actual`` is ``None`` when the aggregate has none.
+    """
 
     def __init__(self, expected: ULID | None, actual: ULID | None) -> None:
-        super().__init__(f"expected tail {expected}, but the aggregate's head is {actual}")
+        wanted = "no events" if expected is None else f"tail {expected}"
+        if actual is None:
+            super().__init__(f"expected {wanted}, but the aggregate has no events")
+        else:
+            super().__init__(f"expected {wanted}, but the aggregate's head is {actual}")
         self.expected = expected
         self.actual = actual
 

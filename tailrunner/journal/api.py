@@ -30,16 +30,26 @@ class JournalApi(Protocol):
         *,
         expected_tail: ULID | None = None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         """Append events to one aggregate.
 
+        :param expected_tail: ``None`` for no check; otherwise the head the
+            aggregate must have.
+        :param expect_new: the aggregate must have no events: the check
+            ``expected_tail=None`` cannot ask for, so that of two racing first
+            appends only one lands. Not together with ``expected_tail``.
         :param request_id: makes the append safe to retry: a repeat with the
             request id of an earlier append to the same aggregate appends
             nothing and returns the earlier result (for the journal's window
-            of request ids; see ``AppendRequest.request_id`` in journal.proto).
+            of request ids; see ``AppendRequest.request_id`` in journal.proto),
+            even when ``expected_tail`` or ``expect_new`` no longer holds.
 
-        :raises TailMismatch: ``expected_tail`` is set and is not the head.
-        :raises InvalidArgument: the journal refused the input (names the field).
+        :raises TailMismatch: ``expected_tail`` is set and is not the head, or
+            ``expect_new`` is set and the aggregate has events (``expected``
+            is then ``None``); ``actual`` is the head.
+        :raises InvalidArgument: the journal refused the input (names the
+            field), e.g. ``expect_new`` together with ``expected_tail``.
         :raises JournalUnavailable: the journal cannot be reached.
         """
         ...

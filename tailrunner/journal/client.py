@@ -35,7 +35,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.journal.received import received_batch
-from tailrunner.journal.store import check_request_id
+from tailrunner.journal.store import check_expect_new, check_request_id
 from tailrunner.model import (
     AggregateInfo,
     AggregateRef,
@@ -158,22 +158,28 @@ class JournalClient:
         *,
         expected_tail: ULID | None = None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         """Append events to one aggregate; all commit, or none.
 
         :param request_id: makes the append safe to retry after a timeout:
             the journal returns the first append's result for a repeat.
+        :param expect_new: commit only if the aggregate has no events.
 
-        :raises TailMismatch: ``expected_tail`` is set and is not the head;
-            ``actual`` is the head.
+        :raises TailMismatch: ``expected_tail`` is set and is not the head,
+            or ``expect_new`` is set and the aggregate has events (then
+            ``expected`` is ``None``); ``actual`` is the head.
         :raises AggregateTypeMismatch: the aggregate has another type.
         :raises InvalidArgument: the journal refused the input (names the field).
         :raises JournalUnavailable: the journal cannot be reached.
         """
+        # Refused here, as the journal would, without a round trip.
+        check_expect_new(expect_new=expect_new, expected_tail=expected_tail)
         request = journal_pb2.AppendRequest(
             aggregate_type=aggregate.type,
             aggregate_id=aggregate.id.bytes,
             expected_tail=ulid_to_bytes(expected_tail),
+            expect_new=expect_new,
         )
         if request_id is not None:
             if not request_id:

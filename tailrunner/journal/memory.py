@@ -18,6 +18,7 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     AppendListener,
+    check_expect_new,
     check_request_id,
     check_request_ids_kept,
 )
@@ -60,6 +61,7 @@ class MemoryJournalStore:
         *,
         expected_tail: ULID | None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         if self._closed:
             raise StoreError("the memory journal store is closed")
@@ -67,6 +69,7 @@ class MemoryJournalStore:
             raise InvalidArgument("events", "an append needs at least one event")
         if request_id is not None:
             check_request_id(request_id)
+        check_expect_new(expect_new=expect_new, expected_tail=expected_tail)
         state = self._aggregates.get(aggregate.id)
         if state is not None and state.type != aggregate.type:
             raise AggregateTypeMismatch(
@@ -79,6 +82,8 @@ class MemoryJournalStore:
         head = state.events[-1].id if state is not None and state.events else None
         if expected_tail is not None and expected_tail != head:
             raise TailMismatch(expected_tail, head)
+        if expect_new and head is not None:
+            raise TailMismatch(None, head)
         ids = next_ulids(head, len(events))
         # Build every event before changing anything: all commit, or none.
         parents = [head, *ids[:-1]]

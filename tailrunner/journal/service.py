@@ -104,7 +104,11 @@ class JournalService:
             if request_id is not None:
                 check_request_id(request_id)
             result = await self._store.append(
-                aggregate, events, expected_tail=expected_tail, request_id=request_id
+                aggregate,
+                events,
+                expected_tail=expected_tail,
+                request_id=request_id,
+                expect_new=request.expect_new,
             )
         except TailrunnerError as exc:
             await abort(context, exc, rpc="Append")

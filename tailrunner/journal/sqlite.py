@@ -41,6 +41,7 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     AppendListener,
+    check_expect_new,
     check_request_id,
     check_request_ids_kept,
 )
@@ -185,6 +186,7 @@ class SQLiteJournalStore:
         *,
         expected_tail: ULID | None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         """Append ``events`` to ``aggregate``, durably, all or none.
 
@@ -200,14 +202,17 @@ class SQLiteJournalStore:
 
         With a ``request_id``, the look-up of an earlier append with it is in
         the savepoint of this append: two appends with one request id in one
-        group find the first one's record, so they append once.
+        group find the first one's record, so they append once. So are the
+        checks of ``expected_tail`` and ``expect_new``: of two first appends
+        with ``expect_new`` in one group, the second sees the first's events.
         """
         if not events:
             raise InvalidArgument("events", "an append needs at least one event")
         if request_id is not None:
             check_request_id(request_id)
+        check_expect_new(expect_new=expect_new, expected_tail=expected_tail)
         self._check_open()
-        request = _Append(aggregate, events, expected_tail, request_id)
+        request = _Append(aggregate, events, expected_tail, request_id, expect_new=expect_new)
         await self._group.submit(request)
         if request.error is not None:
             raise request.error
@@ -439,7 +444,16 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 class _Append:
     """One caller's append, waiting for a group commit, and then its outcome."""
 
-    __slots__ = ("aggregate", "error", "events", "expected_tail", "ids", "repeated", "request_id")
+    __slots__ = (
+        "aggregate",
+        "error",
+        "events",
+        "expect_new",
+        "expected_tail",
+        "ids",
+        "repeated",
+        "request_id",
+    )
 
     def __init__(
         self,
@@ -447,10 +461,13 @@ class _Append:
         events: Sequence[NewEvent],
         expected_tail: ULID | None,
         request_id: str | None,
+        *,
+        expect_new: bool,
     ) -> None:
         self.aggregate = aggregate
         self.events = events
         self.expected_tail = expected_tail
+        self.expect_new = expect_new
         self.request_id = request_id
         self.ids: list[ULID] = []
         #: The request id was known: ``ids`` are the first append's, nothing was appended.
@@ -510,6 +527,8 @@ def _append_rows(conn: sqlite3.Connection, request: _Append, request_ids_kept: i
                 return
     if expected_tail is not None and expected_tail != head:
         raise TailMismatch(expected_tail, head)
+    if request.expect_new and head is not None:
+        raise TailMismatch(None, head)
     ids = next_ulids(head, len(events))
     raw = [i.bytes for i in ids]
     parents = [None if head is None else head.bytes, *raw[:-1]]

@@ -61,6 +61,22 @@ def check_request_id(request_id: str) -> None:
         )
 
 
+def check_expect_new(*, expect_new: bool, expected_tail: ULID | None) -> None:
+    """Refuse an append that asks for two heads at once.
+
+    ``expect_new`` asks for no events, ``expected_tail`` for that head: both
+    cannot hold, and a caller that sets both has a bug worth naming.
+
+    :raises InvalidArgument: naming ``expect_new``.
+    """
+    if expect_new and expected_tail is not None:
+        raise InvalidArgument(
+            "expect_new",
+            f"cannot be set together with expected_tail ({expected_tail}): "
+            "expect_new asks for an aggregate with no events, expected_tail for one at that head",
+        )
+
+
 class JournalStore(Protocol):
     async def append(
         self,
@@ -69,6 +85,7 @@ class JournalStore(Protocol):
         *,
         expected_tail: ULID | None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         """Append ``events`` in one transaction: all commit, or none.
 
@@ -77,10 +94,13 @@ class JournalStore(Protocol):
 
         :param expected_tail: ``None`` for no check; otherwise the head the
             aggregate must have.
+        :param expect_new: the aggregate must have no events (the check that
+            ``expected_tail=None`` cannot ask for); checked in the same
+            transaction as the insert, so of two racing first appends one lands.
         :param request_id: makes the append idempotent. When an earlier
             append to the same aggregate had this request id, nothing is
-            appended and its result is returned, whatever ``events`` and
-            ``expected_tail`` are (the append already happened); listeners
+            appended and its result is returned, whatever ``events``,
+            ``expected_tail`` and ``expect_new`` are (the append already happened); listeners
             hear nothing. The check and the append are one transaction, so
             concurrent appends with one request id append once. A store
             remembers the request ids of each aggregate's last appends (a
@@ -88,8 +108,11 @@ class JournalStore(Protocol):
             default); an older one is forgotten and appends again. An
             aggregate type mismatch is refused all the same.
         :raises InvalidArgument: a malformed ``request_id`` (see
-            :func:`check_request_id`).
-        :raises TailMismatch: the head is not ``expected_tail``.
+            :func:`check_request_id`); ``expect_new`` with an
+            ``expected_tail`` (see :func:`check_expect_new`).
+        :raises TailMismatch: the head is not ``expected_tail``; or
+            ``expect_new`` and the aggregate has events (``expected`` is
+            ``None``, ``actual`` the head).
         :raises AggregateTypeMismatch: the aggregate exists with another type.
         """
         ...

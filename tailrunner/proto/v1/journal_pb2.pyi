@@ -85,6 +85,7 @@ class AppendRequest(_message.Message):
     EXPECTED_TAIL_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EXPECT_NEW_FIELD_NUMBER: _builtins.int
     aggregate_type: _builtins.str
     """Required, non-empty. An aggregate keeps the type of its first append; a
     later append with another type is FAILED_PRECONDITION.
@@ -93,14 +94,15 @@ class AppendRequest(_message.Message):
     """Required, 16-byte UUID."""
     expected_tail: _builtins.bytes
     """Optimistic concurrency: empty means no check; otherwise the 16-byte ULID
-    that must be the aggregate's head for the append to commit.
+    that must be the aggregate's head for the append to commit. To require
+    that the aggregate has no events, set expect_new instead.
     """
     request_id: _builtins.str
     """Optional; empty means none. Makes the append idempotent: an append with
     the request_id of an earlier append to the same aggregate_id appends
     nothing and returns the earlier append's response (its tail and
-    event_ids), even when expected_tail no longer matches (the append
-    already happened). Only the aggregate_id and the request_id identify the
+    event_ids), even when expected_tail or expect_new no longer matches (the
+    append already happened). Only the aggregate_id and the request_id identify the
     request: the events of a repeat are not compared, the first append's
     result is returned whatever they are. The same request_id on another
     aggregate is another request.
@@ -112,6 +114,15 @@ class AppendRequest(_message.Message):
     each aggregate (10,000 by default; the store's setting), with no time
     limit. A repeat that comes after that many later appends with request
     ids to the same aggregate appends again.
+    """
+    expect_new: _builtins.bool
+    """Optimistic concurrency for a first append: the append commits only if
+    the aggregate has no events; otherwise FAILED_PRECONDITION with a
+    TailMismatch whose expected_tail is empty and whose actual_tail is the
+    head. An empty expected_tail cannot ask this (empty there means no
+    check), so without it two racing first appends would both land.
+    Setting it together with a non-empty expected_tail is INVALID_ARGUMENT
+    naming expect_new.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewEvent]:
@@ -125,10 +136,11 @@ class AppendRequest(_message.Message):
         expected_tail: _builtins.bytes = ...,
         events: _abc.Iterable[Global___NewEvent] | None = ...,
         request_id: _builtins.str = ...,
+        expect_new: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "events", b"events", "expected_tail", b"expected_tail", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "events", b"events", "expect_new", b"expect_new", "expected_tail", b"expected_tail", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,6 +181,7 @@ class TailMismatch(_message.Message):
     EXPECTED_TAIL_FIELD_NUMBER: _builtins.int
     ACTUAL_TAIL_FIELD_NUMBER: _builtins.int
     expected_tail: _builtins.bytes
+    """The request's expected_tail; empty when the request set expect_new."""
     actual_tail: _builtins.bytes
     """The aggregate's head; empty when it has no events."""
     def __init__(

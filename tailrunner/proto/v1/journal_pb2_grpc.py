@@ -73,7 +73,8 @@ class JournalServicer:
         events, an event over the size limit, a malformed request_id) naming the
         field;
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
-        head, with a TailMismatch in the status details.
+        head, or expect_new is set and the aggregate has events, with a
+        TailMismatch in the status details.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -51,7 +51,8 @@ class JournalStub:
     events, an event over the size limit, a malformed request_id) naming the
     field;
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
-    head, with a TailMismatch in the status details.
+    head, or expect_new is set and the aggregate has events, with a
+    TailMismatch in the status details.
     """
     Events: _grpc.UnaryStreamMultiCallable[_journal_pb2.EventsRequest, _journal_pb2.EventsResponse]
     """Streams the events of one aggregate after `after`, in batches.
@@ -98,7 +99,8 @@ class JournalAsyncStub(JournalStub):
     events, an event over the size limit, a malformed request_id) naming the
     field;
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
-    head, with a TailMismatch in the status details.
+    head, or expect_new is set and the aggregate has events, with a
+    TailMismatch in the status details.
     """
     Events: _aio.UnaryStreamMultiCallable[_journal_pb2.EventsRequest, _journal_pb2.EventsResponse]  # type: ignore[assignment]
     """Streams the events of one aggregate after `after`, in batches.
@@ -148,7 +150,8 @@ class JournalServicer(metaclass=_abc_1.ABCMeta):
         events, an event over the size limit, a malformed request_id) naming the
         field;
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
-        head, with a TailMismatch in the status details.
+        head, or expect_new is set and the aggregate has events, with a
+        TailMismatch in the status details.
         """
 
     @_abc_1.abstractmethod
