@@ -2,7 +2,8 @@
 
 ``load`` replays an aggregate's events into its state; ``tell`` loads,
 lets the behaviour decide and appends the events with the journal's
-``expected_tail``, so that two writers cannot both build on the same state.
+``expected_tail`` (or, on an aggregate with no events yet, ``expect_new``),
+so that two writers cannot both build on the same state.
 The **version** of an aggregate is its head event's ULID (``None`` before its
 first event).
 
@@ -16,9 +17,9 @@ Version modes, as nog's:
   ``retries`` times after a short jittered pause, then
   :class:`~tailrunner.errors.RetryLimit`.
 
-The journal cannot yet check "no events": the first append to a new
-aggregate is made without ``expected_tail``, so two racing first appends
-both land. Behaviours whose first command is an idempotent init tolerate it.
+The first append to a new aggregate is made with ``expect_new``, so of two
+racing first tells one lands and the other conflicts like any tell whose
+aggregate moved: ``VersionConflict``, or another attempt under ``RETRY_NO_VC``.
 
 Every tell appends with a request id (the caller's, or a new one), so that
 the journal appends it at most once; a caller that repeats a tell after a
@@ -184,7 +185,11 @@ class Aggregates(Generic[S, C, E]):
             ]
             try:
                 result = await self._journal.append(
-                    self.ref(id), new, expected_tail=head, request_id=request
+                    self.ref(id),
+                    new,
+                    expected_tail=head,
+                    expect_new=head is None,
+                    request_id=request,
                 )
             except TailMismatch as exc:
                 # Another writer appended after our load; our cached state is stale

@@ -51,6 +51,7 @@ class SpyJournal:
         *,
         expected_tail: ULID | None = None,
         request_id: str | None = None,
+        expect_new: bool = False,
     ) -> AppendResult:
         self.request_ids.append(request_id)
         if self.race is not None and self.races > 0:
@@ -58,7 +59,11 @@ class SpyJournal:
             await self.race(aggregate)
         self.appends += 1
         return await self.inner.append(
-            aggregate, events, expected_tail=expected_tail, request_id=request_id
+            aggregate,
+            events,
+            expected_tail=expected_tail,
+            request_id=request_id,
+            expect_new=expect_new,
         )
 
     async def events(

@@ -276,3 +276,76 @@ async def test_a_load_that_overlapped_a_tell_keeps_the_newer_cached_version(
     spy.reads.clear()
     assert await counters.load(id) == (Counter(id=id, name="a", value=1, last=newer), newer)
     assert spy.reads == [newer]
+
+
+def _meet_before_appending(*spies: SpyJournal) -> None:
+    """Make each spy's next append wait until all of them are about to append.
+
+    So every writer has loaded the aggregate before any appends: their first
+    tells race on one and the same "no events yet".
+    """
+    arrived: list[AggregateRef] = []
+    all_loaded = anyio.Event()
+
+    async def meet(aggregate: AggregateRef) -> None:
+        arrived.append(aggregate)
+        if len(arrived) == len(spies):
+            all_loaded.set()
+        await all_loaded.wait()
+
+    for spy in spies:
+        spy.race, spy.races = meet, 1
+
+
+@pytest.mark.parametrize("version", [NO_VC, None], ids=["no-vc", "version-none"])
+async def test_two_racing_first_tells_of_a_non_idempotent_command_one_is_a_version_conflict(
+    journal: LoopbackJournal, version: ULID | None
+) -> None:
+    spies = SpyJournal(journal.client), SpyJournal(journal.client)
+    writers = aggregates(spies[0]), aggregates(spies[1])
+    id = uuid.uuid4()
+    _meet_before_appending(*spies)
+    won: dict[str, ULID | None] = {}
+    lost: dict[str, VersionConflict] = {}
+
+    async def init(writer: CounterAggregates, name: str) -> None:
+        try:
+            won[name] = await writer.tell(id, Init(name), version)
+        except VersionConflict as exc:
+            lost[name] = exc
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(init, writers[0], "a")
+            tg.start_soon(init, writers[1], "b")
+
+    assert [spy.appends for spy in spies] == [1, 1]  # both appended: a real race
+    [(winner, tail)] = won.items()
+    [conflict] = lost.values()
+    assert (conflict.expected, conflict.actual) == (None, tail)
+    state, head = await aggregates(SpyJournal(journal.client)).load(id)
+    assert (state.name, head, state.last) == (winner, tail, tail)
+
+
+async def test_retry_no_vc_first_tells_racing_an_idempotent_init_land_once(
+    journal: LoopbackJournal,
+) -> None:
+    spies = SpyJournal(journal.client), SpyJournal(journal.client)
+    writers = aggregates(spies[0]), aggregates(spies[1])
+    id = uuid.uuid4()
+    _meet_before_appending(*spies)
+    versions: list[ULID | None] = []
+
+    async def init(writer: CounterAggregates) -> None:
+        versions.append(await writer.tell(id, Init("a"), RETRY_NO_VC))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(init, writers[0])
+            tg.start_soon(init, writers[1])
+
+    # The loser reloaded, found the counter started with its name: nothing to append.
+    assert sorted(spy.appends for spy in spies) == [1, 1]
+    state, head = await aggregates(SpyJournal(journal.client)).load(id)
+    assert versions == [head, head]
+    assert (state.name, state.value, state.last) == ("a", 0, head)
