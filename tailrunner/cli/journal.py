@@ -44,6 +44,8 @@ _OPTION_FOR_FIELD = {
     "aggregate_type": "--type",
     "aggregate_id": "--id",
     "expected_tail": "--expect-tail",
+    "expect_new": "--expect-new",
+    "request_id": "--request-id",
     "events[0].type": "--event-type",
     "events[0].data": "--data",
     "after": "--after",
@@ -177,6 +179,20 @@ async def _serve(listen: str, store_url: str, max_event_size: int) -> None:
     default=None,
     help="Append only if this is the aggregate's newest event id (optimistic concurrency).",
 )
+@click.option(
+    "--expect-new",
+    is_flag=True,
+    help="Append only if the aggregate has no events yet (not with --expect-tail).",
+)
+@click.option(
+    "--request-id",
+    metavar="TEXT",
+    default=None,
+    help=(
+        "Make the append safe to repeat: a repeat with the request id of an earlier append "
+        "to this aggregate appends nothing and prints the first append's tail."
+    ),
+)
 def append(
     *,
     address: str,
@@ -185,6 +201,8 @@ def append(
     event_type: str,
     data: str | None,
     expect_tail: ULID | None,
+    expect_new: bool,
+    request_id: str | None,
 ) -> None:
     """Append one event to an aggregate and print the aggregate's new tail.
 
@@ -194,6 +212,8 @@ def append(
           --event-type placed --data '{"sku": "a-1", "qty": 2}'
       tailrunner append --type order --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
           --event-type paid --data @payment.json --expect-tail 01J9Z3K4Q2V8X7W6T5R4P3N2M1
+      tailrunner append --type order --id 7c9e6679-7425-40de-944b-e07fc1f90ae7 \\
+          --event-type placed --expect-new --request-id place-7c9e6679
     """
     _configure_logging("warning")
     payload = _read_data(data)
@@ -201,7 +221,11 @@ def append(
 
     async def run(client: JournalClient) -> ULID:
         result = await client.append(
-            ref, [NewEvent(type=event_type, data=payload)], expected_tail=expect_tail
+            ref,
+            [NewEvent(type=event_type, data=payload)],
+            expected_tail=expect_tail,
+            expect_new=expect_new,
+            request_id=request_id,
         )
         return result.tail
 
@@ -292,6 +316,10 @@ def _cli_errors(address: str) -> Iterator[None]:
     except InvalidArgument as exc:
         raise option_error(exc, _OPTION_FOR_FIELD) from exc
     except TailMismatch as exc:
+        if exc.expected is None:  # --expect-new
+            raise click.ClickException(
+                f"--expect-new: the aggregate already has events; its tail is {exc.actual}"
+            ) from exc
         actual = exc.actual or "none (the aggregate has no events)"
         raise click.ClickException(
             f"--expect-tail {exc.expected} is not the aggregate's tail, which is {actual}"

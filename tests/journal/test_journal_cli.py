@@ -95,6 +95,38 @@ async def test_cli_round_trip_serve_append_events_aggregates(
     assert "stopped" in log
 
 
+async def test_cli_append_expect_new_and_request_id(
+    tailrunner_cli: list[str], serve_journal: ServeJournal
+) -> None:
+    aggregate_id = str(uuid4())
+    async with serve_journal("memory:") as served:
+        first = [
+            "append", "--journal", served.address, "--type", "order", "--id", aggregate_id,
+            "--event-type", "placed", "--expect-new", "--request-id", "place-1",
+        ]  # fmt: skip
+        code, tail, err = await _run(tailrunner_cli, *first)
+        assert (code, err) == (0, "")
+        tail = tail.strip()
+
+        # A repeat of the request: nothing appended, the first tail printed
+        # (its expect_new no longer holds, but the append already happened).
+        code, again, err = await _run(tailrunner_cli, *first)
+        assert (code, again.strip(), err) == (0, tail, "")
+
+        # Another first append: refused, naming the option and the tail.
+        code, out, err = await _run(tailrunner_cli, *first[:-2], "--request-id", "place-2")
+        assert (code, out) == (1, "")
+        assert err.strip().splitlines() == [
+            f"Error: --expect-new: the aggregate already has events; its tail is {tail}"
+        ]
+
+        code, out, _ = await _run(
+            tailrunner_cli, "events", "--journal", served.address, "--id", aggregate_id
+        )
+        assert code == 0
+        assert out.splitlines() == [f"{tail}\tplaced\t"]
+
+
 async def test_cli_serve_stops_cleanly_on_sigint(serve_journal: ServeJournal) -> None:
     async with serve_journal("memory:") as served:
         served.process.send_signal(signal.SIGINT)
@@ -110,6 +142,11 @@ async def test_cli_serve_stops_cleanly_on_sigint(serve_journal: ServeJournal) ->
         (["--id", "{id}", "--expect-tail", "nope"], "'--expect-tail'"),
         (["--id", "{id}", "--data", "{not json"], "'--data'"),
         (["--id", "{id}", "--data", "@/no/such/file.json"], "'--data'"),
+        (
+            ["--id", "{id}", "--expect-new", "--expect-tail", "01J9Z3K4Q2V8X7W6T5R4P3N2M1"],
+            "'--expect-new'",
+        ),
+        (["--id", "{id}", "--request-id", ""], "'--request-id'"),
     ],
 )
 async def test_cli_bad_input_is_a_clear_error_naming_it(
