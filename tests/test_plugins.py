@@ -27,6 +27,7 @@ from tailrunner.activities import (
     Outcome,
     activity,
     builtin,
+    pingregistry,
 )
 from tailrunner.cli.main import main
 from tailrunner.errors import ConfigError, PluginError
@@ -196,8 +197,11 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         sys.modules.pop(module, None)
 
 
-#: The activities of tailrunner's own plugin ``builtin``, loaded beside any test plugin.
-BUILTIN = frozenset(a.name for a in builtin.tailrunner_activities())
+#: The activities of tailrunner's own plugins (``builtin``, ``ping-registry``),
+#: loaded beside any test plugin.
+BUILTIN = frozenset(
+    a.name for own in (builtin, pingregistry) for a in own.tailrunner_activities()
+)
 
 
 @pytest.fixture
@@ -432,6 +436,24 @@ def test_the_builtin_activities_load_from_tailrunners_own_entry_point() -> None:
     assert plugins.activities["counter"] is builtin.counter
     assert builtin.counter in plugins.select(["*"])  # what the example configs enable
     assert [e for e in logs if e["log_level"] == "error"] == []
+
+
+def test_the_ping_registry_activities_load_but_only_a_pattern_naming_them_enables_them() -> None:
+    plugins = load_plugins(strict=True)
+
+    [own] = [p for p in plugins.plugins if p.name == "ping-registry"]
+    assert (own.dist, own.value, own.error) == (
+        "tailrunner",
+        "tailrunner.activities.pingregistry",
+        None,
+    )
+    assert own.activities == ("ping-pinger", "ping-summarizer", "ping-index-keeper")
+    assert plugins.select(["*"]) == [builtin.counter]
+    assert plugins.select(["ping-*"]) == [
+        pingregistry.pinger,
+        pingregistry.summarizer,
+        pingregistry.index_keeper,
+    ]
 
 
 # --------------------------------------------------------------------------- in-process plugins
