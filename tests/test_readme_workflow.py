@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
+from tailrunner.activities.pingregistry import PingerSettings
+from tailrunner.config import load_config
 from tailrunner.errors import WrongState
+from tailrunner.plugins import load_plugins
 from tailrunner.testing import loopback_journal
 
 README = Path(__file__).parent.parent / "README.md"
@@ -48,3 +51,18 @@ async def test_the_readme_workflow_refuses_a_command_naming_the_state(
     async with loopback_journal() as journal:
         with pytest.raises(WrongState, match="at 90"):
             await example["add_up"](journal.client, uuid.uuid4(), [90, 20])
+
+
+def test_the_readme_ping_registry_server_config_configures_a_pinger(tmp_path: Path) -> None:
+    text = README.read_text()
+    section = text.split("### Ping-registry", 1)[1].split("\n## ", 1)[0]
+    server = re.findall(r"```toml\n(.*?)```", section, re.DOTALL)[0]
+    path = tmp_path / "server-a.toml"
+    path.write_text(server)
+    config = load_config(path, {})
+    plugins = load_plugins(strict=True)
+
+    (pinger,) = config.configure_activities(plugins.select(config.activities.enabled))
+
+    assert pinger.name == "ping-pinger"
+    assert pinger.settings == PingerSettings(name="server-a", registries=("main",), pings=2)
