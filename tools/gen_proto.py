@@ -83,12 +83,16 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=PACKAGE_DIR, help="output directory")
     args = parser.parse_args()
     out: Path = args.out
-    if out == PACKAGE_DIR and out.exists():
-        for child in out.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
-    out.mkdir(parents=True, exist_ok=True)
-    for rel in generate(out):
+    # Generated aside first: a failure (grpc_tools missing, a bad .proto)
+    # must leave the package's generated code as it was.
+    with tempfile.TemporaryDirectory() as staged:
+        written = generate(Path(staged))
+        if out == PACKAGE_DIR and out.exists():
+            for child in out.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+        shutil.copytree(staged, out, dirs_exist_ok=True)
+    for rel in written:
         print(out / rel)
     return 0
 
