@@ -125,7 +125,12 @@ class PingRegistry:
         return state
 
     async def list(self, registry: str) -> tuple[IndexEntry, ...]:
-        """The workflows of ``registry`` that its index lists (not deleted), oldest first."""
+        """The workflows of ``registry`` that its index lists (not deleted), oldest first.
+
+        :raises InvalidArgument: an empty registry (no workflow can have one).
+        """
+        if not registry:
+            raise InvalidArgument("registry", "must not be empty")
         state, _ = await self.indexes.load(index_id(registry))
         return state.listed()
 
@@ -174,7 +179,9 @@ class PingRegistry:
         left as it is.
 
         :raises WrongState: the workflow is not summarized yet; names its state.
+        :raises NotFound: there is no such workflow.
         """
+        await self.show(workflow)  # else an unknown id would be "uninitialized (init it first)"
         await self.workflows.tell(workflow, Commit(), RETRY_NO_VC)
         return await self.catch_up_index(workflow)
 
