@@ -36,7 +36,7 @@ from tailrunner.activities.context import ActivityContext
 from tailrunner.activities.decorator import Activity, activity
 from tailrunner.activities.outcomes import EOF, Done, Outcome, SilentRetryAfter
 from tailrunner.activities.stream import EventStream
-from tailrunner.errors import WrongState
+from tailrunner.errors import ArgumentNotIdempotent, WrongState
 from tailrunner.hooks import hookimpl
 from tailrunner.journal.api import JournalApi
 from tailrunner.workflows.pingregistry.registry import WORKFLOW_TYPE, PingRegistry, check_pinger
@@ -158,8 +158,11 @@ async def summarizer(ctx: ActivityContext, tail: ULID | None, stream: EventStrea
             else:
                 done = await registry.summarize(ctx.aggregate.id)
                 ctx.log.info("summarized", registry=state.registry, pings=_pings(done))
-        except WrongState:
-            pass  # closed by someone else meanwhile: nothing left to do
+        except ArgumentNotIdempotent:
+            # Closed by someone else meanwhile (the other summary, expired or
+            # not, differs from ours): nothing left to do. Neither command
+            # raises WrongState: a summarized workflow makes them repeats.
+            pass
         return True
 
     return await _follow(stream, tail, step)
