@@ -66,7 +66,13 @@ class _DurationParam(click.ParamType[timedelta]):
             seconds = parse_duration(str(value), key="--deadline")
         except ConfigError:
             self.fail(f"{value!r}: expected a duration such as 30s, 5m or 1h30m", param, ctx)
-        return timedelta(seconds=seconds)
+        try:
+            duration = timedelta(seconds=seconds)
+            datetime.now(UTC) + duration  # the deadline begin makes of it must exist
+        except OverflowError:
+            reason = "too long (the deadline would be after the year 9999)"
+            self.fail(f"{value!r}: {reason}", param, ctx)
+        return duration
 
 
 @click.group("ping-registry")
