@@ -36,7 +36,7 @@ from tailrunner.activities.context import ActivityContext
 from tailrunner.activities.decorator import Activity, activity
 from tailrunner.activities.outcomes import EOF, Done, Outcome, SilentRetryAfter
 from tailrunner.activities.stream import EventStream
-from tailrunner.errors import ArgumentNotIdempotent, WrongState
+from tailrunner.errors import ArgumentNotIdempotent, InvalidArgument, WrongState
 from tailrunner.hooks import hookimpl
 from tailrunner.journal.api import JournalApi
 from tailrunner.workflows.pingregistry.registry import WORKFLOW_TYPE, PingRegistry, check_pinger
@@ -104,7 +104,11 @@ class KeeperSettings:
 
 
 def _check_common(name: str, registries: tuple[str, ...], pings: int) -> None:
-    check_pinger(name)
+    try:
+        check_pinger(name)
+    except InvalidArgument as exc:
+        # Name the settings key, as the other checks do, not the command's field.
+        raise ValueError(f"name = {exc.reason}") from exc
     if not registries:
         raise ValueError('registries = []: name at least one registry (or "*")')
     if pings < 0:

@@ -348,11 +348,11 @@ async def test_the_index_keeper_leaves_other_registries_alone(journal: LoopbackJ
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: PingerSettings(name="two words"), "pinger"),
-        (lambda: PingerSettings(name=""), "pinger"),
+        (lambda: PingerSettings(name="two words"), "name = 'two words': expected 1 to 64"),
+        (lambda: PingerSettings(name=""), "name = '': expected 1 to 64 printable"),
         (lambda: PingerSettings(name="s", pings=-1), "pings = -1: must not be negative"),
         (lambda: PingerSettings(name="s", registries=()), "registries = \\[\\]"),
-        (lambda: SummarizerSettings(name="a b"), "pinger"),
+        (lambda: SummarizerSettings(name="a b"), "name = 'a b': expected"),
         (lambda: SummarizerSettings(pings=-2), "pings = -2"),
         (lambda: SummarizerSettings(registries=()), "registries = \\[\\]"),
         (lambda: SummarizerSettings(expire_after=timedelta(0)), "expire_after = 0:00:00"),
@@ -405,7 +405,7 @@ registries = ["main"]
 @pytest.mark.parametrize(
     ("activity", "table", "message"),
     [
-        ("ping-pinger", 'name = "server 1"', "pinger: 'server 1'"),
+        ("ping-pinger", 'name = "server 1"', "name = 'server 1': expected 1 to 64 printable"),
         ("ping-pinger", 'name = "s"\npings = -1', "pings = -1: must not be negative"),
         ("ping-pinger", 'name = "s"\nregistries = []', r"registries = \[\]"),
         ("ping-pinger", "pings = 1", ": required"),
