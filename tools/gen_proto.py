@@ -35,8 +35,15 @@ def generate(out_dir: Path) -> list[Path]:
     import grpc_tools  # a dev dependency, imported only here
     from grpc_tools import protoc
 
-    # The well-known types (google/protobuf/timestamp.proto …) ship with grpc_tools.
+    # The well-known types (google/protobuf/timestamp.proto …) ship with grpc_tools;
+    # google/rpc/status.proto ships with googleapis-common-protos, beside its
+    # generated module (a dependency of grpcio-status).
     well_known = Path(grpc_tools.__file__).parent / "_proto"
+    from google.rpc import status_pb2
+
+    googleapis = Path(status_pb2.__file__).resolve().parent.parent.parent
+    if not (googleapis / "google" / "rpc" / "status.proto").is_file():
+        raise SystemExit(f"google/rpc/status.proto is not in {googleapis}")
 
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,6 +54,7 @@ def generate(out_dir: Path) -> list[Path]:
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
+            f"-I{googleapis}",
             f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
             f"--python_out={tmp}",
