@@ -24,7 +24,7 @@ from tailrunner.cli.ping_registry import COMMANDS
 from tailrunner.testing import LoopbackJournal, loopback_journal
 from tailrunner.workflows.aggregates import RETRY_NO_VC
 from tailrunner.workflows.pingregistry.behaviour import Commit
-from tailrunner.workflows.pingregistry.registry import SUMMARY_MESSAGE, PingRegistry
+from tailrunner.workflows.pingregistry.registry import SUMMARY_MESSAGE, PingRegistry, index_id
 from tailrunner.workflows.pingregistry.state import StateCode
 
 CLI = click.Group("tailrunner", commands=COMMANDS)
@@ -215,6 +215,17 @@ async def test_show_of_an_unknown_or_malformed_id_is_refused(journal: LoopbackJo
     assert unknown.startswith("Error: no such workflow (")
     assert str(workflow) in unknown
     assert "'ID'" in malformed
+
+
+async def test_show_of_an_aggregate_that_is_no_workflow_names_its_type(
+    journal: LoopbackJournal, registry: PingRegistry
+) -> None:
+    await registry.begin("main", DEADLINE)
+
+    error = refused(await invoke(journal.address, "show", str(index_id("main"))))
+
+    assert error.startswith("Error: AggregateTypeMismatch: ")
+    assert "is a 'ping-registry-index', not a 'ping-registry'" in error
 
 
 async def test_list_prints_the_indexed_workflows_of_a_registry(
