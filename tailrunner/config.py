@@ -429,7 +429,12 @@ def _setting_texts(value: Any) -> tuple[str, ...] | None:
 
 def _setting_duration(value: Any) -> timedelta | None:
     seconds = _duration_seconds(value)
-    return None if seconds is None else timedelta(seconds=seconds)
+    if seconds is None:
+        return None
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # more than timedelta holds (about 2.7 million years)
+        return None
 
 
 #: The types a settings field may have: what a value must be, and its converter.

@@ -91,6 +91,7 @@ def test_keys_not_set_keep_their_defaults(tmp_path: Path) -> None:
         ('name = "x"\nloud = 1', r"greet\.loud = 1 in .*: expected true or false"),
         ('name = "x"\nrooms = "a"', r'greet\.rooms = "a" in .*: expected a list of text'),
         ('name = "x"\npause = "soon"', r'greet\.pause = "soon" in .*: expected a duration'),
+        ('name = "x"\npause = 1e20', r"greet\.pause = 1e\+20 in .*: expected a duration"),
         (
             'name = "x"\ntimez = 2',
             r"greet\.timez = 2 in .*: unknown key; did you mean activities\.settings\.greet\.times",

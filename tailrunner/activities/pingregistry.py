@@ -150,13 +150,16 @@ async def summarizer(ctx: ActivityContext, tail: ULID | None, stream: EventStrea
         state = await registry.show(ctx.aggregate.id)
         if not _watched(state, settings.registries) or state.code not in _OPEN:
             return True
-        await _ping(ctx, settings.name, settings.pings, settings.message)
         assert state.deadline is not None, "an initialized workflow has a deadline"
         late = datetime.now(UTC) - state.deadline
+        expired = late > settings.expire_after
+        if not expired:
+            # An expired workflow gets no pings of ours: only its error summary.
+            await _ping(ctx, settings.name, settings.pings, settings.message)
         if late < timedelta(0):
             raise SilentRetryAfter(state.deadline, tail=tail, reason="waiting for the deadline")
         try:
-            if late > settings.expire_after:
+            if expired:
                 done = await registry.abort_expired(ctx.aggregate.id)
                 ctx.log.warning("aborted expired", registry=state.registry, late=str(late))
             else:
@@ -188,7 +191,7 @@ async def index_keeper(ctx: ActivityContext, tail: ULID | None, stream: EventStr
         if not _watched(state, settings.registries):
             return True
         after = await registry.catch_up_index(ctx.aggregate.id)
-        if after.code is not state.code:
+        if state.code is StateCode.COMPLETED and after.code is StateCode.TERMINATED:
             ctx.log.info("finished the commit", registry=state.registry)
         return after.code is StateCode.TERMINATED
 

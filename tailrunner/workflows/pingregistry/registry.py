@@ -137,7 +137,11 @@ class PingRegistry:
     async def ping(
         self, workflow: UUID, *, pinger: str, count: int, code: int = 0, message: str = "ok"
     ) -> int:
-        """Post ``pinger``'s pings until it has posted ``count``; how many this call posted.
+        """Post ``pinger``'s pings until it has posted ``count``; how many this call told.
+
+        The count includes a ping the journal already had under its request id
+        (another call of the same pinger appended it first), so two calls at
+        once may both count it; the journal holds it once.
 
         Each ping has the request id ``ping/PINGER/N``: a pinger that crashed
         after an append but before it learnt of it posts that ping once, not
