@@ -199,9 +199,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
 
 #: The activities of tailrunner's own plugins (``builtin``, ``ping-registry``),
 #: loaded beside any test plugin.
-BUILTIN = frozenset(
-    a.name for own in (builtin, pingregistry) for a in own.tailrunner_activities()
-)
+BUILTIN = frozenset(a.name for own in (builtin, pingregistry) for a in own.tailrunner_activities())
 
 
 @pytest.fixture
