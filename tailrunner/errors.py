@@ -217,3 +217,89 @@ class ArgumentNotIdempotent(CommandRefused):
         self.argument = argument
         self.recorded = recorded
         self.given = given
+
+
+# operations
+#
+#   TailrunnerError
+#   └── OperationError          an operation (tailrunner.operations) refused a call; names it
+#       ├── InvalidOperationName   not "operations/{id}" (also an InvalidArgument: INVALID_ARGUMENT)
+#       ├── InvalidPageToken       not a token of this parent's children (also InvalidArgument)
+#       ├── OperationNotFound      no such operation, or it was deleted (NOT_FOUND)
+#       ├── OperationAlreadyExists the caller's id is taken (ALREADY_EXISTS)
+#       ├── OperationFinished      finishing or updating a finished operation (FAILED_PRECONDITION)
+#       └── OperationNotDone       deleting an operation that is not done (FAILED_PRECONDITION)
+
+
+class OperationError(TailrunnerError):
+    """A long-running operation could not be named, found or changed.
+
+    :ivar operation: the operation's name (``operations/{id}``), as the caller gave it.
+    """
+
+    def __init__(self, operation: str, message: str) -> None:
+        super().__init__(f"{operation}: {message}")
+        self.operation = operation
+
+
+class InvalidOperationName(OperationError, InvalidArgument):
+    """Not an operation name: ``operations/`` and a UUID, or 1 to 63 of ``[a-z0-9-]``.
+
+    Also an :class:`InvalidArgument` (``field`` names the argument), so it
+    travels as ``INVALID_ARGUMENT`` with a field violation.
+    """
+
+    def __init__(self, operation: str, reason: str, *, field: str = "name") -> None:
+        TailrunnerError.__init__(self, f"{field} {operation!r}: {reason}")
+        self.operation = operation
+        self.field = field
+        self.reason = reason
+
+
+class InvalidPageToken(OperationError, InvalidArgument):
+    """A page token that no listing of ``operation``'s children gave (or a damaged one)."""
+
+    def __init__(self, operation: str, token: str, reason: str) -> None:
+        TailrunnerError.__init__(
+            self, f"{operation}: page_token {token[:80]!r} is not one of its children's: {reason}"
+        )
+        self.operation = operation
+        self.token = token
+        self.field = "page_token"
+        self.reason = reason
+
+
+class OperationNotFound(OperationError):
+    """No operation has this name: never created, deleted, or not an operation."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(operation, "no such operation")
+
+
+class OperationAlreadyExists(OperationError):
+    """The id the caller chose is taken (ids are never reused, not even after a delete)."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(operation, "already exists (choose another id)")
+
+
+class OperationFinished(OperationError):
+    """``what`` needs an unfinished operation, but it finished (in ``state``).
+
+    A finished operation cannot be finished again (AIP-151), nor its metadata
+    changed; a repeat of the very finish it recorded is not this error.
+    """
+
+    def __init__(self, operation: str, state: str, what: str) -> None:
+        super().__init__(operation, f"{what} is not allowed: the operation is finished ({state})")
+        self.state = state
+        self.what = what
+
+
+class OperationNotDone(OperationError):
+    """``what`` needs a finished operation (deleting one), but it is still in ``state``."""
+
+    def __init__(self, operation: str, state: str, what: str) -> None:
+        super().__init__(operation, f"{what} is not allowed: the operation is not done ({state})")
+        self.state = state
+        self.what = what
