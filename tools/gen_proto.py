@@ -46,7 +46,16 @@ def generate(out_dir: Path) -> list[Path]:
         raise SystemExit(f"google/rpc/status.proto is not in {googleapis}")
 
     protos = sorted(p.relative_to(PROTO_ROOT).as_posix() for p in PROTO_ROOT.rglob("*.proto"))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as extra:
+        # googleapis-common-protos ships google.longrunning's source as
+        # operations_proto.proto, but its modules register it (and so its
+        # importers must name it) as google/longrunning/operations.proto.
+        longrunning = Path(extra) / "google" / "longrunning"
+        longrunning.mkdir(parents=True)
+        shutil.copyfile(
+            googleapis / "google" / "longrunning" / "operations_proto.proto",
+            longrunning / "operations.proto",
+        )
         # The mypy-protobuf plugins sit beside this interpreter, which need
         # not be on PATH (a venv used without activating it).
         bindir = Path(sys.executable).parent
@@ -54,6 +63,7 @@ def generate(out_dir: Path) -> list[Path]:
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{well_known}",
+            f"-I{extra}",
             f"-I{googleapis}",
             f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
             f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",

@@ -12,9 +12,12 @@ from ulid import ULID
 from tailrunner.errors import InvalidArgument
 from tailrunner.workflows.behaviour import Behaviour, encode
 from tailrunner.workflows.pingregistry.behaviour import (
+    CANCELLED_CODE,
+    CANCELLED_MESSAGE,
     EXPIRED_CODE,
     AbortExpired,
     AppendPing,
+    Cancel,
     Command,
     Commit,
     Delete,
@@ -111,6 +114,7 @@ def test_init_refuses_bad_arguments(command: Init, field: str) -> None:
         (PING, "append-ping"),
         (SUMMARY, "post-summary"),
         (AbortExpired(), "abort-expired"),
+        (Cancel(), "cancel"),
         (Commit(), "commit"),
         (End(), "end"),
         (Delete(), "delete"),
@@ -178,6 +182,22 @@ def test_abort_expired_summarizes_with_an_error_code() -> None:
     assert state.summary is not None
     assert state.summary.code == EXPIRED_CODE
     assert state.summary.pings == state.pings
+
+
+def test_cancel_closes_an_open_workflow_with_a_cancelled_summary() -> None:
+    state = given(INIT, PING, Cancel())
+    assert state.code is StateCode.SUMMARIZED
+    assert state.summary is not None
+    assert (state.summary.code, state.summary.message) == (CANCELLED_CODE, CANCELLED_MESSAGE)
+    assert state.summary.pings == state.pings
+    with pytest.raises(WrongState, match="summarized"):
+        tell(state, PING)
+
+
+def test_cancel_after_the_summary_leaves_it_as_it_is() -> None:
+    assert tell(given(INIT, SUMMARY), Cancel()) == []
+    assert tell(given(INIT, SUMMARY, Commit()), Cancel()) == []
+    assert tell(given(INIT, SUMMARY, Commit(), End()), Cancel()) == []
 
 
 def test_abort_expired_after_the_summary_is_a_no_op() -> None:

@@ -22,32 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtailrunner/v1/workflows.proto\x12\rtailrunner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\x13PingRegistryStarted\x12\x10\n\x08registry\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x0cServerPinged\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06pinger\x18\x03 \x01(\t\"G\n\x04Ping\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\x0c\x12\x0e\n\x06pinger\x18\x04 \x01(\t\"X\n\x13ServerPingsGathered\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x05pings\x18\x03 \x03(\x0b\x32\x13.tailrunner.v1.Ping\"\x17\n\x15PingRegistryCompleted\"\x17\n\x15PingRegistryCommitted\"Y\n\x14IndexWorkflowStarted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x16IndexWorkflowCompleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\"+\n\x14IndexWorkflowDeleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtailrunner/v1/workflows.proto\x12\rtailrunner.v1\x1a#google/longrunning/operations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\x13PingRegistryStarted\x12\x10\n\x08registry\x18\x01 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x0cServerPinged\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06pinger\x18\x03 \x01(\t\"G\n\x04Ping\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\x0c\x12\x0e\n\x06pinger\x18\x04 \x01(\t\"X\n\x13ServerPingsGathered\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\"\n\x05pings\x18\x03 \x03(\x0b\x32\x13.tailrunner.v1.Ping\"\x17\n\x15PingRegistryCompleted\"\x17\n\x15PingRegistryCommitted\"Y\n\x14IndexWorkflowStarted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\x12,\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x16IndexWorkflowCompleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\"+\n\x14IndexWorkflowDeleted\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\x0c\"\x95\x02\n\x14PingRegistryMetadata\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\x0eworkflow_state\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08registry\x18\x06 \x01(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0epings_gathered\x18\x08 \x01(\x05\x12\x0e\n\x06parent\x18\t \x01(\t\"m\n\x18\x42\x65ginPingRegistryRequest\x12\x10\n\x08registry\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x61\x64line\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x03 \x01(\t2\xb5\x01\n\tWorkflows\x12\xa7\x01\n\x11\x42\x65ginPingRegistry\x12\'.tailrunner.v1.BeginPingRegistryRequest\x1a\x1d.google.longrunning.Operation\"J\xca\x41G\n!tailrunner.v1.ServerPingsGathered\x12\"tailrunner.v1.PingRegistryMetadatab\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tailrunner.proto.v1.workflows_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PINGREGISTRYSTARTED']._serialized_start=81
-  _globals['_PINGREGISTRYSTARTED']._serialized_end=166
-  _globals['_SERVERPINGED']._serialized_start=168
-  _globals['_SERVERPINGED']._serialized_end=229
-  _globals['_PING']._serialized_start=231
-  _globals['_PING']._serialized_end=302
-  _globals['_SERVERPINGSGATHERED']._serialized_start=304
-  _globals['_SERVERPINGSGATHERED']._serialized_end=392
-  _globals['_PINGREGISTRYCOMPLETED']._serialized_start=394
-  _globals['_PINGREGISTRYCOMPLETED']._serialized_end=417
-  _globals['_PINGREGISTRYCOMMITTED']._serialized_start=419
-  _globals['_PINGREGISTRYCOMMITTED']._serialized_end=442
-  _globals['_INDEXWORKFLOWSTARTED']._serialized_start=444
-  _globals['_INDEXWORKFLOWSTARTED']._serialized_end=533
-  _globals['_INDEXWORKFLOWCOMPLETED']._serialized_start=535
-  _globals['_INDEXWORKFLOWCOMPLETED']._serialized_end=580
-  _globals['_INDEXWORKFLOWDELETED']._serialized_start=582
-  _globals['_INDEXWORKFLOWDELETED']._serialized_end=625
+  _globals['_WORKFLOWS'].methods_by_name['BeginPingRegistry']._loaded_options = None
+  _globals['_WORKFLOWS'].methods_by_name['BeginPingRegistry']._serialized_options = b'\312AG\n!tailrunner.v1.ServerPingsGathered\022\"tailrunner.v1.PingRegistryMetadata'
+  _globals['_PINGREGISTRYSTARTED']._serialized_start=150
+  _globals['_PINGREGISTRYSTARTED']._serialized_end=235
+  _globals['_SERVERPINGED']._serialized_start=237
+  _globals['_SERVERPINGED']._serialized_end=298
+  _globals['_PING']._serialized_start=300
+  _globals['_PING']._serialized_end=371
+  _globals['_SERVERPINGSGATHERED']._serialized_start=373
+  _globals['_SERVERPINGSGATHERED']._serialized_end=461
+  _globals['_PINGREGISTRYCOMPLETED']._serialized_start=463
+  _globals['_PINGREGISTRYCOMPLETED']._serialized_end=486
+  _globals['_PINGREGISTRYCOMMITTED']._serialized_start=488
+  _globals['_PINGREGISTRYCOMMITTED']._serialized_end=511
+  _globals['_INDEXWORKFLOWSTARTED']._serialized_start=513
+  _globals['_INDEXWORKFLOWSTARTED']._serialized_end=602
+  _globals['_INDEXWORKFLOWCOMPLETED']._serialized_start=604
+  _globals['_INDEXWORKFLOWCOMPLETED']._serialized_end=649
+  _globals['_INDEXWORKFLOWDELETED']._serialized_start=651
+  _globals['_INDEXWORKFLOWDELETED']._serialized_end=694
+  _globals['_PINGREGISTRYMETADATA']._serialized_start=697
+  _globals['_PINGREGISTRYMETADATA']._serialized_end=974
+  _globals['_BEGINPINGREGISTRYREQUEST']._serialized_start=976
+  _globals['_BEGINPINGREGISTRYREQUEST']._serialized_end=1085
+  _globals['_WORKFLOWS']._serialized_start=1088
+  _globals['_WORKFLOWS']._serialized_end=1269
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ journal.proto: a workflow id is a 16-byte UUID, an event id a 16-byte ULID.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -265,3 +266,109 @@ class IndexWorkflowDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndexWorkflowDeleted: _TypeAlias = IndexWorkflowDeleted  # noqa: Y015
+
+@_typing.final
+class PingRegistryMetadata(_message.Message):
+    """---------------------------------------------------------------------------
+    Workflows as long-running operations (AIP-151).
+
+    A ping-registry workflow is the operation "operations/{workflow uuid}" of
+    the google.longrunning.Operations service. It is done once summarized:
+    its response is then the summary (ServerPingsGathered) when the summary's
+    code is 0, else its error is google.rpc.Status{code: the summary's code,
+    message: its message}: CANCELLED (1) for a cancelled workflow,
+    DEADLINE_EXCEEDED (4) for one that expired unsummarized. CancelOperation
+    cancels an open workflow (a cancelled summary: the servers and the daemon
+    stop); DeleteOperation commits a done workflow if it was not, then removes
+    it from its registry's index.
+    ---------------------------------------------------------------------------
+
+    The metadata of a workflow's operation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    WORKFLOW_STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    PINGS_GATHERED_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"ping-registry"."""
+    state: _builtins.str
+    """The operation's state: PENDING (no ping yet), RUNNING, COMPLETE, FAIL or
+    STOPPED (cancelled); ListOperations' state filter names RUNNING,
+    SUCCEEDED, FAILED and CANCELLED.
+    """
+    workflow_state: _builtins.str
+    """The workflow's own state (seed 003's: initialized, appending,
+    summarized, completed, terminated).
+    """
+    registry: _builtins.str
+    pings_gathered: _builtins.int
+    """Progress: the pings gathered so far."""
+    parent: _builtins.str
+    """The parent operation's name; empty for a workflow begun on its own."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        state: _builtins.str = ...,
+        workflow_state: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        registry: _builtins.str = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        pings_gathered: _builtins.int = ...,
+        parent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deadline", b"deadline", "kind", b"kind", "parent", b"parent", "pings_gathered", b"pings_gathered", "registry", b"registry", "state", b"state", "update_time", b"update_time", "workflow_state", b"workflow_state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PingRegistryMetadata: _TypeAlias = PingRegistryMetadata  # noqa: Y015
+
+@_typing.final
+class BeginPingRegistryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    """Required: the registry whose watchers are to be pinged."""
+    request_id: _builtins.str
+    """Optional: makes the call safe to repeat. A repeat with the same
+    request_id begins no second workflow and returns the first one's
+    operation. 1 to 128 printable ASCII characters.
+    """
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """How long the servers have to answer; 30 s when unset. Not negative."""
+
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        deadline: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "registry", b"registry", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BeginPingRegistryRequest: _TypeAlias = BeginPingRegistryRequest  # noqa: Y015

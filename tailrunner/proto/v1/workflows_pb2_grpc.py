@@ -3,6 +3,8 @@
 import grpc
 import warnings
 
+from google.longrunning import operations_pb2 as google_dot_longrunning_dot_operations__pb2
+from tailrunner.proto.v1 import workflows_pb2 as tailrunner_dot_v1_dot_workflows__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +24,80 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class WorkflowsStub:
+    """Workflows that tailrunner ships, begun as long-running operations.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.BeginPingRegistry = channel.unary_unary(
+                '/tailrunner.v1.Workflows/BeginPingRegistry',
+                request_serializer=tailrunner_dot_v1_dot_workflows__pb2.BeginPingRegistryRequest.SerializeToString,
+                response_deserializer=google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+                _registered_method=True)
+
+
+class WorkflowsServicer:
+    """Workflows that tailrunner ships, begun as long-running operations.
+    """
+
+    def BeginPingRegistry(self, request, context):
+        """Begin a ping-registry workflow; its operation is done once summarized
+        (after the deadline, or when cancelled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkflowsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'BeginPingRegistry': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginPingRegistry,
+                    request_deserializer=tailrunner_dot_v1_dot_workflows__pb2.BeginPingRegistryRequest.FromString,
+                    response_serializer=google_dot_longrunning_dot_operations__pb2.Operation.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tailrunner.v1.Workflows', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tailrunner.v1.Workflows', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Workflows:
+    """Workflows that tailrunner ships, begun as long-running operations.
+    """
+
+    @staticmethod
+    def BeginPingRegistry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailrunner.v1.Workflows/BeginPingRegistry',
+            tailrunner_dot_v1_dot_workflows__pb2.BeginPingRegistryRequest.SerializeToString,
+            google_dot_longrunning_dot_operations__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -10,10 +10,18 @@ journal.proto: a workflow id is a 16-byte UUID, an event id a 16-byte ULID.
 """
 
 from collections import abc as _abc
+from google.longrunning import operations_pb2 as _operations_pb2
 from grpc import aio as _aio
+from tailrunner.proto.v1 import workflows_pb2 as _workflows_pb2
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -24,3 +32,40 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class WorkflowsStub:
+    """Workflows that tailrunner ships, begun as long-running operations."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WorkflowsAsyncStub: ...
+    BeginPingRegistry: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.BeginPingRegistryRequest, _operations_pb2.Operation]
+    """Begin a ping-registry workflow; its operation is done once summarized
+    (after the deadline, or when cancelled).
+    """
+
+@_typing.type_check_only
+class WorkflowsAsyncStub(WorkflowsStub):
+    """Workflows that tailrunner ships, begun as long-running operations."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    BeginPingRegistry: _aio.UnaryUnaryMultiCallable[_workflows_pb2.BeginPingRegistryRequest, _operations_pb2.Operation]  # type: ignore[assignment]
+    """Begin a ping-registry workflow; its operation is done once summarized
+    (after the deadline, or when cancelled).
+    """
+
+class WorkflowsServicer(metaclass=_abc_1.ABCMeta):
+    """Workflows that tailrunner ships, begun as long-running operations."""
+
+    @_abc_1.abstractmethod
+    def BeginPingRegistry(
+        self,
+        request: _workflows_pb2.BeginPingRegistryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operations_pb2.Operation, _abc.Awaitable[_operations_pb2.Operation]]:
+        """Begin a ping-registry workflow; its operation is done once summarized
+        (after the deadline, or when cancelled).
+        """
+
+def add_WorkflowsServicer_to_server(servicer: WorkflowsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -15,6 +15,8 @@ command            allowed in                   yields
                                                 the same, else ArgumentNotIdempotent
 ``AbortExpired``   initialized, appending       pings-gathered with code
                                                 :data:`EXPIRED_CODE`; later: nothing
+``Cancel``         initialized, appending       pings-gathered with code
+                                                :data:`CANCELLED_CODE`; later: nothing
 ``Commit``         summarized                   completed; later: nothing
 ``End``            completed                    committed; terminated: nothing
 ``Delete``         completed, terminated        nothing (the index records it)
@@ -46,6 +48,11 @@ EXPIRED_CODE = 4
 """The summary code of a workflow aborted because it expired (gRPC's DEADLINE_EXCEEDED)."""
 
 EXPIRED_MESSAGE = "expired before it was summarized"
+
+CANCELLED_CODE = 1
+"""The summary code of a workflow cancelled before it was summarized (gRPC's CANCELLED)."""
+
+CANCELLED_MESSAGE = "cancelled before it was summarized"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +89,14 @@ class AbortExpired:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Cancel:
+    """Close an open workflow with a cancelled summary: no more pings, no summary at the deadline.
+
+    A workflow that is summarized (or later) is left as it is: cancelling is best effort.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Commit:
     """The commit's first step: completed on the workflow."""
 
@@ -96,7 +111,7 @@ class Delete:
     """Check that the workflow may leave the index (completed, committed or not)."""
 
 
-Command = Init | AppendPing | PostSummary | AbortExpired | Commit | End | Delete
+Command = Init | AppendPing | PostSummary | AbortExpired | Cancel | Commit | End | Delete
 """Every command of the ping-registry workflow."""
 
 Event = (
@@ -149,6 +164,10 @@ def tell(state: State, command: Command) -> list[Event]:
             if state.code in _SUMMARIZED_OR_LATER:
                 return []
             return [_gathered(state, EXPIRED_CODE, EXPIRED_MESSAGE)]
+        case Cancel():
+            if state.code in _SUMMARIZED_OR_LATER:
+                return []
+            return [_gathered(state, CANCELLED_CODE, CANCELLED_MESSAGE)]
         case Commit():
             if state.code in _COMPLETED_OR_LATER:
                 return []
@@ -209,6 +228,7 @@ _NAMES: dict[type[Command], str] = {
     AppendPing: "append-ping",
     PostSummary: "post-summary",
     AbortExpired: "abort-expired",
+    Cancel: "cancel",
     Commit: "commit",
     End: "end",
     Delete: "delete",

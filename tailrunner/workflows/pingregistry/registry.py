@@ -7,7 +7,7 @@ again without doing anything twice:
 - ``begin``: started on the workflow, then started on its registry's index;
 - ``ping``: a pinger's pings, each with a request id of its own
   (``ping/PINGER/N``), so that a pinger that restarts posts only the rest;
-- ``summarize`` / ``abort_expired``: the summary;
+- ``summarize`` / ``abort_expired`` / ``cancel``: the summary;
 - ``commit``: completed on the workflow, completed on the index, committed
   on the workflow (seed 003's multi-step commit);
 - ``catch_up_index``: what the index keeper does for one workflow: the
@@ -32,6 +32,7 @@ from tailrunner.workflows.aggregates import RETRY_NO_VC, Aggregates
 from tailrunner.workflows.pingregistry.behaviour import (
     AbortExpired,
     AppendPing,
+    Cancel,
     Command,
     Commit,
     Delete,
@@ -173,6 +174,18 @@ class PingRegistry:
     async def abort_expired(self, workflow: UUID) -> State:
         """Close a workflow that expired unsummarized, with an error summary (or no-op)."""
         await self.workflows.tell(workflow, AbortExpired(), RETRY_NO_VC)
+        return await self.show(workflow)
+
+    async def cancel(self, workflow: UUID) -> State:
+        """Cancel an open workflow: a summary with code ``CANCELLED_CODE``, and no more pings.
+
+        Best effort: a summarized (or later) workflow is left as it is. The
+        servers and the daemon see the summary and stop.
+
+        :raises NotFound: there is no such workflow.
+        """
+        await self.show(workflow)
+        await self.workflows.tell(workflow, Cancel(), RETRY_NO_VC)
         return await self.show(workflow)
 
     async def commit(self, workflow: UUID) -> State:
