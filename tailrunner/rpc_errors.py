@@ -44,16 +44,24 @@ from grpc_status import rpc_status
 
 from tailrunner.errors import (
     AggregateTypeMismatch,
+    CommandRefused,
     ControlNotStored,
     EngineStopped,
     InvalidArgument,
     JournalUnavailable,
     NotAuthenticated,
+    NotFound,
+    OperationAlreadyExists,
+    OperationFinished,
+    OperationNotDone,
+    OperationNotFound,
+    RetryLimit,
     StoreError,
     TailMismatch,
     TailrunnerError,
     TaskNotControllable,
     TaskNotFound,
+    VersionConflict,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.proto.v1 import journal_pb2
@@ -73,6 +81,15 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (TailMismatch, code_pb2.FAILED_PRECONDITION),
     (AggregateTypeMismatch, code_pb2.FAILED_PRECONDITION),
     (TaskNotFound, code_pb2.NOT_FOUND),
+    # workflows and operations
+    (NotFound, code_pb2.NOT_FOUND),
+    (OperationNotFound, code_pb2.NOT_FOUND),
+    (OperationAlreadyExists, code_pb2.ALREADY_EXISTS),
+    (OperationFinished, code_pb2.FAILED_PRECONDITION),
+    (OperationNotDone, code_pb2.FAILED_PRECONDITION),
+    (CommandRefused, code_pb2.FAILED_PRECONDITION),
+    (RetryLimit, code_pb2.ABORTED),
+    (VersionConflict, code_pb2.ABORTED),
     (TaskNotControllable, code_pb2.FAILED_PRECONDITION),
     (NotAuthenticated, code_pb2.UNAUTHENTICATED),
     (ControlNotStored, code_pb2.UNAVAILABLE),

@@ -196,6 +196,7 @@ def advance(state: State, event: Event, event_id: ULID) -> State:
                 code=StateCode.INITIALIZED,
                 registry=event.registry,
                 deadline=from_timestamp(event.deadline),
+                started=event_id,
             )
         case pb.ServerPinged():
             ping = Ping(

@@ -65,12 +65,15 @@ class State:
     :ivar registry: empty and ``deadline`` ``None`` until initialized.
     :ivar pings: the pings posted so far, in order; frozen by the summary.
     :ivar summary: ``None`` until summarized.
+    :ivar started: the id of the event that started it (its time is the
+        workflow's creation time); ``None`` until initialized.
     """
 
     id: UUID
     code: StateCode = StateCode.UNINITIALIZED
     registry: str = ""
     deadline: datetime | None = None
+    started: ULID | None = None
     pings: tuple[Ping, ...] = ()
     summary: Summary | None = None
 
