@@ -13,7 +13,9 @@ is done reads the journal's events after the version it loaded with
 ``watch=True``. The journal serves every event after that version, the ones
 appended between the load and the subscription included, then blocks until
 the next one: no completion can fall between the check and the wait, and a
-waiter learns of it as soon as the journal has it.
+waiter learns of it as soon as the journal has it. Each waiter holds one
+watch stream of the journal while it waits (the journal serves each from its
+in-memory hub: no store read until an event lands).
 """
 
 from __future__ import annotations

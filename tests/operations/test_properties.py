@@ -11,6 +11,9 @@ into exactly the state that ``tell`` saw, and:
   when ``STOPPED``);
 - a cancel request is recorded at most once, and only before the finish;
 - a refused command, or one that yields no events, leaves the state as it was.
+
+Any text is a valid operation name or an ``InvalidOperationName``, any text a
+page token's offset or an ``InvalidPageToken``: never another error.
 """
 
 from __future__ import annotations
@@ -20,12 +23,17 @@ from uuid import UUID
 
 from google.protobuf import wrappers_pb2
 from google.rpc import code_pb2, status_pb2
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from ulid import ULID
 
-from tailrunner.errors import InvalidArgument, OperationError
+from tailrunner.errors import (
+    InvalidArgument,
+    InvalidOperationName,
+    InvalidPageToken,
+    OperationError,
+)
 from tailrunner.operations.behaviour import (
     EVENT_TYPES,
     Command,
@@ -40,7 +48,9 @@ from tailrunner.operations.behaviour import (
     advance,
     tell,
 )
+from tailrunner.operations.children import decode_page_token, encode_page_token
 from tailrunner.operations.messages import pack
+from tailrunner.operations.names import check_id, operation_name, parse_name
 from tailrunner.operations.state import OperationState, StateCode, new_state, to_operation
 
 OPERATION = UUID("00000000-0000-4000-8000-000000000001")
@@ -152,3 +162,43 @@ def test_operation_properties() -> None:
     run_state_machine_as_test(
         OperationMachine, settings=settings(max_examples=200, stateful_step_count=20)
     )
+
+
+# --------------------------------------------------------------------------- hostile input
+
+PARENT = UUID("00000000-0000-4000-8000-0000000000aa")
+valid_ids = st.one_of(
+    st.uuids().map(str),
+    st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True),
+)
+
+
+@given(st.text(max_size=80))
+def test_any_name_is_an_aggregate_id_or_an_invalid_name(name: str) -> None:
+    try:
+        aggregate = parse_name(name)
+    except InvalidOperationName as exc:
+        assert exc.operation == name
+        return
+    assert name.startswith("operations/")
+    assert check_id(name.removeprefix("operations/")) == aggregate
+
+
+@given(valid_ids)
+def test_every_valid_id_names_one_aggregate(id: str) -> None:
+    assert parse_name(operation_name(id)) == check_id(id)
+
+
+@given(st.text(max_size=40), st.integers(min_value=0, max_value=50))
+def test_any_page_token_is_an_offset_or_invalid(token: str, entries: int) -> None:
+    try:
+        offset = decode_page_token("operations/p", PARENT, token, entries)
+    except InvalidPageToken:
+        return
+    assert 0 <= offset <= entries
+
+
+@given(st.integers(min_value=0, max_value=2**63))
+def test_page_tokens_round_trip(offset: int) -> None:
+    token = encode_page_token(PARENT, offset)
+    assert decode_page_token("operations/p", PARENT, token, offset) == offset
