@@ -10,7 +10,10 @@ import anyio
 import pytest
 from google.protobuf import any_pb2, wrappers_pb2
 
-from tailrunner.errors import InvalidArgument, OperationNotFound
+from tailrunner.errors import InvalidArgument, JournalUnavailable, OperationNotFound
+from tailrunner.journal.client import JournalClient
+from tailrunner.journal.memory import MemoryJournalStore
+from tailrunner.journal.server import JournalServer
 from tailrunner.operations import Operation, Operations
 from tailrunner.operations.messages import pack
 from tests.operations.journals import WatchJournal
@@ -257,3 +260,26 @@ async def test_until_cancel_requested_cancels_the_work_it_runs_beside(
             await ops.request_cancel(name)
             await stopped.wait()
     assert (await ops.get(name)).error.code == 1
+
+
+async def test_a_journal_that_stops_during_a_wait_is_an_error_not_a_timeout() -> None:
+    """The watch ends with the journal: the waiter must not take it for the timeout."""
+    server = JournalServer(MemoryJournalStore(), listen="127.0.0.1:0", close_store=True)
+    await server.start()
+    try:
+        async with JournalClient.connect(server.address, timeout=10) as client:
+            journal = WatchJournal(client)
+            ops = Operations(journal)
+            name = (await ops.create()).name
+
+            async def stop() -> None:
+                await journal.until_caught_up(1)
+                await server.stop(grace=5)
+
+            with anyio.fail_after(LIMIT), pytest.raises(ExceptionGroup) as info:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(stop)
+                    await ops.wait(name, None)
+            assert info.group_contains(JournalUnavailable)
+    finally:
+        await server.stop(grace=0)
