@@ -25,9 +25,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from tailrunner.cli import admin, demo, journal, ping_registry, plugins, run
+    from tailrunner.cli import admin, demo, journal, ops, ping_registry, plugins, run
 
-    for module in (demo, run, journal, plugins, admin, ping_registry):
+    for module in (demo, run, journal, plugins, admin, ping_registry, ops):
         for command in module.COMMANDS:
             main.add_command(command)
 

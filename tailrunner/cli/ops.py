@@ -1,0 +1,254 @@
+"""``tailrunner ops``: long-running operations (AIP-151) from the command line.
+
+``list``, ``get``, ``wait``, ``cancel``, ``delete`` and ``tree`` talk to the
+``google.longrunning.Operations`` service of the journal server.
+
+:data:`COMMANDS` is what :mod:`tailrunner.cli.main` registers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import anyio
+import click
+from google.protobuf import json_format
+from google.protobuf.any_pb2 import Any as AnyMessage
+
+from tailrunner.cli.terminal import printable
+from tailrunner.errors import InvalidArgument, JournalUnavailable, TailrunnerError
+from tailrunner.journal.server import DEFAULT_LISTEN
+from tailrunner.operations.client import OperationsClient
+from tailrunner.operations.state import Operation
+
+T = TypeVar("T")
+
+_journal_option = click.option(
+    "--journal",
+    "address",
+    metavar="HOST:PORT",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    envvar="TAILRUNNER_JOURNAL",
+    help="The journal server that serves the operations (also $TAILRUNNER_JOURNAL).",
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+_name_argument = click.argument("name", metavar="NAME")
+
+
+@click.group("ops")
+def ops() -> None:
+    """Long-running operations (google.longrunning, AIP-151): list, get, wait, cancel, delete.
+
+    An operation is operations/{id}: one that a service created with
+    tailrunner.operations, or a workflow (a ping-registry workflow is
+    operations/{workflow uuid}).
+
+    \b
+    Examples:
+      tailrunner ops list --filter 'state=RUNNING AND kind=ping-registry'
+      tailrunner ops wait operations/7c9e6679-7425-40de-944b-e07fc1f90ae7 --timeout 60
+      tailrunner ops tree operations/import-2026-12-01
+    """
+
+
+@ops.command("list")
+@_journal_option
+@_json_option
+@click.option(
+    "--filter",
+    "filter_",
+    default="",
+    metavar="FILTER",
+    help="state=RUNNING|SUCCEEDED|FAILED|CANCELLED, kind=…, parent=operations/…,"
+    " done=true|false, joined with AND.",
+)
+def list_(address: str, as_json: bool, filter_: str) -> None:
+    """List operations, newest first: NAME, STATUS and RESULT, tab-separated."""
+
+    async def run(client: OperationsClient) -> list[Operation]:
+        return [op async for op in client.list_operations(filter_)]
+
+    for operation in _with_client(address, run):
+        shown = json.dumps(_as_dict(operation), separators=(",", ":"))
+        click.echo(shown if as_json else _text(operation))
+
+
+@ops.command("get")
+@_journal_option
+@_json_option
+@_name_argument
+def get(address: str, as_json: bool, name: str) -> None:
+    """Print one operation: its status, metadata and result."""
+
+    async def run(client: OperationsClient) -> Operation:
+        return await client.get(name)
+
+    _print(_with_client(address, run), as_json)
+
+
+@ops.command("wait")
+@_journal_option
+@_json_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Give up after this long and print the operation as it is (exit status 2).",
+)
+@_name_argument
+def wait(address: str, as_json: bool, timeout: float | None, name: str) -> None:
+    """Wait until an operation is done, then print it.
+
+    The journal wakes the wait when the operation finishes (no polling).
+    Exit status 0 when it is done, 2 when the timeout came first.
+    """
+
+    async def run(client: OperationsClient) -> Operation:
+        return await client.wait(name, timeout)
+
+    operation = _with_client(address, run)
+    _print(operation, as_json)
+    if not operation.done:
+        raise SystemExit(2)
+
+
+@ops.command("cancel")
+@_journal_option
+@_name_argument
+def cancel(address: str, name: str) -> None:
+    """Ask for an operation to be cancelled (best effort; a done one is left as it is)."""
+
+    async def run(client: OperationsClient) -> None:
+        await client.cancel(name)
+
+    _with_client(address, run)
+    click.echo(f"{name}\tcancel requested")
+
+
+@ops.command("delete")
+@_journal_option
+@_name_argument
+def delete(address: str, name: str) -> None:
+    """Delete a done operation (it is not found afterwards)."""
+
+    async def run(client: OperationsClient) -> None:
+        await client.delete(name)
+
+    _with_client(address, run)
+    click.echo(f"{name}\tdeleted")
+
+
+@ops.command("tree")
+@_journal_option
+@click.option("--max-depth", type=click.IntRange(min=0), default=None, help="Levels of children.")
+@_name_argument
+def tree(address: str, max_depth: int | None, name: str) -> None:
+    """Print an operation and its children, and theirs, indented."""
+
+    async def run(client: OperationsClient) -> list[str]:
+        lines: list[str] = []
+
+        async def walk(operation: Operation, depth: int) -> None:
+            lines.append("  " * depth + _text(operation))
+            if max_depth is not None and depth >= max_depth:
+                return
+            for child in reversed(await client.children(operation.name)):  # oldest first
+                await walk(child, depth + 1)
+
+        await walk(await client.get(name), 0)
+        return lines
+
+    click.echo("\n".join(_with_client(address, run)))
+
+
+#: The commands :mod:`tailrunner.cli.main` registers.
+COMMANDS: list[click.Command] = [ops]
+
+
+def _with_client(address: str, run: Callable[[OperationsClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with OperationsClient.connect(address) as client:
+            return await run(client)
+
+    with _cli_errors(address):
+        return anyio.run(main)
+
+
+@contextmanager
+def _cli_errors(address: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidArgument as exc:
+        raise click.ClickException(f"{exc.field}: {exc.reason}") from exc
+    except JournalUnavailable as exc:
+        raise click.ClickException(f"cannot reach the journal at {address}: {exc}") from exc
+    except TailrunnerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _status(operation: Operation) -> str:
+    if not operation.done:
+        return "running"
+    if operation.HasField("error"):
+        return "cancelled" if operation.error.code == 1 else "failed"
+    return "succeeded"
+
+
+def _result(operation: Operation) -> str:
+    if operation.HasField("error"):
+        return f"error {operation.error.code}: {operation.error.message}"
+    if operation.HasField("response"):
+        return f"response {_type_name(operation.response)}"
+    return "-"
+
+
+def _text(operation: Operation) -> str:
+    return printable(f"{operation.name}\t{_status(operation)}\t{_result(operation)}")
+
+
+def _print(operation: Operation, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_as_dict(operation), indent=2))
+        return
+    lines = [
+        f"name      {operation.name}",
+        f"status    {_status(operation)}",
+        f"result    {_result(operation)}",
+    ]
+    if operation.HasField("metadata"):
+        lines.append(f"metadata  {_type_name(operation.metadata)}")
+        shown = _unpacked(operation.metadata)
+        if shown is not None:
+            lines.extend(f"  {key}: {value}" for key, value in shown.items())
+    click.echo(printable("\n".join(lines), lines=True))
+
+
+def _as_dict(operation: Operation) -> dict[str, Any]:
+    """The operation as JSON; an ``Any`` whose type this process knows is shown unpacked."""
+    try:
+        return dict(json_format.MessageToDict(operation))
+    except TypeError:  # an Any of a type unknown here: its type URL and bytes instead
+        return {
+            "name": operation.name,
+            "done": operation.done,
+            "status": _status(operation),
+            "result": _result(operation),
+        }
+
+
+def _unpacked(packed: AnyMessage) -> dict[str, Any] | None:
+    try:
+        shown = json_format.MessageToDict(packed)
+    except TypeError:
+        return None
+    shown.pop("@type", None)
+    return dict(shown)
+
+
+def _type_name(packed: AnyMessage) -> str:
+    return packed.type_url.rpartition("/")[2] or "-"
