@@ -21,7 +21,7 @@ from typing import Any, Self
 
 import anyio
 import grpc
-from google.longrunning import operations_proto_pb2 as lro  # type: ignore[import-untyped]
+from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf.duration_pb2 import Duration
 
 from tailrunner.errors import (
@@ -95,7 +95,8 @@ class OperationsClient:
         :raises InvalidArgument: ``name`` is malformed (names the field).
         :raises JournalUnavailable: the service cannot be reached.
         """
-        return await self._call(name, self._get, lro.GetOperationRequest(name=name))
+        operation: Operation = await self._call(name, self._get, lro.GetOperationRequest(name=name))
+        return operation
 
     async def list_operations(
         self, filter: str = "", *, page_size: int = PAGE_SIZE

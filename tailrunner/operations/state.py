@@ -21,7 +21,7 @@ from uuid import UUID
 
 # googleapis-common-protos ships .pyi files but no py.typed marker, so mypy will not
 # read them: Operation is Any to it.
-from google.longrunning import operations_proto_pb2  # type: ignore[import-untyped]
+from google.longrunning import operations_proto_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import code_pb2, status_pb2
 
