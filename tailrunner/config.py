@@ -323,7 +323,11 @@ class Config:
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_ALLOWED = "a duration such as 250ms, 30s, 5m, 1h30m, or a number of seconds"
+_DURATION_ALLOWED = (
+    "a duration such as 250ms, 30s, 5m, 1h30m, or a number of seconds (at most 100 years)"
+)
+#: The longest duration a key takes: longer ones overflow the clocks they are added to.
+_MAX_DURATION = 100 * 365.25 * 24 * 3600
 
 
 def parse_duration(text: str | float, *, key: str) -> float:
@@ -361,7 +365,7 @@ def _duration_seconds(value: object) -> float | None:
                 return None
     else:
         return None
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or seconds < 0 or seconds > _MAX_DURATION:
         return None
     return seconds
 

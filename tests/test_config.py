@@ -214,6 +214,9 @@ BAD_VALUES = [
     ('[engine]\nbackstop = "5 minutes"', "engine.backstop", '"5 minutes"', "duration"),
     ('[engine]\nbackstop = "0s"', "engine.backstop", '"0s"', "positive duration"),
     ("[engine]\nbackstop = -3", "engine.backstop", "-3", "duration"),
+    # Longer ones overflow the clocks they are added to (the admin's next-run times).
+    ("[engine]\nbackstop = 1e20", "engine.backstop", "1e+20", "at most 100 years"),
+    ('[engine]\nshutdown_grace = "900000h"', "engine.shutdown_grace", '"900000h"', "100 years"),
     ('[engine]\ninterval = "*/5 * * *"', "engine.interval", '"*/5 * * *"', "cron expression"),
     ('[engine]\ninterval = "61 * * * *"', "engine.interval", '"61 * * * *"', "cron expression"),
     ('[engine]\ninterval = "0 0 * * * *"', "engine.interval", '"0 0 * * * *"', "5-field"),
