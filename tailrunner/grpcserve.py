@@ -38,7 +38,8 @@ class GrpcServer:
             print(server.address)  # the bound port, not 0
 
     A subclass sets :attr:`kind` and :attr:`service_name`, adds its servicer
-    in :meth:`_add_services`, and may end its own work in :meth:`_stopping`
+    in :meth:`_add_services` (and names any further ones in
+    :meth:`_service_names`), and may end its own work in :meth:`_stopping`
     (before in-flight calls are waited for) and :meth:`_stopped_serving`
     (after).
     """
@@ -76,6 +77,11 @@ class GrpcServer:
         """Add the service to ``server`` (the generated ``add_…Servicer_to_server``)."""
         raise NotImplementedError
 
+    def _service_names(self) -> tuple[str, ...]:
+        """The services that health and reflection report: :attr:`service_name`, and
+        those a subclass serves beside it."""
+        return (self.service_name,)
+
     async def _stopping(self) -> None:
         """End what would keep calls running (streams that never end on their own)."""
 
@@ -109,8 +115,9 @@ class GrpcServer:
         health_servicer = health.aio.HealthServicer()
         self._health = health_servicer
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = self._service_names()
         reflection.enable_server_reflection(
-            (self.service_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
             port = server.add_insecure_port(str(self._listen))
@@ -120,7 +127,7 @@ class GrpcServer:
             ) from exc
         await server.start()
         self._server, self._port = server, port
-        for service in ("", self.service_name):
+        for service in ("", *names):
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", service=self.kind, address=self.address, **self._log_details)
 

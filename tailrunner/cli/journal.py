@@ -34,6 +34,7 @@ from tailrunner.journal.open import DEFAULT_STORE, open_store
 from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
+from tailrunner.operations.service import operations_service
 
 log = structlog.get_logger(__name__)
 
@@ -126,11 +127,18 @@ def journal() -> None:
     show_default="1MiB",
     help="Largest event (data and metadata) an append may carry, e.g. 512KiB, 4MiB.",
 )
-def serve(listen: str, store_url: str, max_event_size: int) -> None:
+@click.option(
+    "--no-operations",
+    is_flag=True,
+    help="Leave out the google.longrunning.Operations service (served by default).",
+)
+def serve(listen: str, store_url: str, max_event_size: int, no_operations: bool) -> None:
     """Serve the event journal over gRPC until SIGINT or SIGTERM.
 
     Prints "listening on HOST:PORT" once it accepts calls. The gRPC health
     service and server reflection are on, so grpcurl and health probes work.
+    Beside the journal it serves google.longrunning.Operations (the library's
+    operations and the ping-registry workflows), unless --no-operations.
 
     \b
     Examples:
@@ -141,14 +149,18 @@ def serve(listen: str, store_url: str, max_event_size: int) -> None:
     """
     _configure_logging("info")
     with _cli_errors(listen):
-        anyio.run(_serve, listen, store_url, max_event_size)
+        anyio.run(_serve, listen, store_url, max_event_size, not no_operations)
 
 
-async def _serve(listen: str, store_url: str, max_event_size: int) -> None:
+async def _serve(listen: str, store_url: str, max_event_size: int, operations: bool) -> None:
     store = await open_store(store_url)
     try:
         server = JournalServer(
-            store, listen=listen, max_event_size=max_event_size, close_store=True
+            store,
+            listen=listen,
+            max_event_size=max_event_size,
+            close_store=True,
+            services=[operations_service()] if operations else [],
         )
     except BaseException:
         await store.aclose()

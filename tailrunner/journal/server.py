@@ -3,14 +3,27 @@
 The server carries the journal service, the gRPC health service (``SERVING``
 for ``""`` and ``tailrunner.v1.Journal``) and server reflection, so that
 ``grpcurl`` and health probes work against it.
+
+It also carries the services it is given (:class:`HostedService`), built on
+its in-process journal (:class:`~tailrunner.journal.local.LocalJournal`)
+when the server is made; health and reflection list them too. The
+``google.longrunning.Operations`` service is one
+(:func:`tailrunner.operations.service.operations_service`; ``tailrunner
+journal serve`` adds it unless ``--no-operations``). The journal layer does
+not know the services above it: they come in as factories.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
 import grpc
 
 from tailrunner.grpcserve import GrpcServer
+from tailrunner.journal.api import JournalApi
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
+from tailrunner.journal.local import LocalJournal
 from tailrunner.journal.service import (
     DEFAULT_MAX_EVENT_SIZE,
     SERVICE,
@@ -22,6 +35,23 @@ from tailrunner.journal.store import JournalStore
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
 SERVICE_NAME: str = SERVICE
+
+
+class HostedService(Protocol):
+    """One or more gRPC services the journal server carries beside the journal."""
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """The full names of the services it adds, for health and reflection."""
+        ...
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Add its servicers to ``server`` (before it starts)."""
+        ...
+
+
+#: Makes a hosted service on the server's in-process journal.
+ServiceFactory = Callable[[JournalApi], HostedService]
 
 
 class JournalServer(GrpcServer):
@@ -48,6 +78,7 @@ class JournalServer(GrpcServer):
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         max_pending_signals: int = DEFAULT_MAX_PENDING,
         close_store: bool = False,
+        services: Sequence[ServiceFactory] = (),
     ) -> None:
         """:param store: where the events are kept.
         :param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
@@ -55,6 +86,8 @@ class JournalServer(GrpcServer):
         :param max_pending_signals: aggregates a slow signal reader may have
             pending before it gets a resync instead.
         :param close_store: close ``store`` when the server stops.
+        :param services: the services to carry beside the journal, each made
+            here on the server's in-process journal (:attr:`local_journal`).
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
         """
         # Room for appends of several maximal events; one event over the limit
@@ -72,6 +105,8 @@ class JournalServer(GrpcServer):
         self._service = JournalService(store, self._hub, max_event_size=max_event_size)
         store.add_listener(self._hub.notify)
         self._close_store = close_store
+        self._local = LocalJournal(store, self._hub)
+        self._hosted = [factory(self._local) for factory in services]
 
     @property
     def store(self) -> JournalStore:
@@ -83,8 +118,18 @@ class JournalServer(GrpcServer):
         """The in-process fan-out of appends (watchers, signal subscribers)."""
         return self._hub
 
+    @property
+    def local_journal(self) -> LocalJournal:
+        """The journal in this process, as the hosted services use it."""
+        return self._local
+
     def _add_services(self, server: grpc.aio.Server) -> None:
         add_to_server(self._service, server)
+        for hosted in self._hosted:
+            hosted.add_to_server(server)
+
+    def _service_names(self) -> tuple[str, ...]:
+        return (self.service_name, *(n for hosted in self._hosted for n in hosted.service_names))
 
     async def _stopping(self) -> None:
         # Watches and signal streams return on their own: a clean end of stream.
