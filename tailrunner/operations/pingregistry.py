@@ -30,6 +30,7 @@ which it is not found.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -41,6 +42,7 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument, OperationNotDone, TailrunnerError
 from tailrunner.journal.api import JournalApi
+from tailrunner.journal.server import HostedService, ServiceFactory
 from tailrunner.operations.names import operation_name
 from tailrunner.operations.sources import OperationView
 from tailrunner.operations.state import Operation, StateCode
@@ -53,6 +55,8 @@ from tailrunner.workflows.pingregistry.registry import WORKFLOW_TYPE, PingRegist
 from tailrunner.workflows.pingregistry.state import State
 from tailrunner.workflows.pingregistry.state import StateCode as WorkflowCode
 
+#: The full name of the ``Workflows`` service.
+WORKFLOWS_SERVICE: str = pb.DESCRIPTOR.services_by_name["Workflows"].full_name
 #: The operation kind of a ping-registry workflow (``kind=ping-registry`` in a filter).
 KIND = "ping-registry"
 #: The deadline of a workflow begun without one.
@@ -196,6 +200,34 @@ class WorkflowsService(workflows_pb2_grpc.WorkflowsServicer):
             await abort(context, exc, rpc="BeginPingRegistry")
 
 
+@dataclass(frozen=True, slots=True)
+class HostedWorkflows:
+    """The ``Workflows`` service as a :class:`~tailrunner.journal.server.HostedService`."""
+
+    service: WorkflowsService
+
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        return (WORKFLOWS_SERVICE,)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        workflows_pb2_grpc.add_WorkflowsServicer_to_server(self.service, server)
+
+
+def workflows_service() -> ServiceFactory:
+    """The factory that makes the journal server carry ``tailrunner.v1.Workflows``.
+
+    ::
+
+        JournalServer(store, services=[operations_service(), workflows_service()])
+    """
+
+    def make(journal: JournalApi) -> HostedService:
+        return HostedWorkflows(WorkflowsService(PingRegistry(journal)))
+
+    return make
+
+
 def _deadline(request: pb.BeginPingRegistryRequest) -> timedelta:
     if not request.HasField("deadline"):
         return DEFAULT_DEADLINE
@@ -235,6 +267,7 @@ __all__ = [
     "KIND",
     "PingRegistrySource",
     "WorkflowsService",
+    "workflows_service",
     "operation_state",
     "to_operation",
 ]
