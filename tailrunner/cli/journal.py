@@ -34,6 +34,7 @@ from tailrunner.journal.open import DEFAULT_STORE, open_store
 from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
+from tailrunner.operations.pingregistry import workflows_service
 from tailrunner.operations.service import operations_service
 
 log = structlog.get_logger(__name__)
@@ -130,7 +131,8 @@ def journal() -> None:
 @click.option(
     "--no-operations",
     is_flag=True,
-    help="Leave out the google.longrunning.Operations service (served by default).",
+    help="Leave out the google.longrunning.Operations and tailrunner.v1.Workflows services"
+    " (served by default).",
 )
 def serve(listen: str, store_url: str, max_event_size: int, no_operations: bool) -> None:
     """Serve the event journal over gRPC until SIGINT or SIGTERM.
@@ -138,7 +140,8 @@ def serve(listen: str, store_url: str, max_event_size: int, no_operations: bool)
     Prints "listening on HOST:PORT" once it accepts calls. The gRPC health
     service and server reflection are on, so grpcurl and health probes work.
     Beside the journal it serves google.longrunning.Operations (the library's
-    operations and the ping-registry workflows), unless --no-operations.
+    operations and the ping-registry workflows) and tailrunner.v1.Workflows
+    (BeginPingRegistry), unless --no-operations.
 
     \b
     Examples:
@@ -160,7 +163,7 @@ async def _serve(listen: str, store_url: str, max_event_size: int, operations: b
             listen=listen,
             max_event_size=max_event_size,
             close_store=True,
-            services=[operations_service()] if operations else [],
+            services=[operations_service(), workflows_service()] if operations else [],
         )
     except BaseException:
         await store.aclose()

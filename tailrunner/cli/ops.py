@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,14 @@ from typing import Any, TypeVar
 
 import anyio
 import click
-from google.protobuf import json_format
+from google.protobuf import (  # noqa: F401  (registered, so that JSON shows them unpacked)
+    duration_pb2,
+    empty_pb2,
+    json_format,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.any_pb2 import Any as AnyMessage
 
 from tailrunner.cli.terminal import printable
@@ -23,6 +31,7 @@ from tailrunner.errors import InvalidArgument, JournalUnavailable, TailrunnerErr
 from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.operations.client import OperationsClient
 from tailrunner.operations.state import Operation
+from tailrunner.proto.v1 import operations_pb2, workflows_pb2  # noqa: F401  (registered, likewise)
 
 T = TypeVar("T")
 
@@ -208,7 +217,9 @@ def _result(operation: Operation) -> str:
 
 
 def _text(operation: Operation) -> str:
-    return printable(f"{operation.name}\t{_status(operation)}\t{_result(operation)}")
+    return "\t".join(
+        printable(part) for part in (operation.name, _status(operation), _result(operation))
+    )
 
 
 def _print(operation: Operation, as_json: bool) -> None:
@@ -229,16 +240,27 @@ def _print(operation: Operation, as_json: bool) -> None:
 
 
 def _as_dict(operation: Operation) -> dict[str, Any]:
-    """The operation as JSON; an ``Any`` whose type this process knows is shown unpacked."""
-    try:
-        return dict(json_format.MessageToDict(operation))
-    except TypeError:  # an Any of a type unknown here: its type URL and bytes instead
-        return {
-            "name": operation.name,
-            "done": operation.done,
-            "status": _status(operation),
-            "result": _result(operation),
+    """The operation as JSON; an ``Any`` of a type unknown here shows its type and bytes."""
+    shown: dict[str, Any] = {"name": operation.name, "done": operation.done}
+    if operation.HasField("metadata"):
+        shown["metadata"] = _any_dict(operation.metadata)
+    if operation.HasField("response"):
+        shown["response"] = _any_dict(operation.response)
+    if operation.HasField("error"):
+        error = operation.error
+        shown["error"] = {
+            "code": error.code,
+            "message": error.message,
+            "details": [_any_dict(detail) for detail in error.details],
         }
+    return shown
+
+
+def _any_dict(packed: AnyMessage) -> dict[str, Any]:
+    try:
+        return dict(json_format.MessageToDict(packed))
+    except TypeError:  # a type this process does not know (a service's own message)
+        return {"@type": packed.type_url, "value_base64": base64.b64encode(packed.value).decode()}
 
 
 def _unpacked(packed: AnyMessage) -> dict[str, Any] | None:
