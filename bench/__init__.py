@@ -11,4 +11,5 @@ BENCHMARKS = (
     "journal_appends",
     "peer_eventsourcing",
     "cron_tick",
+    "operation_wait",
 )
