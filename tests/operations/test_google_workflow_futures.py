@@ -23,7 +23,7 @@ from uuid import UUID
 import anyio
 import grpc
 import pytest
-from google.api_core import exceptions, operation, operations_v1
+from google.api_core import exceptions, operation, operation_async, operations_v1
 from google.protobuf.duration_pb2 import Duration
 
 from tailrunner.activities.pingregistry import SummarizerSettings, summarizer
@@ -125,3 +125,27 @@ async def test_cancel_cancels_a_running_workflow() -> None:
         workflow = UUID(future.operation.name.removeprefix("operations/"))
         state = await PingRegistry(client).show(workflow)
         assert state.summary is not None and state.summary.code == 1
+
+
+async def test_the_async_future_gives_the_summary_too() -> None:
+    async with served() as (address, _client), grpc.aio.insecure_channel(address) as channel:
+        stub = workflows_pb2_grpc.WorkflowsStub(channel)
+        seconds = Duration()
+        seconds.FromMilliseconds(500)
+        begun = await stub.BeginPingRegistry(
+            pb.BeginPingRegistryRequest(registry="main", deadline=seconds)
+        )
+        future = operation_async.from_gapic(
+            begun,
+            operations_v1.OperationsAsyncClient(channel),
+            pb.ServerPingsGathered,
+            metadata_type=pb.PingRegistryMetadata,
+        )
+
+        with anyio.fail_after(30):
+            summary = await future.result()
+
+        assert isinstance(summary, pb.ServerPingsGathered)
+        assert [p.pinger for p in summary.pings] == ["registry-daemon"]
+        assert await future.done()
+        assert not await future.cancelled()
