@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -220,3 +221,54 @@ def test_the_client_wait_is_pushed_not_at_a_poll(journal: Journal) -> None:
             assert calls == [name]
 
     anyio.run(main)
+
+
+def _started(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """A ``tailrunner`` server process and the address it printed."""
+    proc = subprocess.Popen(
+        [TAILRUNNER, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("listening on "), f"{args[:2]} did not start: {line!r}"
+    return proc, line.removeprefix("listening on ").strip()
+
+
+def test_ops_serve_runs_the_services_apart_from_the_journal() -> None:
+    journal_proc, journal_at = _started(
+        "journal", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", "--no-operations"
+    )
+    ops_proc, ops_at = _started("ops", "serve", "--journal", journal_at, "--listen", "127.0.0.1:0")
+    try:
+
+        async def create() -> str:
+            async with JournalClient.connect(journal_at, timeout=10) as client:
+                return str((await Operations(client).create()).name)
+
+        name = anyio.run(create)
+        direct = subprocess.run(
+            [TAILRUNNER, "ops", "get", name, "--journal", journal_at],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert direct.returncode == 1, "the journal was started without the services"
+        waiter = subprocess.Popen(
+            [TAILRUNNER, "ops", "wait", name, "--journal", ops_at, "--timeout", "60"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+        async def finish() -> None:
+            async with JournalClient.connect(journal_at, timeout=10) as client:
+                await Operations(client).set_successful(name)
+
+        anyio.run(finish)
+        out, _ = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, out
+        assert "status    succeeded" in out
+    finally:
+        for proc in (ops_proc, journal_proc):
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=15)
+    assert (ops_proc.returncode, journal_proc.returncode) == (0, 0)

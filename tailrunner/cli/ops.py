@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -28,8 +30,11 @@ from google.protobuf.any_pb2 import Any as AnyMessage
 
 from tailrunner.cli.terminal import printable
 from tailrunner.errors import InvalidArgument, JournalUnavailable, TailrunnerError
+from tailrunner.journal.client import JournalClient
 from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.operations.client import OperationsClient
+from tailrunner.operations.server import DEFAULT_LISTEN as OPS_LISTEN
+from tailrunner.operations.server import OperationsServer
 from tailrunner.operations.state import Operation
 from tailrunner.proto.v1 import operations_pb2, workflows_pb2  # noqa: F401  (registered, likewise)
 
@@ -173,6 +178,46 @@ def tree(address: str, max_depth: int | None, name: str) -> None:
         return lines
 
     click.echo("\n".join(_with_client(address, run)))
+
+
+@ops.command("serve")
+@_journal_option
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    default=OPS_LISTEN,
+    show_default=True,
+    help="Address to listen on; port 0 picks a free port (printed on start).",
+)
+def serve(address: str, listen: str) -> None:
+    """Serve google.longrunning.Operations and tailrunner.v1.Workflows in this process.
+
+    The journal server carries both already (unless started with
+    --no-operations); this runs them apart, over a client of the journal at
+    --journal. Waits stay pushed: they watch the journal. Prints
+    "listening on HOST:PORT" once it accepts calls; stops on SIGINT or SIGTERM.
+
+    \b
+    Examples:
+      tailrunner journal serve --no-operations &
+      tailrunner ops serve --journal 127.0.0.1:7740 --listen 127.0.0.1:7742
+    """
+    from tailrunner.logs import configure_logging
+
+    configure_logging("auto", "info")
+    with _cli_errors(address):
+        anyio.run(_serve, address, listen)
+
+
+async def _serve(address: str, listen: str) -> None:
+    async with JournalClient.connect(address) as journal:
+        server = OperationsServer(journal, listen=listen)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with server:
+                click.echo(f"listening on {server.address}")
+                sys.stdout.flush()
+                async for _ in signals:
+                    break
 
 
 #: The commands :mod:`tailrunner.cli.main` registers.
