@@ -228,7 +228,8 @@ class ArgumentNotIdempotent(CommandRefused):
 #       ├── OperationNotFound      no such operation, or it was deleted (NOT_FOUND)
 #       ├── OperationAlreadyExists the caller's id is taken (ALREADY_EXISTS)
 #       ├── OperationFinished      finishing or updating a finished operation (FAILED_PRECONDITION)
-#       └── OperationNotDone       deleting an operation that is not done (FAILED_PRECONDITION)
+#       ├── OperationNotDone       deleting an operation that is not done (FAILED_PRECONDITION)
+#       └── WaitDeadlineExceeded   wait(raise_on_timeout=True) timed out (DEADLINE_EXCEEDED)
 
 
 class OperationError(TailrunnerError):
@@ -303,3 +304,16 @@ class OperationNotDone(OperationError):
         super().__init__(operation, f"{what} is not allowed: the operation is not done ({state})")
         self.state = state
         self.what = what
+
+
+class WaitDeadlineExceeded(OperationError):
+    """``wait(…, raise_on_timeout=True)`` reached its timeout before the operation was done.
+
+    A plain ``wait`` returns the not-done operation instead (AIP-151's
+    ``WaitOperation``); this is seed 001's typed error, for callers that
+    treat the timeout as a failure.
+    """
+
+    def __init__(self, operation: str, timeout: float) -> None:
+        super().__init__(operation, f"not done after the wait's timeout of {timeout:g} s")
+        self.timeout = timeout

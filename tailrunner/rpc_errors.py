@@ -62,6 +62,7 @@ from tailrunner.errors import (
     TaskNotControllable,
     TaskNotFound,
     VersionConflict,
+    WaitDeadlineExceeded,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.proto.v1 import journal_pb2
@@ -87,6 +88,7 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (OperationAlreadyExists, code_pb2.ALREADY_EXISTS),
     (OperationFinished, code_pb2.FAILED_PRECONDITION),
     (OperationNotDone, code_pb2.FAILED_PRECONDITION),
+    (WaitDeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
     (CommandRefused, code_pb2.FAILED_PRECONDITION),
     (RetryLimit, code_pb2.ABORTED),
     (VersionConflict, code_pb2.ABORTED),

@@ -39,6 +39,7 @@ from tailrunner.errors import (
     JournalUnavailable,
     OperationAlreadyExists,
     OperationNotFound,
+    WaitDeadlineExceeded,
 )
 from tailrunner.journal.api import JournalApi
 from tailrunner.operations.behaviour import (
@@ -244,6 +245,8 @@ class Operations:
         name: str,
         timeout: float | None,  # noqa: ASYNC109 (AIP-151's WaitOperation timeout: not an error)
         on_metadata: MetadataCallback | None = None,
+        *,
+        raise_on_timeout: bool = False,
     ) -> Operation:
         """The operation once it is done, or as it is after ``timeout`` seconds.
 
@@ -256,7 +259,9 @@ class Operations:
             while waited for, in order: every update, and the final metadata
             of the finish when it sets one. An exception it raises ends the
             wait.
+        :param raise_on_timeout: at the timeout raise instead of returning.
         :raises InvalidArgument: ``timeout`` is negative or not a number.
+        :raises WaitDeadlineExceeded: ``raise_on_timeout`` and the timeout came first.
         """
         deadline = _deadline(timeout)
         aggregate = parse_name(name)
@@ -264,6 +269,9 @@ class Operations:
         state = await self._wait_state(
             name, aggregate, loaded, deadline=deadline, on_metadata=on_metadata
         )
+        if raise_on_timeout and not state.done:
+            assert timeout is not None, "without a timeout the wait ends only when done"
+            raise WaitDeadlineExceeded(name, timeout)
         return to_operation(state)
 
     async def batch_wait(

@@ -10,7 +10,12 @@ import anyio
 import pytest
 from google.protobuf import any_pb2, wrappers_pb2
 
-from tailrunner.errors import InvalidArgument, JournalUnavailable, OperationNotFound
+from tailrunner.errors import (
+    InvalidArgument,
+    JournalUnavailable,
+    OperationNotFound,
+    WaitDeadlineExceeded,
+)
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.server import JournalServer
@@ -44,6 +49,16 @@ async def test_wait_returns_the_unfinished_operation_at_the_timeout(
         operation = await ops.wait(name, 0.05)
     assert not operation.done and operation.metadata == pack(text("10%"))
     assert journal.watches == 1
+
+
+async def test_wait_can_raise_seed_001s_typed_error_at_the_timeout(ops: Operations) -> None:
+    name = (await ops.create()).name
+    with anyio.fail_after(LIMIT), pytest.raises(WaitDeadlineExceeded) as caught:
+        await ops.wait(name, 0.05, raise_on_timeout=True)
+    assert (caught.value.operation, caught.value.timeout) == (name, 0.05)
+    done = await ops.set_successful(name, text("r"))
+    with anyio.fail_after(LIMIT):
+        assert await ops.wait(name, 0.05, raise_on_timeout=True) == done
 
 
 async def test_wait_with_timeout_zero_returns_at_once(ops: Operations) -> None:
