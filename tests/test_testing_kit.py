@@ -31,8 +31,16 @@ from tailrunner.activities.builtin import counter
 from tailrunner.activities.outcomes import Outcome
 from tailrunner.config import ENGINE_KINDS
 from tailrunner.model import AggregateRef, NewEvent
+from tailrunner.operations import Operations
+from tailrunner.operations.client import OperationsClient
 from tailrunner.states import OutcomeKind
-from tailrunner.testing import ActivityRun, LoopbackJournal, activity_context, make_events
+from tailrunner.testing import (
+    ActivityRun,
+    LoopbackJournal,
+    activity_context,
+    loopback_journal,
+    make_events,
+)
 
 README = Path(__file__).parent.parent / "README.md"
 WRITING = "Writing an activity"
@@ -300,3 +308,10 @@ async def test_run_activity_reports_done_and_errors(
     assert "first time" in (failed.results[0].error_text or "")
     done = await run_activity(flaky, aggregate=agg, stop_on_retry=False)
     assert done.outcomes == [OutcomeKind.DONE]
+
+
+async def test_the_loopback_journal_serves_operations_as_journal_serve_does() -> None:
+    async with loopback_journal() as journal:
+        created = await Operations(journal.client).create()
+        async with OperationsClient.connect(journal.address) as client:
+            assert (await client.get(created.name)).name == created.name
