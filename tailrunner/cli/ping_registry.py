@@ -35,6 +35,7 @@ from tailrunner.errors import (
 )
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.server import DEFAULT_LISTEN
+from tailrunner.operations.pingregistry import MAX_DEADLINE
 from tailrunner.workflows.pingregistry.index import IndexEntry
 from tailrunner.workflows.pingregistry.registry import PingRegistry
 from tailrunner.workflows.pingregistry.state import State
@@ -65,13 +66,12 @@ class _DurationParam(click.ParamType[timedelta]):
         try:
             seconds = parse_duration(str(value), key="--deadline")
         except ConfigError:
+            seconds = None
+        if seconds is None:
             self.fail(f"{value!r}: expected a duration such as 30s, 5m or 1h30m", param, ctx)
-        try:
-            duration = timedelta(seconds=seconds)
-            datetime.now(UTC) + duration  # the deadline begin makes of it must exist
-        except OverflowError:
-            reason = "too long (the deadline would be after the year 9999)"
-            self.fail(f"{value!r}: {reason}", param, ctx)
+        duration = timedelta(seconds=seconds)
+        if duration > MAX_DEADLINE:  # as BeginPingRegistry refuses it
+            self.fail(f"{value!r}: too long (at most {MAX_DEADLINE.days} days)", param, ctx)
         return duration
 
 
