@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
+import grpc
 import pytest
+from google.longrunning import operations_proto_pb2 as lro
 from google.protobuf import wrappers_pb2
 from google.rpc import code_pb2, status_pb2
 
@@ -272,3 +274,30 @@ def test_ops_serve_runs_the_services_apart_from_the_journal() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=15)
     assert (ops_proc.returncode, journal_proc.returncode) == (0, 0)
+
+
+def test_journal_serve_caps_waits_at_its_max_wait() -> None:
+    journal_proc, journal_at = _started(
+        "journal", "serve", "--listen", "127.0.0.1:0", "--store", "memory:", "--max-wait", "0.2"
+    )
+    try:
+
+        async def wait_long() -> Any:
+            async with JournalClient.connect(journal_at, timeout=10) as client:
+                name = (await Operations(client).create()).name
+            async with grpc.aio.insecure_channel(journal_at) as channel:
+                wait = channel.unary_unary(
+                    "/google.longrunning.Operations/WaitOperation",
+                    request_serializer=lro.WaitOperationRequest.SerializeToString,
+                    response_deserializer=lro.Operation.FromString,
+                )
+                request = lro.WaitOperationRequest(name=name)
+                request.timeout.FromSeconds(3600)
+                # Capped: it comes back (not done, status OK) long before the hour.
+                with anyio.fail_after(30):
+                    return await wait(request)
+
+        assert not anyio.run(wait_long).done
+    finally:
+        journal_proc.send_signal(signal.SIGTERM)
+        journal_proc.communicate(timeout=15)

@@ -35,7 +35,7 @@ from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
 from tailrunner.operations.pingregistry import workflows_service
-from tailrunner.operations.service import operations_service
+from tailrunner.operations.service import DEFAULT_MAX_WAIT, operations_service
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +134,17 @@ def journal() -> None:
     help="Leave out the google.longrunning.Operations and tailrunner.v1.Workflows services"
     " (served by default).",
 )
-def serve(listen: str, store_url: str, max_event_size: int, no_operations: bool) -> None:
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_WAIT,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest WaitOperation; a longer (or no) timeout is capped to it.",
+)
+def serve(
+    listen: str, store_url: str, max_event_size: int, no_operations: bool, max_wait: float
+) -> None:
     """Serve the event journal over gRPC until SIGINT or SIGTERM.
 
     Prints "listening on HOST:PORT" once it accepts calls. The gRPC health
@@ -152,10 +162,12 @@ def serve(listen: str, store_url: str, max_event_size: int, no_operations: bool)
     """
     _configure_logging("info")
     with _cli_errors(listen):
-        anyio.run(_serve, listen, store_url, max_event_size, not no_operations)
+        anyio.run(_serve, listen, store_url, max_event_size, not no_operations, max_wait)
 
 
-async def _serve(listen: str, store_url: str, max_event_size: int, operations: bool) -> None:
+async def _serve(
+    listen: str, store_url: str, max_event_size: int, operations: bool, max_wait: float
+) -> None:
     store = await open_store(store_url)
     try:
         server = JournalServer(
@@ -163,7 +175,9 @@ async def _serve(listen: str, store_url: str, max_event_size: int, operations: b
             listen=listen,
             max_event_size=max_event_size,
             close_store=True,
-            services=[operations_service(), workflows_service()] if operations else [],
+            services=[operations_service(max_wait=max_wait), workflows_service()]
+            if operations
+            else [],
         )
     except BaseException:
         await store.aclose()

@@ -35,6 +35,7 @@ from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.operations.client import OperationsClient
 from tailrunner.operations.server import DEFAULT_LISTEN as OPS_LISTEN
 from tailrunner.operations.server import OperationsServer
+from tailrunner.operations.service import DEFAULT_MAX_WAIT
 from tailrunner.operations.state import Operation
 from tailrunner.proto.v1 import operations_pb2, workflows_pb2  # noqa: F401  (registered, likewise)
 
@@ -189,7 +190,15 @@ def tree(address: str, max_depth: int | None, name: str) -> None:
     show_default=True,
     help="Address to listen on; port 0 picks a free port (printed on start).",
 )
-def serve(address: str, listen: str) -> None:
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_WAIT,
+    show_default=True,
+    metavar="SECONDS",
+    help="The longest WaitOperation; a longer (or no) timeout is capped to it.",
+)
+def serve(address: str, listen: str, max_wait: float) -> None:
     """Serve google.longrunning.Operations and tailrunner.v1.Workflows in this process.
 
     The journal server carries both already (unless started with
@@ -206,12 +215,12 @@ def serve(address: str, listen: str) -> None:
 
     configure_logging("auto", "info")
     with _cli_errors(address):
-        anyio.run(_serve, address, listen)
+        anyio.run(_serve, address, listen, max_wait)
 
 
-async def _serve(address: str, listen: str) -> None:
+async def _serve(address: str, listen: str, max_wait: float) -> None:
     async with JournalClient.connect(address) as journal:
-        server = OperationsServer(journal, listen=listen)
+        server = OperationsServer(journal, listen=listen, max_wait=max_wait)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with server:
                 click.echo(f"listening on {server.address}")

@@ -16,7 +16,7 @@ from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.api import JournalApi
 from tailrunner.journal.server import HostedService, ServiceFactory
 from tailrunner.operations.pingregistry import workflows_service
-from tailrunner.operations.service import SERVICE_NAME, operations_service
+from tailrunner.operations.service import DEFAULT_MAX_WAIT, SERVICE_NAME, operations_service
 
 #: Where ``tailrunner ops serve`` listens by default (the journal's port + 2).
 DEFAULT_LISTEN = "127.0.0.1:7742"
@@ -34,9 +34,11 @@ class OperationsServer(GrpcServer):
         *,
         listen: str = DEFAULT_LISTEN,
         services: Sequence[ServiceFactory] | None = None,
+        max_wait: float = DEFAULT_MAX_WAIT,
     ) -> None:
         """:param journal: where the operations are (a client of the journal server).
         :param services: what to serve; by default Operations and Workflows.
+        :param max_wait: the longest ``WaitOperation`` of the default Operations service.
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
         """
         super().__init__(listen=listen)
