@@ -30,7 +30,7 @@ from tailrunner.errors import (
     TailMismatch,
 )
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.open import DEFAULT_STORE, open_store
+from tailrunner.journal.open import DEFAULT_STORE, migrate_store, open_store
 from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
 from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
@@ -119,7 +119,9 @@ def journal() -> None:
     default=DEFAULT_STORE,
     show_default=True,
     help="Where events are kept: sqlite:///PATH (relative; sqlite:////PATH is absolute,"
-    " ?synchronous=NORMAL trades power-cut durability for speed) or memory:.",
+    " ?synchronous=NORMAL trades power-cut durability for speed),"
+    " postgresql://USER@HOST/DB (?schema=NAME, default tailrunner; shared by journal servers)"
+    " or memory:.",
 )
 @click.option(
     "--max-event-size",
@@ -189,6 +191,33 @@ async def _serve(
             async for signum in signals:
                 log.info("stopping", signal=signal.Signals(signum).name)
                 break
+
+
+@journal.command("migrate")
+@click.option(
+    "--store",
+    "store_url",
+    metavar="URL",
+    default=DEFAULT_STORE,
+    show_default=True,
+    help="The store to create or migrate: sqlite:///PATH or postgresql://USER@HOST/DB"
+    " (?schema=NAME, default tailrunner).",
+)
+def migrate(store_url: str) -> None:
+    """Create or migrate the journal store's tables; print the schema version it is at.
+
+    Safe to repeat, and to run while journal servers run (they migrate on
+    start too): a store already at the newest version is left as it is.
+
+    \b
+    Examples:
+      tailrunner journal migrate --store postgresql://tailrunner@db/events
+      tailrunner journal migrate --store 'postgresql://tailrunner@db/events?schema=journal'
+    """
+    _configure_logging("warning")
+    with _cli_errors(store_url):
+        version = anyio.run(migrate_store, store_url)
+    click.echo(f"schema version {version}")
 
 
 @click.command("append")

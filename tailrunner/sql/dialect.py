@@ -24,7 +24,16 @@ DialectName = Literal["sqlite", "postgresql"]
 
 #: The tables of every store, by template word: ``{tails}`` is the table
 #: ``tails`` (``{schema}.tails`` in PostgreSQL).
-TABLES = ("tails", "tail_runs", "tails_schema_version")
+TABLES = (
+    "tails",
+    "tail_runs",
+    "tails_schema_version",
+    # The PostgreSQL journal store's (tailrunner.sql.schema.JOURNAL_MIGRATIONS).
+    "aggregates",
+    "events",
+    "append_requests",
+    "journal_schema_version",
+)
 
 
 class _Only:

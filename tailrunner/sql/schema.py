@@ -87,3 +87,44 @@ RUN_COLUMNS = (
     "outcome",
     "error",
 )
+
+#: The schema version of a PostgreSQL journal store lives in this table.
+JOURNAL_VERSION_TABLE = "journal_schema_version"
+
+#: The PostgreSQL journal store's tables, as templates: the SQLite journal
+#: store's (``tailrunner.journal.sqlite``, its schema 3) in PostgreSQL's
+#: types. Ids are compared as bytes in both: ``uuid`` and ``bytea`` order
+#: by their bytes. Append only, as :data:`TAIL_MIGRATIONS`.
+JOURNAL_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # ``head``: the newest event's id; a row exists only once its
+        # aggregate has events. Appends lock it (``FOR UPDATE``): the one
+        # place where two journal servers appending to one aggregate queue.
+        """CREATE TABLE {aggregates} (
+            id {uuid} PRIMARY KEY,
+            type {text} NOT NULL,
+            head {bytes} NOT NULL{postgresql: CHECK (octet_length(head) = 16)},
+            event_count {bigint} NOT NULL
+        ){sqlite: WITHOUT ROWID}""",
+        "CREATE INDEX aggregates_by_type ON {aggregates} (type, id)",
+        # ``wire``: the event as tailrunner.journal.wire_format stores it.
+        """CREATE TABLE {events} (
+            aggregate_id {uuid} NOT NULL,
+            id {bytes} NOT NULL{postgresql: CHECK (octet_length(id) = 16)},
+            wire {bytes} NOT NULL,
+            PRIMARY KEY (aggregate_id, id)
+        ){sqlite: WITHOUT ROWID}""",
+        # ``seq`` numbers an aggregate's appends with a request id, so that
+        # all but the last N are deleted; ``event_ids``: the 16-byte ids of
+        # the append's events, one after the other.
+        """CREATE TABLE {append_requests} (
+            aggregate_id {uuid} NOT NULL,
+            request_id {text} NOT NULL,
+            seq {bigint} NOT NULL,
+            tail {bytes} NOT NULL,
+            event_ids {bytes} NOT NULL,
+            PRIMARY KEY (aggregate_id, request_id)
+        ){sqlite: WITHOUT ROWID}""",
+        "CREATE UNIQUE INDEX append_requests_by_seq ON {append_requests} (aggregate_id, seq)",
+    ),
+)

@@ -17,20 +17,33 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.memory import MemoryJournalStore
+from tailrunner.journal.postgres import PostgresJournalStore
 from tailrunner.journal.server import JournalServer
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
 from tailrunner.model import AggregateRef
 
+#: Every journal store backend, for the tests that hold each to the contract.
+STORES = ["memory", "sqlite", "postgres"]
 
-@pytest.fixture(params=["memory", "sqlite"])
+
+async def open_test_store(
+    request: pytest.FixtureRequest, kind: str, tmp_path: Path, **options: int
+) -> JournalStore:
+    """A fresh store of ``kind``: PostgreSQL's in a schema of its own (``pg_schema``)."""
+    if kind == "memory":
+        return MemoryJournalStore(**options)
+    if kind == "sqlite":
+        return await SQLiteJournalStore.open(tmp_path / "journal.db", **options)
+    url: str = request.getfixturevalue("postgres_url")
+    schema: str = request.getfixturevalue("pg_schema")
+    return await PostgresJournalStore.open(url, schema=schema, pool_size=4, **options)
+
+
+@pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JournalStore]:
     """Each store backend in turn."""
-    journal_store: JournalStore
-    if request.param == "memory":
-        journal_store = MemoryJournalStore()
-    else:
-        journal_store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    journal_store = await open_test_store(request, request.param, tmp_path)
     try:
         yield journal_store
     finally:

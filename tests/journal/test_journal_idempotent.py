@@ -22,6 +22,7 @@ from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import MAX_REQUEST_ID_LENGTH, JournalStore
 from tailrunner.journal.wire_format import encode_event
 from tailrunner.model import AggregateRef, AppendResult, NewEvent
+from tests.journal.conftest import STORES, open_test_store
 
 
 async def _event_types(store: JournalStore, ref: AggregateRef) -> list[str]:
@@ -187,16 +188,12 @@ async def test_sqlite_a_reopened_file_still_knows_the_request_id(
         await reopened.aclose()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=STORES)
 async def store_keeping_two(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[JournalStore]:
     """Each store backend, remembering two request ids per aggregate."""
-    journal_store: JournalStore
-    if request.param == "memory":
-        journal_store = MemoryJournalStore(request_ids_kept=2)
-    else:
-        journal_store = await SQLiteJournalStore.open(tmp_path / "j.db", request_ids_kept=2)
+    journal_store = await open_test_store(request, request.param, tmp_path, request_ids_kept=2)
     try:
         yield journal_store
     finally:

@@ -507,7 +507,7 @@ async def test_open_store_understands_sqlite_and_memory_urls(
 
 @pytest.mark.parametrize(
     "url",
-    ["postgres://localhost/journal", "sqlite://journal.db", "sqlite:///", "journal.db", ""],
+    ["mysql://localhost/journal", "sqlite://journal.db", "sqlite:///", "journal.db", ""],
 )
 async def test_open_store_refuses_other_urls_naming_the_option_and_what_is_allowed(
     url: str,
@@ -516,6 +516,7 @@ async def test_open_store_refuses_other_urls_naming_the_option_and_what_is_allow
         await open_store(url)
     assert caught.value.field == "--store"
     assert "sqlite:///" in caught.value.reason
+    assert "postgresql://" in caught.value.reason
     assert "memory:" in caught.value.reason
 
 
