@@ -160,6 +160,7 @@ def serve(
       tailrunner journal serve
       tailrunner journal serve --store sqlite:////var/lib/tailrunner/journal.db
       tailrunner journal serve --listen 127.0.0.1:0 --store memory:
+      tailrunner journal serve --store 'postgresql://tailrunner@db/events?schema=journal'
       grpcurl -plaintext 127.0.0.1:7740 list
     """
     _configure_logging("info")

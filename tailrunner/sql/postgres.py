@@ -10,6 +10,11 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+#: The advisory lock's first key ("schm") while a schema is created, whatever
+#: kind of store creates it; taken after the store's own lock, and never held
+#: while waiting for another, so no two openers wait for each other in a ring.
+SCHEMA_LOCK_CLASS = 0x7363686D
+
 
 class PostgresMigration:
     """The :class:`~tailrunner.sql.migrate.MigrationConnection` of a schema being opened.
@@ -48,12 +53,23 @@ class PostgresMigration:
             await self._conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (self._lock_class, self._schema)
             )
-            cursor = await self._conn.execute(
-                "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
-            )
-            if await cursor.fetchone() is None:
-                await self._conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._ident))
+            if not await self._has_schema():
+                # Stores of other kinds (a journal server and a runner on the
+                # default schema) hold other lock classes: creating the schema
+                # itself queues under one lock of all kinds, then looks again.
+                await self._conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                    (SCHEMA_LOCK_CLASS, self._schema),
+                )
+                if not await self._has_schema():
+                    await self._conn.execute(sql.SQL("CREATE SCHEMA {}").format(self._ident))
             yield
+
+    async def _has_schema(self) -> bool:
+        cursor = await self._conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
+        )
+        return await cursor.fetchone() is not None
 
 
 def reason(exc: BaseException) -> str:

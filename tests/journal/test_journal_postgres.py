@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import anyio
+import anyio.abc
 import psycopg
 import pytest
 from psycopg import sql
@@ -27,6 +28,7 @@ from tailrunner.errors import InvalidArgument, StoreError, TailMismatch
 from tailrunner.journal.open import migrate_store, open_store
 from tailrunner.journal.postgres import SCHEMA_VERSION, PostgresJournalStore, migrate_schema
 from tailrunner.model import AggregateRef, AppendResult, Event, NewEvent
+from tailrunner.tails.postgres import PostgresTailStore
 
 ServeJournal = Callable[[str], AbstractAsyncContextManager[Any]]
 
@@ -327,3 +329,83 @@ async def test_cli_migrate_refuses_memory_and_names_the_option(tailrunner_cli: l
     assert code != 0
     assert "--store" in err
     assert "memory:" in err
+
+
+async def test_a_journal_and_a_tail_store_creating_one_schema_at_once_both_open(
+    postgres_url: str,
+) -> None:
+    # A journal server and a runner on a fresh database, both on the default schema.
+    for _ in range(5):
+        schema = f"tailrunner_test_{uuid4().hex[:12]}"
+        opened: list[PostgresJournalStore | PostgresTailStore] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                for kind in (PostgresJournalStore, PostgresTailStore):
+                    tg.start_soon(_open_into, opened, kind, postgres_url, schema)
+            assert len(opened) == 2
+        finally:
+            for store in opened:
+                await store.aclose()
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+
+
+async def test_a_cancelled_append_settles_before_the_cancellation_is_raised(
+    postgres_url: str, pg_schema: str, ref: AggregateRef
+) -> None:
+    store = await PostgresJournalStore.open(postgres_url, schema=pg_schema, pool_size=2)
+    try:
+        first = await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+        returned: list[AppendResult] = []
+        caught: list[bool] = []
+
+        async def append(*, task_status: anyio.abc.TaskStatus[anyio.CancelScope]) -> None:
+            with anyio.CancelScope() as scope:
+                task_status.started(scope)
+                returned.append(
+                    await store.append(ref, [NewEvent(type="b")], expected_tail=first.tail)
+                )
+            caught.append(scope.cancelled_caught)
+
+        # Another transaction holds the aggregate's row: the append waits for it.
+        async with await psycopg.AsyncConnection.connect(postgres_url) as locker:
+            await locker.execute(
+                sql.SQL("SELECT 1 FROM {}.aggregates WHERE id = %s FOR UPDATE").format(
+                    sql.Identifier(pg_schema)
+                ),
+                (ref.id,),
+            )
+            async with anyio.create_task_group() as tg:
+                scope = await tg.start(append)
+                with anyio.fail_after(10):
+                    while True:
+                        if await _waits_for_a_row_lock(locker, pg_schema):
+                            break
+                        await anyio.sleep(0.01)
+                scope.cancel()
+                await locker.rollback()
+        # It committed (so readers see it), and its caller got the cancellation.
+        assert (returned, caught) == ([], [True])
+        assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["a", "b"]
+    finally:
+        await store.aclose()
+
+
+async def _waits_for_a_row_lock(conn: psycopg.AsyncConnection[Any], schema: str) -> bool:
+    cursor = await conn.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE %s AND pid <> pg_backend_pid()",
+        (f"%{schema}%FOR UPDATE%",),
+    )
+    return await cursor.fetchone() is not None
+
+
+async def _open_into(
+    opened: list[PostgresJournalStore | PostgresTailStore],
+    kind: type[PostgresJournalStore | PostgresTailStore],
+    url: str,
+    schema: str,
+) -> None:
+    opened.append(await kind.open(url, schema=schema, pool_size=1))
