@@ -87,8 +87,16 @@ def postgres_target(store: StoreUrl) -> tuple[str, str]:
     from tailrunner.journal.postgres import check_schema
 
     parts = urllib.parse.urlsplit(store.url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    schemas = [value for key, value in query if key == "schema"]
+    # libpq's parameters stay as written (re-encoding could turn %20 into +,
+    # which libpq does not read as a space); only ``schema`` is taken out.
+    kept: list[str] = []
+    schemas: list[str] = []
+    for item in parts.query.split("&") if parts.query else []:
+        key, _, value = item.partition("=")
+        if urllib.parse.unquote(key) == "schema":
+            schemas.append(urllib.parse.unquote(value))
+        else:
+            kept.append(item)
     if len(schemas) > 1:
         raise InvalidArgument(
             "--store",
@@ -96,8 +104,9 @@ def postgres_target(store: StoreUrl) -> tuple[str, str]:
         )
     schema = schemas[0] if schemas else DEFAULT_POSTGRES_SCHEMA
     check_schema(schema, field="--store")
-    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "schema"])
-    return urllib.parse.urlunsplit(parts._replace(query=rest)), schema
+    if not schemas:
+        return store.url, schema
+    return urllib.parse.urlunsplit(parts._replace(query="&".join(kept))), schema
 
 
 def _parse(url: str) -> StoreUrl:

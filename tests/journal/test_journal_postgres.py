@@ -267,14 +267,22 @@ async def test_a_bad_schema_in_the_url_is_refused_naming_the_option(query: str, 
 async def test_the_url_keeps_libpq_parameters_beside_the_schema(
     postgres_url: str, pg_schema: str, ref: AggregateRef
 ) -> None:
+    # An encoded space in a libpq parameter reaches libpq as written.
     url = _with_schema(
-        f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name=j1", pg_schema
+        f"{postgres_url}{'&' if '?' in postgres_url else '?'}application_name=journal%20one",
+        pg_schema,
     )
     store = await open_store(url)
     try:
         assert isinstance(store, PostgresJournalStore)
         assert store.schema == pg_schema
         await store.append(ref, [NewEvent(type="a")], expected_tail=None)
+        with psycopg.connect(postgres_url) as conn:
+            names = conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                ("journal%",),
+            ).fetchall()
+        assert ("journal one",) in names
     finally:
         await store.aclose()
 
