@@ -311,11 +311,21 @@ class SegmentLeases:
         """The leases this runner holds, by segment (a copy)."""
         return dict(self._owned)
 
+    def holds(self, segment: int) -> bool:
+        """Whether ``segment`` is held and within its local deadline (check before each run).
+
+        Leases past their deadline are reported lost first, as by
+        :meth:`expire_overdue`: a runner that woke up from a pause drops
+        them before it starts anything.
+        """
+        self.expire_overdue()
+        return segment in self._owned
+
     def fence(self, segment: int) -> Fence | None:
-        """The fence for a write in ``segment``'s task; ``None`` if the segment is not held."""
-        lease = self._owned.get(segment)
-        if lease is None:
+        """The fence for a write in ``segment``'s task; ``None`` if not :meth:`holds`."""
+        if not self.holds(segment):
             return None
+        lease = self._owned[segment]
         return Fence(schema=self._schema, segment=segment, owner=self._owner, epoch=lease.epoch)
 
     async def claim(self, max_count: int) -> list[Lease]:

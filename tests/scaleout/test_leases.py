@@ -247,14 +247,15 @@ async def test_an_expired_lease_moves_and_the_old_owners_writes_are_fenced(
 ) -> None:
     lost = Lost()
     old = await SegmentLeases.open(
-        pool, schema=pg_schema, segments=4, lease=0.3, heartbeat=0.1, on_lost=lost
+        pool, schema=pg_schema, segments=4, lease=0.8, heartbeat=0.1, on_lost=lost
     )
     new = await SegmentLeases.open(other_pool, schema=pg_schema, segments=4)
     await make_demo(pool, pg_schema)
     leases = await old.claim(4)
     assert [lease.segment for lease in leases] == [0, 1, 2, 3]
-    stale = old.fence(2)
-    assert stale is not None
+    # Built from the lease, not old.fence(2): that is None once the
+    # local deadline passed, and this test writes past it on purpose.
+    stale = Fence(schema=pg_schema, segment=2, owner=old.incarnation, epoch=leases[2].epoch)
     async with pool.connection() as conn:
         assert await fenced(conn, stale, DEMO_UPSERT, (2, "old, in time"))
     assert await demo_value(pool, pg_schema, 2) == "old, in time"
@@ -310,12 +311,11 @@ async def test_a_fenced_write_in_an_open_transaction_holds_the_segment(
 ) -> None:
     # The fence locks the lease row FOR SHARE: while the writer's
     # transaction is open, no claimer can take the segment, even expired.
-    old = await SegmentLeases.open(pool, schema=pg_schema, segments=1, lease=0.3, heartbeat=0.1)
+    old = await SegmentLeases.open(pool, schema=pg_schema, segments=1, lease=0.8, heartbeat=0.1)
     new = await SegmentLeases.open(other_pool, schema=pg_schema, segments=1)
     await make_demo(pool, pg_schema)
     leases = await old.claim(1)
-    fence = old.fence(0)
-    assert fence is not None
+    fence = Fence(schema=pg_schema, segment=0, owner=old.incarnation, epoch=leases[0].epoch)
     async with pool.connection() as conn, conn.transaction():
         assert await fenced(conn, fence, DEMO_UPSERT, (0, "old"))
         await wait_until_expired(other_pool, pg_schema, leases)
@@ -387,6 +387,7 @@ async def test_heartbeat_loses_leases_by_deadline_when_the_database_is_gone(
         p, schema=pg_schema, segments=2, lease=0.6, heartbeat=0.2, on_lost=lost
     )
     leases = await a.claim(2)
+    assert a.holds(0) and a.fence(1) is not None
     await p.close()  # every renewal fails from now on
     async with anyio.create_task_group() as tg:
         await tg.start(a.run_heartbeat)
@@ -398,3 +399,91 @@ async def test_heartbeat_loses_leases_by_deadline_when_the_database_is_gone(
     # Lost locally before the database's lease ran out: the deadline is one
     # heartbeat short of the lease, counted from before the claim was sent.
     assert all(lease.deadline <= anyio.current_time() for lease in leases)
+    assert not a.holds(0) and a.fence(1) is None
+
+
+async def test_a_runner_that_slept_past_its_deadline_holds_nothing(
+    pool: Pool, pg_schema: str
+) -> None:
+    # No heartbeat ran meanwhile (a pause): holds and fence look at the deadline.
+    lost = Lost()
+    a = await SegmentLeases.open(
+        pool, schema=pg_schema, segments=2, lease=0.3, heartbeat=0.1, on_lost=lost
+    )
+    (lease,) = await a.claim(1)
+    await anyio.sleep(max(0.0, lease.deadline - anyio.current_time()) + 0.01)
+    assert a.fence(0) is None
+    assert lost.segments == [0] and a.owned() == {}
+
+
+async def test_concurrent_openers_create_the_schema_and_rows_once(
+    pool: Pool, other_pool: Pool, pg_schema: str
+) -> None:
+    opened: list[SegmentLeases] = []
+
+    async def open_one(p: Pool) -> None:
+        opened.append(await SegmentLeases.open(p, schema=pg_schema, segments=32))
+
+    async with anyio.create_task_group() as tg:
+        for p in (pool, other_pool, pool, other_pool):
+            tg.start_soon(open_one, p)
+    assert len(opened) == 4
+    rows = await opened[0].table()
+    assert [row.segment for row in rows] == list(range(32))
+
+
+async def test_runners_that_pause_never_believe_they_hold_the_same_segment(
+    pool: Pool, other_pool: Pool, pg_schema: str
+) -> None:
+    # Three runners on short leases; in each round each one claims, renews
+    # or "pauses" (does nothing), so leases expire and move all the time.
+    # Whatever a runner still holds once it has dropped the leases past
+    # their local deadlines, no other runner holds: the deadline comes
+    # before the database's expiry, and only that expiry lets another claim.
+    pools = (pool, other_pool, pool)
+    runners = [
+        await SegmentLeases.open(p, schema=pg_schema, segments=8, lease=0.3, heartbeat=0.1)
+        for p in pools
+    ]
+    rng = random.Random(7)
+    paused = [0, 0, 0]  # rounds each runner still sleeps through
+
+    async def act(leases: SegmentLeases, claim: bool) -> None:
+        await leases.renew()
+        if claim:
+            await leases.claim(rng.randint(1, 8))
+
+    for _ in range(40):
+        async with anyio.create_task_group() as tg:
+            for i, leases in enumerate(runners):
+                if paused[i]:
+                    paused[i] -= 1
+                elif rng.random() < 0.15:
+                    # A pause about as long as the lease (SIGSTOP, a GC, a cut network).
+                    paused[i] = rng.randint(4, 8)
+                else:
+                    tg.start_soon(act, leases, rng.random() < 0.5)
+        await anyio.sleep(0.05)
+        held: list[set[int]] = []
+        for leases in runners:
+            leases.expire_overdue()
+            held.append(set(leases.owned()))
+        for i, mine in enumerate(held):
+            for theirs in held[i + 1 :]:
+                assert not mine & theirs
+    moved = sum(leases.stats.rescued for leases in runners)
+    # The test exercised take-overs, not just one runner holding everything.
+    assert moved > 0
+    assert all(leases.stats.claimed > 0 for leases in runners)
+
+
+async def test_drop_reports_the_segments_and_leaves_the_table(pool: Pool, pg_schema: str) -> None:
+    lost = Lost()
+    a = await SegmentLeases.open(pool, schema=pg_schema, segments=3, on_lost=lost)
+    await a.claim(3)
+    assert [lease.segment for lease in a.drop([1, 2, 7])] == [1, 2]
+    assert lost.segments == [1, 2]
+    assert list(a.owned()) == [0] and a.fence(1) is None and not a.holds(1)
+    assert a.holds(0)
+    # The table still shows them held until they expire: nobody else may run them yet.
+    assert [row.owner for row in await a.table()] == [a.incarnation] * 3
