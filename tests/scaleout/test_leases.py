@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.scaleout import Fence, FencedWrites, Lease, SegmentLeases, fenced
+from tailrunner.tails.postgres import PostgresTailStore
 
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]
 
@@ -487,3 +488,27 @@ async def test_drop_reports_the_segments_and_leaves_the_table(pool: Pool, pg_sch
     assert a.holds(0)
     # The table still shows them held until they expire: nobody else may run them yet.
     assert [row.owner for row in await a.table()] == [a.incarnation] * 3
+
+
+async def test_the_leases_share_a_schema_with_the_tail_store(
+    postgres_url: str, pool: Pool, pg_schema: str
+) -> None:
+    # Each keeps its own version table, so either may be opened first.
+    leases = await SegmentLeases.open(pool, schema=pg_schema, segments=4)
+    store = await PostgresTailStore.open(postgres_url, schema=pg_schema, pool_size=1)
+    await store.aclose()
+    again = await SegmentLeases.open(pool, schema=pg_schema, segments=4)
+    assert len(await again.table()) == 4
+    assert await leases.claim(1) != []
+
+
+async def test_a_schema_from_a_newer_tailrunner_is_refused(pool: Pool, pg_schema: str) -> None:
+    await SegmentLeases.open(pool, schema=pg_schema, segments=4)
+    async with pool.connection() as conn:
+        await conn.execute(
+            sql.SQL("UPDATE {} SET version = 99").format(
+                sql.Identifier(pg_schema, "segment_leases_schema_version")
+            )
+        )
+    with pytest.raises(StoreError, match="version 99 is newer"):
+        await SegmentLeases.open(pool, schema=pg_schema, segments=4)
