@@ -418,8 +418,8 @@ class SegmentLeases:
         claim bumps them. Segments not held are skipped.
 
         :returns: the segments released, in order.
-        :raises StoreError: the database failed (the segments are then
-            still held here, and expire if the release had failed).
+        :raises StoreError: the database failed; the segments stay held
+            here (renewed or lost as before), and expire if not renewed.
         """
         held = [self._owned[s] for s in sorted(set(segments)) if s in self._owned]
         if not held:
