@@ -14,6 +14,8 @@ append with it. A first append has no row to lock: it inserts the row
 committed: the insert waits for that), it locks that row and checks again.
 Event ids are made from the locked head (:func:`~tailrunner.ids.next_ulids`),
 so they are greater than it whatever the clock of the server that made it.
+The writes (events, head, request id) go in one pipeline: an append costs
+four round trips (five with a request id), however many events it carries.
 
 Appends run one per transaction, up to the pool's size at once (PostgreSQL
 syncs concurrent commits together); no group commit of its own.
@@ -102,12 +104,17 @@ _STATEMENTS = {
     "select_request": _r(
         "SELECT event_ids FROM {append_requests} WHERE aggregate_id = ? AND request_id = ?"
     ),
-    "last_request_seq": _r("SELECT max(seq) FROM {append_requests} WHERE aggregate_id = ?"),
-    "insert_request": _r(
-        "INSERT INTO {append_requests} (aggregate_id, request_id, seq, tail, event_ids)"
-        " VALUES (?, ?, ?, ?, ?)"
+    # Record a request id with the next seq, and forget all but the last N:
+    # (aggregate, request id, tail, event ids, aggregate, aggregate, N). Safe
+    # under the aggregate's row lock: no other append numbers its requests.
+    "record_request": _r(
+        "WITH recorded AS (INSERT INTO {append_requests}"
+        " (aggregate_id, request_id, seq, tail, event_ids)"
+        " SELECT ?, ?, coalesce(max(seq), 0) + 1, ?, ? FROM {append_requests}"
+        " WHERE aggregate_id = ? RETURNING seq)"
+        " DELETE FROM {append_requests}"
+        " WHERE aggregate_id = ? AND seq <= (SELECT seq FROM recorded) - ?"
     ),
-    "forget_requests": _r("DELETE FROM {append_requests} WHERE aggregate_id = ? AND seq <= ?"),
     # One statement, one snapshot: the type and the events agree.
     "read": _r(
         "SELECT type, ARRAY(SELECT wire FROM {events} WHERE aggregate_id = a.id AND id > ?"
@@ -354,20 +361,22 @@ class PostgresJournalStore:
                     ], True
             _check_tail(expected_tail, head, expect_new=expect_new)
             ids = next_ulids(head, len(events))
-            await conn.execute(q["update_aggregate"], (ids[-1].bytes, len(ids), key))
         raw = [i.bytes for i in ids]
         parents = [None if head is None else head.bytes, *raw[:-1]]
         wires = [
             encode_event(id_, parent, type_, data, metadata)
             for id_, parent, (type_, data, metadata) in zip(raw, parents, events, strict=True)
         ]
-        await conn.execute(q["insert_events"], (key, raw, wires))
-        if request_id is not None:
-            cursor = await conn.execute(q["last_request_seq"], (key,))
-            last = await cursor.fetchone()
-            seq = 1 if last is None or last[0] is None else int(last[0]) + 1
-            await conn.execute(q["insert_request"], (key, request_id, seq, raw[-1], b"".join(raw)))
-            await conn.execute(q["forget_requests"], (key, seq - self._request_ids_kept))
+        # The writes depend on no result: one round trip for all of them.
+        async with conn.pipeline():
+            if not inserted:
+                await conn.execute(q["update_aggregate"], (raw[-1], len(raw), key))
+            await conn.execute(q["insert_events"], (key, raw, wires))
+            if request_id is not None:
+                await conn.execute(
+                    q["record_request"],
+                    (key, request_id, raw[-1], b"".join(raw), key, key, self._request_ids_kept),
+                )
         return ids, False
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
