@@ -2,8 +2,9 @@
 
 Backends: :class:`~tailrunner.journal.memory.MemoryJournalStore` (tests),
 :class:`~tailrunner.journal.sqlite.SQLiteJournalStore` (the embedded
-default); PostgreSQL comes later behind the same contract. The gRPC service
-never touches a database itself.
+default) and :class:`~tailrunner.journal.postgres.PostgresJournalStore`
+(several journal servers on one database). The gRPC service never touches a
+database itself.
 """
 
 from __future__ import annotations
