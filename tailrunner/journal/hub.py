@@ -71,6 +71,10 @@ class Watcher:
         self.head = head
         self._event.set()
 
+    def _nudge(self) -> None:
+        # Wake without a head: the reader re-reads from its own cursor.
+        self._event.set()
+
     def _close(self) -> None:
         self._closed = True
         self._event.set()
@@ -132,6 +136,11 @@ class Subscriber:
             pending[aggregate.id] = (aggregate.type, head)
         self._event.set()
 
+    def _owe_resync(self) -> None:
+        self._pending.clear()
+        self._resync = True
+        self._event.set()
+
     def _close(self) -> None:
         self._closed = True
         self._event.set()
@@ -176,6 +185,18 @@ class Hub:
                 watcher._wake(head)
         for subscriber in self._subscribers:
             subscriber._offer(aggregate, head)
+
+    def resync(self) -> None:
+        """Appends may have been missed (the store lost its notifications from other servers).
+
+        Every watcher wakes and re-reads from its cursor; every subscriber
+        gets a resync in its next batch, as a slow reader does.
+        """
+        for watchers in self._watchers.values():
+            for watcher in watchers:
+                watcher._nudge()
+        for subscriber in self._subscribers:
+            subscriber._owe_resync()
 
     @contextmanager
     def watch(self, aggregate_id: UUID) -> Iterator[Watcher]:

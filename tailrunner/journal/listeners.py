@@ -34,3 +34,20 @@ class Listeners:
                 listener(aggregate, head)
             except Exception:
                 log.exception("listener_failed", aggregate=str(aggregate), head=str(head))
+
+    def resync(self) -> None:
+        """Tell every listener that appends may have been missed (a lost notification link).
+
+        :data:`~tailrunner.journal.store.AppendListener` has no such call, so
+        a listener that is a bound method of an object with a ``resync()``
+        method (:meth:`tailrunner.journal.hub.Hub.resync`) gets that called;
+        plain functions are skipped. Failures are logged, like :meth:`notify`'s.
+        """
+        for listener in self._listeners:
+            resync = getattr(getattr(listener, "__self__", None), "resync", None)
+            if not callable(resync):
+                continue
+            try:
+                resync()
+            except Exception:
+                log.exception("listener_resync_failed")

@@ -27,13 +27,17 @@ share with the tail store), created and migrated on open, or by
 at once migrate it exactly once. The version lives in
 ``<schema>.journal_schema_version``; a newer one is refused.
 
-Listeners hear the appends of this store only; appends through other
-servers come with LISTEN/NOTIFY (later: the committed head is in
-``aggregates``, which a notification carries).
+Listeners hear the appends of every store on the schema: those of this one
+right after their commit, those of the others through LISTEN/NOTIFY
+(:mod:`tailrunner.journal.pg_notify`): each append notifies inside its
+transaction, and each store's LISTEN connection passes on the others'. A lost
+LISTEN connection reconnects and makes every reader resync
+(:meth:`Listeners.resync`).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -51,6 +55,7 @@ from ulid import ULID
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
 from tailrunner.ids import next_ulids
 from tailrunner.journal.listeners import Listeners
+from tailrunner.journal.pg_notify import NotifyListener, channel_name, payload
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     AppendListener,
@@ -215,6 +220,11 @@ class PostgresJournalStore:
         self._request_ids_kept = request_ids_kept
         self._listeners = Listeners()
         self._closed = False
+        #: Names this store in its notifications, so that its LISTEN skips them.
+        self._instance = secrets.token_hex(8)
+        self._channel = channel_name(schema)
+        self._notify_sql = sql.SQL("SELECT pg_notify(%s, %s)")
+        self._notify_listener: NotifyListener | None = None
 
     @classmethod
     async def open(
@@ -265,8 +275,30 @@ class PostgresJournalStore:
             if isinstance(exc, psycopg.Error):
                 raise StoreError(f"cannot open the journal store {name}: {reason(exc)}") from exc
             raise
+        store = cls(url, pool, schema=schema, request_ids_kept=request_ids_kept)
+        try:
+            await store._start_listening(url, connect_timeout)
+        except BaseException:
+            await store.aclose()
+            raise
         log.debug("opened", store=name, version=version)
-        return cls(url, pool, schema=schema, request_ids_kept=request_ids_kept)
+        return store
+
+    async def _start_listening(self, url: str, connect_timeout: float) -> None:
+        self._notify_listener = NotifyListener(
+            url,
+            self._schema,
+            self._instance,
+            self._listeners,
+            name=self._name,
+            connect_timeout=_libpq_timeout(connect_timeout),
+        )
+        await self._notify_listener.start(connect_timeout)
+
+    @property
+    def notify_listener(self) -> NotifyListener | None:
+        """The LISTEN connection that brings other stores' appends (``None`` before open)."""
+        return self._notify_listener
 
     @property
     def schema(self) -> str:
@@ -377,6 +409,11 @@ class PostgresJournalStore:
                     q["record_request"],
                     (key, request_id, raw[-1], b"".join(raw), key, key, self._request_ids_kept),
                 )
+            # Delivered to the other stores only if the transaction commits.
+            await conn.execute(
+                self._notify_sql,
+                (self._channel, payload(self._instance, aggregate, ids[-1])),
+            )
         return ids, False
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
@@ -432,6 +469,8 @@ class PostgresJournalStore:
             return
         self._closed = True
         with anyio.CancelScope(shield=True):
+            if self._notify_listener is not None:
+                await self._notify_listener.aclose()
             await self._pool.close()
         log.debug("closed", store=self._name)
 
