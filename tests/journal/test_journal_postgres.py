@@ -383,7 +383,12 @@ async def test_a_cancelled_append_settles_before_the_cancellation_is_raised(
             caught.append(scope.cancelled_caught)
 
         # Another transaction holds the aggregate's row: the append waits for it.
-        async with await psycopg.AsyncConnection.connect(postgres_url) as locker:
+        # The watcher polls on a connection of its own, in autocommit: inside the
+        # locker's transaction pg_stat_activity would be one snapshot, never updated.
+        async with (
+            await psycopg.AsyncConnection.connect(postgres_url) as locker,
+            await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as watcher,
+        ):
             await locker.execute(
                 sql.SQL("SELECT 1 FROM {}.aggregates WHERE id = %s FOR UPDATE").format(
                     sql.Identifier(pg_schema)
@@ -392,13 +397,15 @@ async def test_a_cancelled_append_settles_before_the_cancellation_is_raised(
             )
             async with anyio.create_task_group() as tg:
                 scope = await tg.start(append)
-                with anyio.fail_after(10):
-                    while True:
-                        if await _waits_for_a_row_lock(locker, pg_schema):
-                            break
-                        await anyio.sleep(0.01)
-                scope.cancel()
-                await locker.rollback()
+                try:
+                    with anyio.fail_after(10):
+                        while not await _waits_for_a_row_lock(watcher, pg_schema):  # noqa: ASYNC110 (PostgreSQL has no event for it)
+                            await anyio.sleep(0.01)
+                    scope.cancel()
+                finally:
+                    # Always: a failed wait must not leave the append stuck on the lock
+                    # (the task group would wait for it forever).
+                    await locker.rollback()
         # It committed (so readers see it), and its caller got the cancellation.
         assert (returned, caught) == ([], [True])
         assert [e.type for e in await store.read(ref.id, after=None, limit=10)] == ["a", "b"]
