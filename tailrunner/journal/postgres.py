@@ -38,8 +38,7 @@ LISTEN connection reconnects and makes every reader resync
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 from uuid import UUID
 
@@ -49,7 +48,7 @@ import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from ulid import ULID
 
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
@@ -67,7 +66,7 @@ from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
-from tailrunner.sql.postgres import PostgresMigration, reason
+from tailrunner.sql.postgres import PooledConnections, PostgresMigration, reason
 from tailrunner.sql.schema import JOURNAL_MIGRATIONS, JOURNAL_VERSION_TABLE
 from tailrunner.stores import redact
 
@@ -214,6 +213,7 @@ class PostgresJournalStore:
         check_request_ids_kept(request_ids_kept)
         self._name = _store_name(url, schema)
         self._pool = pool
+        self._connections = PooledConnections(pool, label=f"journal store {self._name}")
         self._schema = schema
         ident = sql.Identifier(schema)
         self._sql = {key: sql.SQL(text).format(schema=ident) for key, text in _STATEMENTS.items()}
@@ -488,30 +488,7 @@ class PostgresJournalStore:
         self, what: str, func: Callable[[Connection], Awaitable[T]], *, retry: bool
     ) -> T:
         self._check_open()
-        try:
-            try:
-                async with self._connection() as conn:
-                    return await func(conn)
-            except psycopg.OperationalError as exc:
-                # A pooled connection the server dropped (restart, failover)
-                # fails once; the pool discards it, and a fresh one works.
-                if not retry or isinstance(exc, PoolTimeout):
-                    raise
-                log.warning("retrying", store=self._name, call=what, error=reason(exc))
-                async with self._connection() as conn:
-                    return await func(conn)
-        except psycopg.Error as exc:
-            raise StoreError(f"journal store {self._name}: {what} failed: {reason(exc)}") from exc
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Connection]:
-        conn = await self._pool.getconn()
-        try:
-            yield conn
-        finally:
-            # Shielded, or a cancelled caller would leak the connection.
-            with anyio.CancelScope(shield=True):
-                await self._pool.putconn(conn)
+        return await self._connections.run(what, func, retry=retry)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,19 +1,85 @@
-"""What the PostgreSQL stores share of psycopg: the migration connection, error text."""
+"""What the PostgreSQL stores share of psycopg: pooled connections, the migration
+connection, error text."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import psycopg
+import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tailrunner.errors import StoreError
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[TupleRow]
 
 #: The advisory lock's first key ("schm") while a schema is created, whatever
 #: kind of store creates it; taken after the store's own lock, and never held
 #: while waiting for another, so no two openers wait for each other in a ring.
 SCHEMA_LOCK_CLASS = 0x7363686D
+
+
+class PooledConnections:
+    """A store's pool, as every PostgreSQL store uses it.
+
+    A connection is always given back (shielded, so a cancelled caller leaks
+    none); a connection the server dropped (restart, failover) is retried
+    once on a fresh one for calls that may be repeated; every psycopg error
+    becomes a :class:`~tailrunner.errors.StoreError` naming the store.
+
+    :param label: the store in messages, e.g. ``"tail store postgresql://… (schema x)"``.
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Connection], *, label: str) -> None:
+        self.pool = pool
+        self._label = label
+
+    def error(self, what: str, exc: BaseException) -> StoreError:
+        """The error of a failed ``what``."""
+        return StoreError(f"{self._label}: {what} failed: {reason(exc)}")
+
+    @asynccontextmanager
+    async def connection(self, what: str) -> AsyncIterator[Connection]:
+        """A connection of the pool for ``what``, given back afterwards."""
+        try:
+            conn = await self.pool.getconn()
+        except psycopg.Error as exc:
+            raise self.error(what, exc) from exc
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.pool.putconn(conn)
+
+    async def run(self, what: str, func: Callable[[Connection], Awaitable[T]], *, retry: bool) -> T:
+        """``func`` on a pooled connection.
+
+        :param retry: ``func`` may be repeated safely (a read, an idempotent
+            write): a dropped connection is then tried once more.
+        :raises StoreError: psycopg failed.
+        """
+        try:
+            try:
+                async with self.connection(what) as conn:
+                    return await func(conn)
+            except psycopg.OperationalError as exc:
+                if not retry or isinstance(exc, PoolTimeout):
+                    raise
+                log.warning("retrying", store=self._label, call=what, error=reason(exc))
+                async with self.connection(what) as conn:
+                    return await func(conn)
+        except StoreError:
+            raise
+        except psycopg.Error as exc:
+            raise self.error(what, exc) from exc
 
 
 class PostgresMigration:

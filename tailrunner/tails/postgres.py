@@ -16,7 +16,7 @@ migration runner are :mod:`tailrunner.sql`'s, shared with the SQLite store.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -25,13 +25,13 @@ import structlog
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
-from tailrunner.sql.postgres import PostgresMigration, reason
+from tailrunner.sql.postgres import PooledConnections, PostgresMigration, reason
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
@@ -83,6 +83,7 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
         """Use :meth:`open` instead: it migrates the schema and opens the pool."""
         self._name = f"{redact(url)} (schema {schema})"
         self._pool = pool
+        self._connections = PooledConnections(pool, label=f"tail store {self._name}")
         self._schema = schema
         ident = sql.Identifier(schema)
         self._dialect = POSTGRESQL
@@ -249,33 +250,10 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
         self, what: str, func: Callable[[Connection], Awaitable[T]], *, retry: bool
     ) -> T:
         self._check_open()
-        try:
-            try:
-                async with self._connection(what) as conn:
-                    return await func(conn)
-            except psycopg.OperationalError as exc:
-                # A pooled connection the server dropped (restart, failover)
-                # fails once; the pool discards it, and a fresh one works.
-                if not retry or isinstance(exc, PoolTimeout):
-                    raise
-                log.warning("retrying", store=self._name, call=what, error=reason(exc))
-                async with self._connection(what) as conn:
-                    return await func(conn)
-        except psycopg.Error as exc:
-            raise self._error(what, exc) from exc
+        return await self._connections.run(what, func, retry=retry)
 
-    @asynccontextmanager
-    async def _connection(self, what: str) -> AsyncIterator[Connection]:
-        try:
-            conn = await self._pool.getconn()
-        except psycopg.Error as exc:
-            raise self._error(what, exc) from exc
-        try:
-            yield conn
-        finally:
-            # Shielded, or a cancelled caller would leak the connection.
-            with anyio.CancelScope(shield=True):
-                await self._pool.putconn(conn)
+    def _connection(self, what: str) -> AbstractAsyncContextManager[Connection]:
+        return self._connections.connection(what)
 
     async def _rollback(self, conn: Connection) -> None:
         try:
@@ -286,7 +264,7 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
             log.warning("rollback failed", store=self._name, error=reason(exc))
 
     def _error(self, what: str, exc: psycopg.Error) -> StoreError:
-        return StoreError(f"tail store {self._name}: {what} failed: {reason(exc)}")
+        return self._connections.error(what, exc)
 
     def _check_open(self) -> None:
         if self._closed:
