@@ -28,7 +28,7 @@ from ulid import ULID
 
 from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
-from tailrunner.cli.params import ULIDParam, UUIDParam, option_error
+from tailrunner.cli.params import ULIDParam, UUIDParam, json_option, option_error
 from tailrunner.cli.terminal import last_line, printable
 from tailrunner.errors import (
     AdminError,
@@ -94,9 +94,7 @@ _token_option = click.option(
     show_default=True,
     help="The environment variable that holds the admin token, if the runner wants one.",
 )
-_json_option = click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object per line instead of text."
-)
+_json_option = json_option()
 _task_arguments = [
     click.argument("activity"),
     click.argument("aggregate_id", metavar="AGGREGATE_ID", type=UUIDParam()),

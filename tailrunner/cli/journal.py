@@ -21,7 +21,7 @@ import click
 import structlog
 from ulid import ULID
 
-from tailrunner.cli.params import ULIDParam, UUIDParam, option_error
+from tailrunner.cli.params import ULIDParam, UUIDParam, journal_option, json_option, option_error
 from tailrunner.errors import (
     InvalidArgument,
     JournalError,
@@ -85,18 +85,8 @@ class _SizeParam(click.ParamType[int]):
         return int(match.group(1)) * _SIZE_UNITS[unit]
 
 
-_journal_option = click.option(
-    "--journal",
-    "address",
-    metavar="HOST:PORT",
-    default=DEFAULT_LISTEN,
-    show_default=True,
-    envvar="TAILRUNNER_JOURNAL",
-    help="The journal to talk to (also $TAILRUNNER_JOURNAL).",
-)
-_json_option = click.option(
-    "--json", "as_json", is_flag=True, help="One JSON object per line instead of text."
-)
+_journal_option = journal_option()
+_json_option = json_option()
 
 
 @click.group("journal")

@@ -28,10 +28,10 @@ from google.protobuf import (  # noqa: F401  (registered, so that JSON shows the
 )
 from google.protobuf.any_pb2 import Any as AnyMessage
 
+from tailrunner.cli.params import journal_option, json_option
 from tailrunner.cli.terminal import printable
 from tailrunner.errors import InvalidArgument, JournalUnavailable, TailrunnerError
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.operations.client import OperationsClient
 from tailrunner.operations.server import DEFAULT_LISTEN as OPS_LISTEN
 from tailrunner.operations.server import OperationsServer
@@ -41,16 +41,8 @@ from tailrunner.proto.v1 import operations_pb2, workflows_pb2  # noqa: F401  (re
 
 T = TypeVar("T")
 
-_journal_option = click.option(
-    "--journal",
-    "address",
-    metavar="HOST:PORT",
-    default=DEFAULT_LISTEN,
-    show_default=True,
-    envvar="TAILRUNNER_JOURNAL",
-    help="The journal server that serves the operations (also $TAILRUNNER_JOURNAL).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+_journal_option = journal_option("The journal server that serves the operations")
+_json_option = json_option("Print JSON, for scripts.")
 _name_argument = click.argument("name", metavar="NAME")
 
 

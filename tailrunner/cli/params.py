@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 from uuid import UUID
 
 import click
@@ -11,6 +11,9 @@ from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.ids import parse_ulid, parse_uuid
+from tailrunner.journal.server import DEFAULT_LISTEN
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _param_name(param: click.Parameter | None) -> str:
@@ -51,3 +54,21 @@ def option_error(exc: InvalidArgument, option_for_field: Mapping[str, str]) -> c
     if option is None:
         return click.ClickException(str(exc))
     return click.BadParameter(exc.reason, param_hint=f"'{option}'")
+
+
+def journal_option(what: str = "The journal to talk to") -> Callable[[F], F]:
+    """``--journal HOST:PORT`` (also ``$TAILRUNNER_JOURNAL``), into the parameter ``address``."""
+    return click.option(
+        "--journal",
+        "address",
+        metavar="HOST:PORT",
+        default=DEFAULT_LISTEN,
+        show_default=True,
+        envvar="TAILRUNNER_JOURNAL",
+        help=f"{what} (also $TAILRUNNER_JOURNAL).",
+    )
+
+
+def json_option(help: str = "One JSON object per line instead of text.") -> Callable[[F], F]:
+    """``--json``, into the parameter ``as_json``."""
+    return click.option("--json", "as_json", is_flag=True, help=help)

@@ -21,7 +21,7 @@ from uuid import UUID
 import anyio
 import click
 
-from tailrunner.cli.params import UUIDParam, option_error
+from tailrunner.cli.params import UUIDParam, journal_option, json_option, option_error
 from tailrunner.cli.terminal import printable
 from tailrunner.config import parse_duration
 from tailrunner.errors import (
@@ -34,7 +34,6 @@ from tailrunner.errors import (
     WorkflowError,
 )
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.operations.pingregistry import MAX_DEADLINE
 from tailrunner.workflows.pingregistry.index import IndexEntry
 from tailrunner.workflows.pingregistry.registry import PingRegistry
@@ -42,16 +41,8 @@ from tailrunner.workflows.pingregistry.state import State
 
 T = TypeVar("T")
 
-_journal_option = click.option(
-    "--journal",
-    "address",
-    metavar="HOST:PORT",
-    default=DEFAULT_LISTEN,
-    show_default=True,
-    envvar="TAILRUNNER_JOURNAL",
-    help="The journal to talk to (also $TAILRUNNER_JOURNAL).",
-)
-_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON, for scripts.")
+_journal_option = journal_option()
+_json_option = json_option("Print JSON, for scripts.")
 _workflow_argument = click.argument("workflow", metavar="ID", type=UUIDParam())
 
 
