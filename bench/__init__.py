@@ -12,4 +12,5 @@ BENCHMARKS = (
     "peer_eventsourcing",
     "cron_tick",
     "operation_wait",
+    "pg_journal",
 )
