@@ -16,13 +16,16 @@ status                 raised
 ``UNAVAILABLE`` …      :class:`AdminUnavailable`
 anything else          :class:`AdminError`
 =====================  =============================================
+
+:meth:`AdminClient.cluster` answers ``None`` for a runner that does not
+share work, and for one too old to have ``GetCluster`` (``UNIMPLEMENTED``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self
 from uuid import UUID
@@ -94,6 +97,48 @@ class TaskInfo:
     recheck_at: datetime | None = None
     #: An operator's control waiting for the current run to end (``"stop"`` …).
     pending_control: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentInfo:
+    """One segment's lease, as the cluster's database has it."""
+
+    segment: int
+    #: The holder's incarnation id; ``None`` when free.
+    owner: str | None
+    epoch: int
+    #: When the holder claimed it; ``None`` when free.
+    since: datetime | None
+    expires_at: datetime | None
+    #: Held and not expired (an owner with ``live`` false: the lease ran out).
+    live: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberInfo:
+    """One runner of the cluster, as it announced itself."""
+
+    incarnation: str
+    #: What it says about itself: host, pid, engine, admin address.
+    about: str
+    started_at: datetime
+    expires_at: datetime
+    #: Announced within its lease (``False``: gone within the last hour).
+    live: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterInfo:
+    """The cluster of runners sharing the work, as one of them sees it."""
+
+    #: The incarnation id of the runner that answered.
+    incarnation: str
+    segment_count: int
+    lease: timedelta
+    #: Every segment, by number.
+    segments: list[SegmentInfo]
+    #: The runners seen within the last hour, oldest first.
+    members: list[MemberInfo]
 
 
 class AdminClient:
@@ -277,6 +322,38 @@ class AdminClient:
             request.from_tail = str(tail)
         return _task_info(self._call(self._stub.RestartTask, request))
 
+    def cluster(self) -> ClusterInfo | None:
+        """Who holds which segment, and the runners of the cluster.
+
+        :returns: ``None`` when the runner does not share work
+            (``scaleout.enabled`` false), or is too old to say.
+        :raises AdminUnavailable: the runner could not read its database (or
+            cannot be reached).
+        """
+        try:
+            response: runner_pb2.Cluster = self._stub.GetCluster(
+                runner_pb2.GetClusterRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return None
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                # Most often the runner's database, not the runner, failed.
+                where = f" at {self._address}" if self._address else ""
+                raise AdminUnavailable(
+                    f"the runner{where} could not read the cluster: {exc.details() or ''}"
+                ) from exc
+            raise self._map_error(exc) from exc
+        if not response.scaleout_enabled:
+            return None
+        return ClusterInfo(
+            incarnation=response.incarnation,
+            segment_count=response.segment_count,
+            lease=response.lease.ToTimedelta(),
+            segments=[_segment_info(s) for s in response.segments],
+            members=[_member_info(m) for m in response.members],
+        )
+
     def _call(self, method: Any, request: Any) -> Any:
         try:
             return method(request, timeout=self._timeout, metadata=self._metadata)
@@ -318,6 +395,29 @@ def _task_info(message: runner_pb2.Task) -> TaskInfo:
         next_run_at=_time(message, "next_run_time"),
         recheck_at=_time(message, "recheck_time"),
         pending_control=message.pending_control or None,
+    )
+
+
+def _segment_info(message: runner_pb2.Cluster.Segment) -> SegmentInfo:
+    return SegmentInfo(
+        segment=message.segment,
+        owner=message.owner or None,
+        epoch=message.epoch,
+        since=message.since.ToDatetime(tzinfo=UTC) if message.HasField("since") else None,
+        expires_at=(
+            message.expire_time.ToDatetime(tzinfo=UTC) if message.HasField("expire_time") else None
+        ),
+        live=message.live,
+    )
+
+
+def _member_info(message: runner_pb2.Cluster.Member) -> MemberInfo:
+    return MemberInfo(
+        incarnation=message.incarnation,
+        about=message.about,
+        started_at=message.start_time.ToDatetime(tzinfo=UTC),
+        expires_at=message.expire_time.ToDatetime(tzinfo=UTC),
+        live=message.live,
     )
 
 

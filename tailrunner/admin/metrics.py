@@ -27,6 +27,28 @@ metric                                          meaning
                                                  counting ``COMPLETE`` tasks)
 ==============================================  ======================================
 
+A runner that shares the work (``scaleout.enabled``, given a
+:class:`~tailrunner.scaleout.membership.Membership`) has these too, read from
+its leases' counters at each scrape (per runner: Prometheus adds the
+``instance``; ``tailrunner_runner_info`` names the incarnation):
+
+==============================================  ======================================
+metric                                          meaning
+==============================================  ======================================
+``tailrunner_runner_info{incarnation}``          1, naming this runner's incarnation id
+``tailrunner_segments_held``                     segments whose lease it holds now
+``tailrunner_lease_heartbeats_total``            renewals that reached the database
+``tailrunner_lease_heartbeat_failures_total``    renewals that failed
+``tailrunner_segments_claimed_total``            segments claimed
+``tailrunner_segments_rescued_total``            of those, taken over from a runner
+                                                 whose lease had expired
+``tailrunner_segments_lost_total``               segments lost (not renewed in time,
+                                                 taken over, or a fenced write)
+``tailrunner_segments_released_total``           segments handed back between runs
+``tailrunner_fenced_writes_total``               writes the fence stopped: the lease
+                                                 was gone
+==============================================  ======================================
+
 Runs ended by an operator's stop are counted with the outcome ``stopped``.
 """
 
@@ -36,8 +58,10 @@ import socket
 import socketserver
 import threading
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import anyio.to_thread
@@ -45,6 +69,9 @@ import structlog
 from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, MetricsHandler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.admin.lag import LagTracker, TaskTail
@@ -54,6 +81,9 @@ from tailrunner.engines.task import Task
 from tailrunner.errors import InvalidArgument, TailrunnerError
 from tailrunner.journal.api import JournalApi
 from tailrunner.states import OutcomeKind, TaskState
+
+if TYPE_CHECKING:
+    from tailrunner.scaleout.membership import Membership
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +107,8 @@ class Metrics:
     :param lag_timeout: seconds a scrape waits for the lag; after that it
         serves the previous values (and logs why). Keep it below the
         scraper's timeout (Prometheus: 10 s by default).
+    :param membership: the runner's part in a cluster: its leases' metrics
+        (see the module's docstring); ``None`` when it does not share work.
     """
 
     def __init__(
@@ -87,8 +119,10 @@ class Metrics:
         registry: CollectorRegistry | None = None,
         lag_interval: float = 10.0,
         lag_timeout: float = 5.0,
+        membership: Membership | None = None,
     ) -> None:
         self._engine = engine
+        self._membership = membership
         self._tracker = LagTracker(journal)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._lag_interval = lag_interval
@@ -141,6 +175,10 @@ class Metrics:
                 self.tasks.labels(name, state.value)
         engine.add_observer(self._observe)
         engine.add_progress_observer(self._progress)
+        self._cluster: _ClusterCollector | None = None
+        if membership is not None:
+            self._cluster = _ClusterCollector(membership.incarnation, _read_cluster(membership))
+            r.register(self._cluster)
 
     def _progress(self, task: Task, events: int) -> None:
         # Reported as runs go, so that an eager watch that never ends counts too.
@@ -164,6 +202,8 @@ class Metrics:
         """
         async with self._lock:
             self._count_states()
+            if self._cluster is not None and self._membership is not None:
+                self._cluster.numbers = _read_cluster(self._membership)
             now = anyio.current_time()
             if not force_lag and now < self._lag_due:
                 return
@@ -196,6 +236,84 @@ class Metrics:
             self.tasks.labels(name, state.value).set(count)
             if state is TaskState.SUSPENDED:
                 self.suspended_tasks.labels(name).set(count)
+
+
+@dataclass(frozen=True, slots=True)
+class _ClusterNumbers:
+    """The leases' counters at one instant, read on the event loop."""
+
+    held: int
+    heartbeats: int
+    heartbeat_failures: int
+    claimed: int
+    rescued: int
+    lost: int
+    released: int
+    fenced_writes: int
+
+
+def _read_cluster(membership: Membership) -> _ClusterNumbers:
+    leases = membership.leases
+    stats = leases.stats
+    return _ClusterNumbers(
+        held=len(leases.owned()),
+        heartbeats=stats.heartbeats,
+        heartbeat_failures=stats.heartbeat_failures,
+        claimed=stats.claimed,
+        rescued=stats.rescued,
+        lost=stats.lost,
+        released=stats.released,
+        fenced_writes=membership.fenced_writes.total,
+    )
+
+
+class _ClusterCollector(Collector):
+    """The cluster's series, from the numbers :meth:`Metrics.refresh` last read.
+
+    The leases change on the event loop and a scrape renders in a thread of
+    its own: the refresh copies the counters on the loop, and this serves
+    that copy.
+    """
+
+    #: (name without the namespace, help, the field of ``_ClusterNumbers``)
+    _COUNTERS = (
+        ("lease_heartbeats", "Lease renewals that reached the database.", "heartbeats"),
+        ("lease_heartbeat_failures", "Lease renewals that failed.", "heartbeat_failures"),
+        ("segments_claimed", "Segments claimed.", "claimed"),
+        (
+            "segments_rescued",
+            "Segments claimed from a runner whose lease had expired.",
+            "rescued",
+        ),
+        (
+            "segments_lost",
+            "Segments lost: not renewed in time, taken over, or a fenced write.",
+            "lost",
+        ),
+        ("segments_released", "Segments handed back between runs.", "released"),
+        ("fenced_writes", "Writes the fence stopped: the lease was gone.", "fenced_writes"),
+    )
+
+    def __init__(self, incarnation: str, numbers: _ClusterNumbers) -> None:
+        self._incarnation = incarnation
+        self.numbers = numbers
+
+    def collect(self) -> Iterator[Metric]:
+        numbers = self.numbers  # one read: a refresh may replace it meanwhile
+        yield InfoMetricFamily(
+            f"{NAMESPACE}_runner",
+            "This runner in its cluster: its incarnation id.",
+            value={"incarnation": self._incarnation},
+        )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_segments_held",
+            "Segments whose lease this runner holds now.",
+            value=numbers.held,
+        )
+        for name, documentation, attribute in self._COUNTERS:
+            yield CounterMetricFamily(
+                f"{NAMESPACE}_{name}", documentation, value=getattr(numbers, attribute)
+            )
 
 
 async def serve_metrics(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -27,6 +27,9 @@ from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.api import JournalApi
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.tails.store import TailStore
+
+if TYPE_CHECKING:
+    from tailrunner.scaleout.membership import Membership
 
 log = structlog.get_logger(__name__)
 
@@ -133,6 +136,7 @@ class AdminServer(GrpcServer):
         token: str | None = None,
         lag_timeout: float = DEFAULT_LAG_TIMEOUT,
         control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
+        membership: Membership | None = None,
     ) -> None:
         """:param engine: the runner's engine (``runner.engine``).
         :param tails: the tail store the engine writes to.
@@ -142,6 +146,8 @@ class AdminServer(GrpcServer):
             ``None`` lets every call in (bind to a loopback address then).
         :param lag_timeout: seconds a reply waits for lag before it leaves it out.
         :param control_timeout: seconds a control waits for a running task to stop.
+        :param membership: the runner's part in a cluster, for ``GetCluster``;
+            ``None`` when it does not share work (``scaleout.enabled`` false).
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field
             ``listen``), or ``token`` is empty (field ``token``).
         """
@@ -155,6 +161,7 @@ class AdminServer(GrpcServer):
             journal=journal,
             lag_timeout=lag_timeout,
             control_timeout=control_timeout,
+            membership=membership,
         )
 
     def _add_services(self, server: grpc.aio.Server) -> None:

@@ -26,6 +26,12 @@ control that waits for a run to end past the control timeout (an activity
 that does not honour cancellation) is replied to with the task as it is and
 the control in ``pending_control``; the engine applies it when the run ends.
 
+The cluster view (``GetCluster``) is read from the segment-lease tables at
+the call, through the runner's :class:`~tailrunner.scaleout.membership.Membership`;
+a runner without one (``scaleout.enabled`` false) answers with
+``scaleout_enabled`` false rather than an error: one runner running every
+task is the normal case, not a failed precondition.
+
 Requests are validated here (``INVALID_ARGUMENT`` naming the field); a
 failed call ends with :func:`tailrunner.rpc_errors.abort`, which maps
 tailrunner's errors to gRPC statuses for every service.
@@ -39,8 +45,8 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import anyio
@@ -69,6 +75,10 @@ from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.rpc_errors import abort
 from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, TailStore, query_cursor
+
+if TYPE_CHECKING:
+    from tailrunner.scaleout.leases import RunnerRow, SegmentRow
+    from tailrunner.scaleout.membership import Membership
 
 log = structlog.get_logger(__name__)
 
@@ -180,6 +190,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         not known by then are returned without it.
     :param control_timeout: seconds a control waits for a running task's
         cancellation to land before it returns the task as it is.
+    :param membership: the runner's part in a cluster (``GetCluster``);
+        ``None`` when it does not share work.
     """
 
     def __init__(
@@ -190,12 +202,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         journal: JournalApi,
         lag_timeout: float = DEFAULT_LAG_TIMEOUT,
         control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
+        membership: Membership | None = None,
     ) -> None:
         self._engine = engine
         self._tails = tails
         self._journal = journal
         self._lag_timeout = lag_timeout
         self._control_timeout = control_timeout
+        self._membership = membership
 
     # -- reads ---------------------------------------------------------------
 
@@ -244,6 +258,28 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         except TailrunnerError as exc:
             await abort(context, exc, rpc="ListRuns")
         return runner_pb2.ListRunsResponse(runs=[_run_message(run) for run in runs])
+
+    async def GetCluster(
+        self, request: runner_pb2.GetClusterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> runner_pb2.Cluster:
+        membership = self._membership
+        if membership is None:
+            return runner_pb2.Cluster(scaleout_enabled=False)
+        leases = membership.leases
+        try:
+            segments = await leases.table()
+            members = await leases.runners()
+        except TailrunnerError as exc:
+            await abort(context, exc, rpc="GetCluster")
+        message = runner_pb2.Cluster(
+            scaleout_enabled=True,
+            incarnation=membership.incarnation,
+            segment_count=leases.segments,
+            segments=[_segment_message(row) for row in segments],
+            members=[_member_message(row) for row in members],
+        )
+        message.lease.FromTimedelta(timedelta(seconds=leases.lease))
+        return message
 
     # -- controls ------------------------------------------------------------
 
@@ -547,6 +583,24 @@ def _run_message(run: RunRecord) -> runner_pb2.Run:
     )
     message.start_time.FromDatetime(run.started_at)
     message.end_time.FromDatetime(run.finished_at)
+    return message
+
+
+def _segment_message(row: SegmentRow) -> runner_pb2.Cluster.Segment:
+    message = runner_pb2.Cluster.Segment(
+        segment=row.segment, owner=row.owner or "", epoch=row.epoch, live=row.live
+    )
+    if row.since is not None:
+        message.since.FromDatetime(row.since)
+    if row.expires_at is not None:
+        message.expire_time.FromDatetime(row.expires_at)
+    return message
+
+
+def _member_message(row: RunnerRow) -> runner_pb2.Cluster.Member:
+    message = runner_pb2.Cluster.Member(incarnation=row.owner, about=row.about, live=row.live)
+    message.start_time.FromDatetime(row.started_at)
+    message.expire_time.FromDatetime(row.expires_at)
     return message
 
 

@@ -26,7 +26,14 @@ from rich.table import Table
 from rich.text import Text
 from ulid import ULID
 
-from tailrunner.admin.client import DEFAULT_TOKEN_ENV, AdminClient, TaskInfo
+from tailrunner.admin.client import (
+    DEFAULT_TOKEN_ENV,
+    AdminClient,
+    ClusterInfo,
+    MemberInfo,
+    SegmentInfo,
+    TaskInfo,
+)
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
 from tailrunner.cli.params import ULIDParam, UUIDParam, json_option, option_error
 from tailrunner.cli.terminal import last_line, printable
@@ -76,6 +83,8 @@ _REASON_TEXT = {
 _FAILED_RUN_SEARCH = 100
 #: The column of ``task show``'s values, where a traceback's lines start too.
 _SHOW_INDENT = 12
+#: How much of an incarnation id (a UUID) the tables show.
+_SHORT_ID = 8
 
 
 _admin_option = click.option(
@@ -131,6 +140,12 @@ def _with_task_arguments(func: Callable[..., None]) -> Callable[..., None]:
     show_default=True,
     help="Show at most this many tasks.",
 )
+@click.option(
+    "--segments",
+    "all_segments",
+    is_flag=True,
+    help="In a cluster, also list every segment: owner, epoch, since, expiry.",
+)
 @_json_option
 @_token_option
 def status(
@@ -140,10 +155,17 @@ def status(
     activity: str | None,
     aggregate_type: str | None,
     limit: int,
+    all_segments: bool,
     as_json: bool,
     token_env: str,
 ) -> None:
     """Show the runner's tasks: state, why each waits and when it runs next, lag, last run.
+
+    A runner that shares the work (scaleout.enabled) also shows the
+    cluster: each runner (its incarnation id's start, what it says about
+    itself, whether it is live), the segments it holds and since when;
+    --segments lists every segment's lease. --json prints one line per task,
+    then one {"cluster": …} line with every runner and segment.
 
     WAITS FOR says what a task that is not running waits for: backoff (after
     an error), retry_after (the time it asked for), cron tick, signal (lazy;
@@ -161,8 +183,9 @@ def status(
     """
     wanted = [TaskState(s.upper()) for s in states]
 
-    def run(client: AdminClient) -> tuple[list[TaskInfo], bool]:
+    def run(client: AdminClient) -> tuple[list[TaskInfo], bool, ClusterInfo | str | None]:
         shown: list[TaskInfo] = []
+        more = False
         tasks = client.tasks(
             activity=activity,
             aggregate_type=aggregate_type,
@@ -171,16 +194,31 @@ def status(
         )
         for task in tasks:
             if len(shown) == limit:
-                return shown, True
+                more = True
+                break
             shown.append(task)
-        return shown, False
+        cluster: ClusterInfo | str | None
+        try:
+            cluster = client.cluster()
+        except AdminUnavailable as exc:
+            # The tasks were read: show them, and why the cluster is not.
+            cluster = str(exc)
+        return shown, more, cluster
 
-    shown, more = _with_client(address, token_env, run)
+    shown, more, cluster = _with_client(address, token_env, run)
     if as_json:
         for task in shown:
             click.echo(_json_line(_task_json(task)))
+        if isinstance(cluster, ClusterInfo):
+            click.echo(_json_line({"cluster": _cluster_json(cluster)}))
     else:
         _print_status(shown)
+        if isinstance(cluster, ClusterInfo):
+            _print_cluster(cluster, all_segments)
+    if isinstance(cluster, str):
+        click.echo(printable(f"cluster not shown: {cluster}"), err=True)
+    elif cluster is None and all_segments:
+        click.echo("this runner does not share work (scaleout.enabled is false)", err=True)
     if more:
         click.echo(f"(showing the first {limit} tasks: raise --limit to see more)", err=True)
 
@@ -421,6 +459,97 @@ def _print_status(tasks: list[TaskInfo]) -> None:
     console.print(table)
 
 
+def _print_cluster(cluster: ClusterInfo, all_segments: bool) -> None:
+    """Who holds which segments since when; ``all_segments``: every segment's lease too."""
+    console = _console()
+    now = datetime.now(UTC)
+    lease = cluster.lease.total_seconds()
+    console.print()
+    console.print(
+        Text(
+            f"cluster: {cluster.segment_count} segments, lease {lease:g}s, this runner"
+            f" {_short_id(cluster.incarnation)}"
+        )
+    )
+    table = Table(box=None, pad_edge=False)
+    for column in ("RUNNER", "ABOUT", "LIVE", "SEGMENTS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("HELD", justify="right", no_wrap=True)
+    table.add_column("SINCE", no_wrap=True)
+    for owner, member, held in _runners_and_holdings(cluster):
+        label = _short_id(owner) + (" (this)" if owner == cluster.incarnation else "")
+        since = min((s.since for s in held if s.since is not None), default=None)
+        table.add_row(
+            _cell(label),
+            _cell("?" if member is None else member.about),
+            "?" if member is None else ("yes" if member.live else "gone"),
+            _ranges([s.segment for s in held]) or "-",
+            str(len(held)),
+            "-" if since is None else f"{_ago(since, now)} ago",
+        )
+    console.print(table)
+    free = [s.segment for s in cluster.segments if not s.live]
+    if free:
+        console.print(Text(f"free: {_ranges(free)} (any runner may claim them)"))
+    if not all_segments:
+        return
+    console.print()
+    segments = Table(box=None, pad_edge=False)
+    for column in ("SEGMENT", "OWNER", "EPOCH", "SINCE", "EXPIRES"):
+        segments.add_column(column, no_wrap=True, justify="right" if column == "EPOCH" else "left")
+    for row in cluster.segments:
+        segments.add_row(
+            str(row.segment),
+            _cell("-" if row.owner is None else _short_id(row.owner)),
+            str(row.epoch),
+            "-" if row.since is None else f"{_ago(row.since, now)} ago",
+            _expiry_text(row, now),
+        )
+    console.print(segments)
+
+
+def _runners_and_holdings(
+    cluster: ClusterInfo,
+) -> list[tuple[str, MemberInfo | None, list[SegmentInfo]]]:
+    """Each runner with the live leases it holds: the announced ones, then any other holder."""
+    held: dict[str, list[SegmentInfo]] = {}
+    for row in cluster.segments:
+        if row.live and row.owner is not None:
+            held.setdefault(row.owner, []).append(row)
+    rows: list[tuple[str, MemberInfo | None, list[SegmentInfo]]] = [
+        (m.incarnation, m, held.pop(m.incarnation, [])) for m in cluster.members
+    ]
+    # A holder that has not announced itself (yet, or its row was pruned).
+    rows += [(owner, None, segments) for owner, segments in sorted(held.items())]
+    return rows
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``0-2,5,7-9``: sorted numbers as ranges."""
+    parts: list[str] = []
+    ordered = sorted(set(numbers))
+    start = 0
+    for index, number in enumerate(ordered):
+        if index + 1 < len(ordered) and ordered[index + 1] == number + 1:
+            continue
+        first = ordered[start]
+        parts.append(str(first) if first == number else f"{first}-{number}")
+        start = index + 1
+    return ",".join(parts)
+
+
+def _short_id(incarnation: str) -> str:
+    return incarnation[:_SHORT_ID]
+
+
+def _expiry_text(row: SegmentInfo, now: datetime) -> str:
+    if row.expires_at is None:
+        return "-"
+    if row.expires_at > now:
+        return _relative(row.expires_at, now)
+    return f"expired {_ago(row.expires_at, now)} ago"
+
+
 def _print_task(
     info: TaskInfo, as_json: bool, *, failed: RunRecord | None = None, with_failure: bool = False
 ) -> None:
@@ -583,6 +712,37 @@ def _run_json(record: RunRecord) -> dict[str, Any]:
         "events_seen": record.events_seen,
         "outcome": record.outcome,
         "error": record.error,
+    }
+
+
+def _cluster_json(cluster: ClusterInfo) -> dict[str, Any]:
+    return {
+        "incarnation": cluster.incarnation,
+        "segment_count": cluster.segment_count,
+        "lease_seconds": cluster.lease.total_seconds(),
+        "runners": [
+            {
+                "incarnation": owner,
+                "about": None if member is None else member.about,
+                "live": None if member is None else member.live,
+                "started": None if member is None else member.started_at.isoformat(),
+                "expires": None if member is None else member.expires_at.isoformat(),
+                "segments": [s.segment for s in held],
+                "since": _iso(min((s.since for s in held if s.since is not None), default=None)),
+            }
+            for owner, member, held in _runners_and_holdings(cluster)
+        ],
+        "segments": [
+            {
+                "segment": row.segment,
+                "owner": row.owner,
+                "epoch": row.epoch,
+                "since": _iso(row.since),
+                "expires": _iso(row.expires_at),
+                "live": row.live,
+            }
+            for row in cluster.segments
+        ],
     }
 
 

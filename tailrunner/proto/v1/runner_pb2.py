@@ -22,40 +22,49 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atailrunner/v1/runner.proto\x12\rtailrunner.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x05\n\x04Task\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tailrunner.v1.Task.State\x12\x0c\n\x04tail\x18\x05 \x01(\t\x12\x0c\n\x04head\x18\x06 \x01(\t\x12\x10\n\x03lag\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x37\n\x13last_run_start_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_run_end_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_run_outcome\x18\x0c \x01(\t\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x0e \x01(\x08\x12\x13\n\x0bwait_reason\x18\x0f \x01(\t\x12\x31\n\rnext_run_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crecheck_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpending_control\x18\x12 \x01(\t\"\x88\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08SLEEPING\x10\x03\x12\t\n\x05RETRY\x10\x04\x12\x0c\n\x08\x43OMPLETE\x10\x05\x12\x0b\n\x07STOPPED\x10\x06\x12\r\n\tSUSPENDED\x10\x07\x12\x0b\n\x07WAITING\x10\x08\x42\x06\n\x04_lag\"\xf5\x01\n\x10ListTasksRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.tailrunner.v1.Task.State\x12\x31\n\rupdated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tailrunner.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0eGetTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"\x92\x02\n\x03Run\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btail_before\x18\x07 \x01(\t\x12\x12\n\ntail_after\x18\x08 \x01(\t\x12\x13\n\x0b\x65vents_seen\x18\t \x01(\x04\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"L\n\x0fListRunsRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.tailrunner.v1.Run\"<\n\x12SuspendTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\";\n\x11ResumeTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"9\n\x0fStopTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"o\n\x12RestartTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x13\n\tfrom_tail\x18\x03 \x01(\tH\x00\x12\x14\n\nfrom_start\x18\x04 \x01(\x08H\x00\x42\x06\n\x04\x66rom2\xf8\x03\n\x06Runner\x12N\n\tListTasks\x12\x1f.tailrunner.v1.ListTasksRequest\x1a .tailrunner.v1.ListTasksResponse\x12=\n\x07GetTask\x12\x1d.tailrunner.v1.GetTaskRequest\x1a\x13.tailrunner.v1.Task\x12K\n\x08ListRuns\x12\x1e.tailrunner.v1.ListRunsRequest\x1a\x1f.tailrunner.v1.ListRunsResponse\x12\x45\n\x0bSuspendTask\x12!.tailrunner.v1.SuspendTaskRequest\x1a\x13.tailrunner.v1.Task\x12\x43\n\nResumeTask\x12 .tailrunner.v1.ResumeTaskRequest\x1a\x13.tailrunner.v1.Task\x12?\n\x08StopTask\x12\x1e.tailrunner.v1.StopTaskRequest\x1a\x13.tailrunner.v1.Task\x12\x45\n\x0bRestartTask\x12!.tailrunner.v1.RestartTaskRequest\x1a\x13.tailrunner.v1.Taskb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atailrunner/v1/runner.proto\x12\rtailrunner.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x05\n\x04Task\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.tailrunner.v1.Task.State\x12\x0c\n\x04tail\x18\x05 \x01(\t\x12\x0c\n\x04head\x18\x06 \x01(\t\x12\x10\n\x03lag\x18\x07 \x01(\x04H\x00\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\r\x12\x12\n\nlast_error\x18\t \x01(\t\x12\x37\n\x13last_run_start_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_run_end_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10last_run_outcome\x18\x0c \x01(\t\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x0e \x01(\x08\x12\x13\n\x0bwait_reason\x18\x0f \x01(\t\x12\x31\n\rnext_run_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0crecheck_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpending_control\x18\x12 \x01(\t\"\x88\x01\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x0c\n\x08SLEEPING\x10\x03\x12\t\n\x05RETRY\x10\x04\x12\x0c\n\x08\x43OMPLETE\x10\x05\x12\x0b\n\x07STOPPED\x10\x06\x12\r\n\tSUSPENDED\x10\x07\x12\x0b\n\x07WAITING\x10\x08\x42\x06\n\x04_lag\"\xf5\x01\n\x10ListTasksRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12)\n\x06states\x18\x03 \x03(\x0e\x32\x19.tailrunner.v1.Task.State\x12\x31\n\rupdated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0eupdated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"P\n\x11ListTasksResponse\x12\"\n\x05tasks\x18\x01 \x03(\x0b\x32\x13.tailrunner.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0eGetTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"\x92\x02\n\x03Run\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btail_before\x18\x07 \x01(\t\x12\x12\n\ntail_after\x18\x08 \x01(\t\x12\x13\n\x0b\x65vents_seen\x18\t \x01(\x04\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"L\n\x0fListRunsRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.tailrunner.v1.Run\"<\n\x12SuspendTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\";\n\x11ResumeTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"9\n\x0fStopTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\"o\n\x12RestartTaskRequest\x12\x10\n\x08\x61\x63tivity\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x13\n\tfrom_tail\x18\x03 \x01(\tH\x00\x12\x14\n\nfrom_start\x18\x04 \x01(\x08H\x00\x42\x06\n\x04\x66rom\"\x13\n\x11GetClusterRequest\"\x9e\x04\n\x07\x43luster\x12\x18\n\x10scaleout_enabled\x18\x01 \x01(\x08\x12\x13\n\x0bincarnation\x18\x02 \x01(\t\x12\x15\n\rsegment_count\x18\x03 \x01(\r\x12(\n\x05lease\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x08segments\x18\x05 \x03(\x0b\x32\x1e.tailrunner.v1.Cluster.Segment\x12.\n\x07members\x18\x06 \x03(\x0b\x32\x1d.tailrunner.v1.Cluster.Member\x1a\xa2\x01\n\x07Segment\x12\x0f\n\x07segment\x18\x01 \x01(\r\x12\r\n\x05owner\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12)\n\x05since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x06 \x01(\x08\x1a\x9b\x01\n\x06Member\x12\x13\n\x0bincarnation\x18\x01 \x01(\t\x12\r\n\x05\x61\x62out\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04live\x18\x05 \x01(\x08\x32\xc0\x04\n\x06Runner\x12N\n\tListTasks\x12\x1f.tailrunner.v1.ListTasksRequest\x1a .tailrunner.v1.ListTasksResponse\x12=\n\x07GetTask\x12\x1d.tailrunner.v1.GetTaskRequest\x1a\x13.tailrunner.v1.Task\x12K\n\x08ListRuns\x12\x1e.tailrunner.v1.ListRunsRequest\x1a\x1f.tailrunner.v1.ListRunsResponse\x12\x45\n\x0bSuspendTask\x12!.tailrunner.v1.SuspendTaskRequest\x1a\x13.tailrunner.v1.Task\x12\x43\n\nResumeTask\x12 .tailrunner.v1.ResumeTaskRequest\x1a\x13.tailrunner.v1.Task\x12?\n\x08StopTask\x12\x1e.tailrunner.v1.StopTaskRequest\x1a\x13.tailrunner.v1.Task\x12\x45\n\x0bRestartTask\x12!.tailrunner.v1.RestartTaskRequest\x1a\x13.tailrunner.v1.Task\x12\x46\n\nGetCluster\x12 .tailrunner.v1.GetClusterRequest\x1a\x16.tailrunner.v1.Clusterb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tailrunner.proto.v1.runner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK']._serialized_start=79
-  _globals['_TASK']._serialized_end=770
-  _globals['_TASK_STATE']._serialized_start=626
-  _globals['_TASK_STATE']._serialized_end=762
-  _globals['_LISTTASKSREQUEST']._serialized_start=773
-  _globals['_LISTTASKSREQUEST']._serialized_end=1018
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1020
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1100
-  _globals['_GETTASKREQUEST']._serialized_start=1102
-  _globals['_GETTASKREQUEST']._serialized_end=1158
-  _globals['_RUN']._serialized_start=1161
-  _globals['_RUN']._serialized_end=1435
-  _globals['_LISTRUNSREQUEST']._serialized_start=1437
-  _globals['_LISTRUNSREQUEST']._serialized_end=1513
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1515
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1567
-  _globals['_SUSPENDTASKREQUEST']._serialized_start=1569
-  _globals['_SUSPENDTASKREQUEST']._serialized_end=1629
-  _globals['_RESUMETASKREQUEST']._serialized_start=1631
-  _globals['_RESUMETASKREQUEST']._serialized_end=1690
-  _globals['_STOPTASKREQUEST']._serialized_start=1692
-  _globals['_STOPTASKREQUEST']._serialized_end=1749
-  _globals['_RESTARTTASKREQUEST']._serialized_start=1751
-  _globals['_RESTARTTASKREQUEST']._serialized_end=1862
-  _globals['_RUNNER']._serialized_start=1865
-  _globals['_RUNNER']._serialized_end=2369
+  _globals['_TASK']._serialized_start=111
+  _globals['_TASK']._serialized_end=802
+  _globals['_TASK_STATE']._serialized_start=658
+  _globals['_TASK_STATE']._serialized_end=794
+  _globals['_LISTTASKSREQUEST']._serialized_start=805
+  _globals['_LISTTASKSREQUEST']._serialized_end=1050
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1052
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1132
+  _globals['_GETTASKREQUEST']._serialized_start=1134
+  _globals['_GETTASKREQUEST']._serialized_end=1190
+  _globals['_RUN']._serialized_start=1193
+  _globals['_RUN']._serialized_end=1467
+  _globals['_LISTRUNSREQUEST']._serialized_start=1469
+  _globals['_LISTRUNSREQUEST']._serialized_end=1545
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1547
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1599
+  _globals['_SUSPENDTASKREQUEST']._serialized_start=1601
+  _globals['_SUSPENDTASKREQUEST']._serialized_end=1661
+  _globals['_RESUMETASKREQUEST']._serialized_start=1663
+  _globals['_RESUMETASKREQUEST']._serialized_end=1722
+  _globals['_STOPTASKREQUEST']._serialized_start=1724
+  _globals['_STOPTASKREQUEST']._serialized_end=1781
+  _globals['_RESTARTTASKREQUEST']._serialized_start=1783
+  _globals['_RESTARTTASKREQUEST']._serialized_end=1894
+  _globals['_GETCLUSTERREQUEST']._serialized_start=1896
+  _globals['_GETCLUSTERREQUEST']._serialized_end=1915
+  _globals['_CLUSTER']._serialized_start=1918
+  _globals['_CLUSTER']._serialized_end=2460
+  _globals['_CLUSTER_SEGMENT']._serialized_start=2140
+  _globals['_CLUSTER_SEGMENT']._serialized_end=2302
+  _globals['_CLUSTER_MEMBER']._serialized_start=2305
+  _globals['_CLUSTER_MEMBER']._serialized_end=2460
+  _globals['_RUNNER']._serialized_start=2463
+  _globals['_RUNNER']._serialized_end=3039
 # @@protoc_insertion_point(module_scope)

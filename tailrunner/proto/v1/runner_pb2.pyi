@@ -23,6 +23,7 @@ not a ULID) is INVALID_ARGUMENT naming the field.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -508,3 +509,155 @@ class RestartTaskRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_from) -> _WhichOneofReturnType_from | None: ...
 
 Global___RestartTaskRequest: _TypeAlias = RestartTaskRequest  # noqa: Y015
+
+@_typing.final
+class GetClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterRequest: _TypeAlias = GetClusterRequest  # noqa: Y015
+
+@_typing.final
+class Cluster(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Segment(_message.Message):
+        """One segment's lease. Tasks hash into a fixed number of segments; a
+        runner runs the tasks of the segments it holds.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        SEGMENT_FIELD_NUMBER: _builtins.int
+        OWNER_FIELD_NUMBER: _builtins.int
+        EPOCH_FIELD_NUMBER: _builtins.int
+        SINCE_FIELD_NUMBER: _builtins.int
+        EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+        LIVE_FIELD_NUMBER: _builtins.int
+        segment: _builtins.int
+        owner: _builtins.str
+        """The holder's incarnation id; empty when the segment is free (never
+        claimed, or released).
+        """
+        epoch: _builtins.int
+        """Bumped by every claim of the segment."""
+        live: _builtins.bool
+        """Held and not expired, by the database's clock at the call. An owner
+        with live false is a lease that ran out: any runner may claim it.
+        """
+        @_builtins.property
+        def since(self) -> _timestamp_pb2.Timestamp:
+            """When the holder claimed it (the database's clock); unset when free."""
+
+        @_builtins.property
+        def expire_time(self) -> _timestamp_pb2.Timestamp:
+            """When the lease runs out unless renewed; unset when free."""
+
+        def __init__(
+            self,
+            *,
+            segment: _builtins.int = ...,
+            owner: _builtins.str = ...,
+            epoch: _builtins.int = ...,
+            since: _timestamp_pb2.Timestamp | None = ...,
+            expire_time: _timestamp_pb2.Timestamp | None = ...,
+            live: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "since", b"since"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "expire_time", b"expire_time", "live", b"live", "owner", b"owner", "segment", b"segment", "since", b"since"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class Member(_message.Message):
+        """A runner as it announced itself (every heartbeat does)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        INCARNATION_FIELD_NUMBER: _builtins.int
+        ABOUT_FIELD_NUMBER: _builtins.int
+        START_TIME_FIELD_NUMBER: _builtins.int
+        EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+        LIVE_FIELD_NUMBER: _builtins.int
+        incarnation: _builtins.str
+        """Its incarnation id: fresh for every runner process."""
+        about: _builtins.str
+        """What it says about itself: host, pid, engine, admin address."""
+        live: _builtins.bool
+        """Announced within its lease; false: gone (stopped or dead) within the
+        last hour.
+        """
+        @_builtins.property
+        def start_time(self) -> _timestamp_pb2.Timestamp: ...
+        @_builtins.property
+        def expire_time(self) -> _timestamp_pb2.Timestamp:
+            """When its presence runs out unless it announces itself again."""
+
+        def __init__(
+            self,
+            *,
+            incarnation: _builtins.str = ...,
+            about: _builtins.str = ...,
+            start_time: _timestamp_pb2.Timestamp | None = ...,
+            expire_time: _timestamp_pb2.Timestamp | None = ...,
+            live: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "start_time", b"start_time"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["about", b"about", "expire_time", b"expire_time", "incarnation", b"incarnation", "live", b"live", "start_time", b"start_time"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SCALEOUT_ENABLED_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    SEGMENT_COUNT_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    scaleout_enabled: _builtins.bool
+    """False: this runner does not share work (scaleout.enabled is false);
+    the other fields are then empty.
+    """
+    incarnation: _builtins.str
+    """The incarnation id of the runner that answered."""
+    segment_count: _builtins.int
+    """How many segments the cluster's tasks hash into."""
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """How long a lease lasts unless renewed (renewed every third of it)."""
+
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster.Segment]:
+        """Every segment, by number."""
+
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cluster.Member]:
+        """The runners seen within the last hour, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        scaleout_enabled: _builtins.bool = ...,
+        incarnation: _builtins.str = ...,
+        segment_count: _builtins.int = ...,
+        lease: _duration_pb2.Duration | None = ...,
+        segments: _abc.Iterable[Global___Cluster.Segment] | None = ...,
+        members: _abc.Iterable[Global___Cluster.Member] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["incarnation", b"incarnation", "lease", b"lease", "members", b"members", "scaleout_enabled", b"scaleout_enabled", "segment_count", b"segment_count", "segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cluster: _TypeAlias = Cluster  # noqa: Y015

@@ -69,6 +69,11 @@ class RunnerStub:
                 request_serializer=tailrunner_dot_v1_dot_runner__pb2.RestartTaskRequest.SerializeToString,
                 response_deserializer=tailrunner_dot_v1_dot_runner__pb2.Task.FromString,
                 _registered_method=True)
+        self.GetCluster = channel.unary_unary(
+                '/tailrunner.v1.Runner/GetCluster',
+                request_serializer=tailrunner_dot_v1_dot_runner__pb2.GetClusterRequest.SerializeToString,
+                response_deserializer=tailrunner_dot_v1_dot_runner__pb2.Cluster.FromString,
+                _registered_method=True)
 
 
 class RunnerServicer:
@@ -141,6 +146,19 @@ class RunnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCluster(self, request, context):
+        """This runner's part in the cluster of runners that share the work
+        (scaleout.enabled): who holds which segment's lease, and every runner
+        seen in the last hour, as the database has them at the call.
+
+        A runner that does not share work answers with scaleout_enabled false
+        and nothing else set: that is not an error (one runner runs every
+        task). UNAVAILABLE when the database cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +196,11 @@ def add_RunnerServicer_to_server(servicer, server):
                     servicer.RestartTask,
                     request_deserializer=tailrunner_dot_v1_dot_runner__pb2.RestartTaskRequest.FromString,
                     response_serializer=tailrunner_dot_v1_dot_runner__pb2.Task.SerializeToString,
+            ),
+            'GetCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCluster,
+                    request_deserializer=tailrunner_dot_v1_dot_runner__pb2.GetClusterRequest.FromString,
+                    response_serializer=tailrunner_dot_v1_dot_runner__pb2.Cluster.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -369,6 +392,33 @@ class Runner:
             '/tailrunner.v1.Runner/RestartTask',
             tailrunner_dot_v1_dot_runner__pb2.RestartTaskRequest.SerializeToString,
             tailrunner_dot_v1_dot_runner__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailrunner.v1.Runner/GetCluster',
+            tailrunner_dot_v1_dot_runner__pb2.GetClusterRequest.SerializeToString,
+            tailrunner_dot_v1_dot_runner__pb2.Cluster.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,15 @@ class RunnerStub:
     or from the first event, whatever its state, COMPLETE included. A running
     task is cancelled first.
     """
+    GetCluster: _grpc.UnaryUnaryMultiCallable[_runner_pb2.GetClusterRequest, _runner_pb2.Cluster]
+    """This runner's part in the cluster of runners that share the work
+    (scaleout.enabled): who holds which segment's lease, and every runner
+    seen in the last hour, as the database has them at the call.
+
+    A runner that does not share work answers with scaleout_enabled false
+    and nothing else set: that is not an error (one runner runs every
+    task). UNAVAILABLE when the database cannot be read.
+    """
 
 @_typing.type_check_only
 class RunnerAsyncStub(RunnerStub):
@@ -128,6 +137,15 @@ class RunnerAsyncStub(RunnerStub):
     """Runs the task again from a given tail (replaying the events after it)
     or from the first event, whatever its state, COMPLETE included. A running
     task is cancelled first.
+    """
+    GetCluster: _aio.UnaryUnaryMultiCallable[_runner_pb2.GetClusterRequest, _runner_pb2.Cluster]  # type: ignore[assignment]
+    """This runner's part in the cluster of runners that share the work
+    (scaleout.enabled): who holds which segment's lease, and every runner
+    seen in the last hour, as the database has them at the call.
+
+    A runner that does not share work answers with scaleout_enabled false
+    and nothing else set: that is not an error (one runner runs every
+    task). UNAVAILABLE when the database cannot be read.
     """
 
 class RunnerServicer(metaclass=_abc_1.ABCMeta):
@@ -209,6 +227,21 @@ class RunnerServicer(metaclass=_abc_1.ABCMeta):
         """Runs the task again from a given tail (replaying the events after it)
         or from the first event, whatever its state, COMPLETE included. A running
         task is cancelled first.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCluster(
+        self,
+        request: _runner_pb2.GetClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_runner_pb2.Cluster, _abc.Awaitable[_runner_pb2.Cluster]]:
+        """This runner's part in the cluster of runners that share the work
+        (scaleout.enabled): who holds which segment's lease, and every runner
+        seen in the last hour, as the database has them at the call.
+
+        A runner that does not share work answers with scaleout_enabled false
+        and nothing else set: that is not an error (one runner runs every
+        task). UNAVAILABLE when the database cannot be read.
         """
 
 def add_RunnerServicer_to_server(servicer: RunnerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
