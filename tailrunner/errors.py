@@ -117,6 +117,14 @@ class StoreError(TailrunnerError):
     """A store (journal or tails) could not be opened or failed."""
 
 
+class LeaseLost(StoreError):
+    """Scale-out: a write for a task whose segment this runner no longer holds.
+
+    Nothing was written (the write was fenced, or not sent): the runner
+    stops that segment's tasks, and their new owner resumes from the stored tails.
+    """
+
+
 class StreamCancelled(JournalError):
     """A journal call ended with gRPC ``CANCELLED``.
 

@@ -12,7 +12,6 @@ The foundation of issue 14's scale-out (the engines use it later):
 from __future__ import annotations
 
 from tailrunner.scaleout.balance import DEFAULT_SLACK, fair_share
-from tailrunner.scaleout.fencing import Fence, FencedWrites, fenced
 from tailrunner.scaleout.leases import (
     DEFAULT_LEASE,
     Lease,
@@ -22,6 +21,7 @@ from tailrunner.scaleout.leases import (
     new_incarnation,
 )
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS, check_segments, segment_of
+from tailrunner.sql.fencing import Fence, FencedWrites, fenced
 
 __all__ = [
     "DEFAULT_LEASE",

@@ -8,7 +8,7 @@ the segments it holds. A lease has:
   :class:`SegmentLeases` (one per runner process), never the hostname, so a
   restarted runner never mistakes its predecessor's leases for its own;
 - an **epoch**, bumped by every claim, so a write fenced with an old epoch
-  (:mod:`tailrunner.scaleout.fencing`) can never land after a new claim;
+  (:mod:`tailrunner.sql.fencing`) can never land after a new claim;
 - an **expiry** from the *database's* clock (``now() + lease``), so the
   runners' clocks never have to agree.
 
@@ -47,9 +47,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from tailrunner.errors import InvalidArgument, StoreError
 from tailrunner.scaleout.balance import DEFAULT_SLACK, fair_share
-from tailrunner.scaleout.fencing import Fence
-from tailrunner.scaleout.schema import DIALECT, MIGRATIONS, TABLE, VERSION_TABLE
+from tailrunner.scaleout.schema import DIALECT, MIGRATIONS, RUNNERS_TABLE, TABLE, VERSION_TABLE
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, check_segments
+from tailrunner.sql.fencing import Fence
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.postgres import PostgresMigration, reason
 
@@ -118,10 +118,36 @@ SELECT segment, owner, epoch, acquired_at, expires_at,
 FROM {table} ORDER BY segment
 """
 
+# Lease holders and announced runners: a newcomer holding nothing counts too.
 _LIVE = """
-SELECT count(DISTINCT owner) FROM {table}
-WHERE owner IS NOT NULL AND owner <> %(owner)s AND expires_at > now()
+SELECT count(DISTINCT owner) FROM (
+    SELECT owner FROM {table} WHERE owner IS NOT NULL AND expires_at > now()
+    UNION ALL
+    SELECT owner FROM {runners} WHERE expires_at > now()
+) AS alive
+WHERE owner <> %(owner)s
 """
+
+_ANNOUNCE = """
+INSERT INTO {runners} (owner, started_at, expires_at, about)
+VALUES (%(owner)s, now(), now() + make_interval(secs => %(lease)s), %(about)s)
+ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at
+"""
+
+# A runner's own row on a clean stop, and rows long expired (crashed runners).
+_LEAVE = """
+DELETE FROM {runners}
+WHERE owner = %(owner)s OR expires_at < now() - make_interval(secs => %(keep)s)
+"""
+
+_RUNNERS = """
+SELECT owner, started_at, expires_at, about, expires_at > now() FROM {runners}
+WHERE expires_at > now() - make_interval(secs => %(keep)s)
+ORDER BY started_at, owner
+"""
+
+#: Seconds an expired runner's row is kept (``tailrunner status`` shows it as gone).
+_KEEP_GONE = 3600.0
 
 
 def new_incarnation() -> str:
@@ -159,6 +185,19 @@ class SegmentRow:
     since: datetime | None
     expires_at: datetime | None
     #: Held and not expired (by the database's clock, at the query).
+    live: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerRow:
+    """One runner of the cluster, as it announced itself (for ``tailrunner status``)."""
+
+    owner: str
+    started_at: datetime
+    #: When its presence runs out unless it announces itself again.
+    expires_at: datetime
+    #: What it said about itself: host, pid, engine.
+    about: str
     live: bool
 
 
@@ -226,14 +265,16 @@ class SegmentLeases:
         self._schema = schema
         self._lease = float(lease)
         self._heartbeat = float(beat)
-        self._on_lost = on_lost
+        #: Called with the leases lost (see the class docstring); may be set after opening.
+        self.on_lost = on_lost
         self._owner = incarnation or new_incarnation()
         self._owned: dict[int, Lease] = {}
         self.stats = LeaseStats()
         table = sql.Identifier(schema, TABLE)
+        runners = sql.Identifier(schema, RUNNERS_TABLE)
 
         def statement(text: str) -> sql.Composed:
-            return sql.SQL(text).format(table=table)
+            return sql.SQL(text).format(table=table, runners=runners)
 
         self._claim_sql = statement(_CLAIM)
         self._renew_sql = statement(_RENEW)
@@ -242,6 +283,9 @@ class SegmentLeases:
         self._count_rows_sql = statement(_COUNT_ROWS)
         self._table_sql = statement(_TABLE)
         self._live_sql = statement(_LIVE)
+        self._announce_sql = statement(_ANNOUNCE)
+        self._leave_sql = statement(_LEAVE)
+        self._runners_sql = statement(_RUNNERS)
         self._lock_sql = statement("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
 
     @classmethod
@@ -481,6 +525,36 @@ class SegmentLeases:
         rows = await self._fetch("live_runners", self._live_sql, {"owner": self._owner}, retry=True)
         return int(rows[0][0]) + 1
 
+    async def announce(self, about: str = "") -> None:
+        """Say that this runner is alive, for one lease (every heartbeat does).
+
+        A runner counts in :meth:`live_runners` while it announces itself,
+        even before it holds a segment: that is how a newcomer gets the
+        others to give back their extra segments.
+
+        :raises StoreError: the database failed.
+        """
+        params = {"owner": self._owner, "lease": self._lease, "about": about}
+        await self._execute("announce", self._announce_sql, params)
+
+    async def leave(self) -> None:
+        """Withdraw this runner's presence (a clean stop), and prune long-gone runners.
+
+        :raises StoreError: the database failed.
+        """
+        await self._execute("leave", self._leave_sql, {"owner": self._owner, "keep": _KEEP_GONE})
+
+    async def runners(self) -> list[RunnerRow]:
+        """The runners that announced themselves within the last hour, oldest first.
+
+        :raises StoreError: the database failed.
+        """
+        rows = await self._fetch("runners", self._runners_sql, {"keep": _KEEP_GONE}, retry=True)
+        return [
+            RunnerRow(owner=owner, started_at=started, expires_at=expires, about=about, live=live)
+            for owner, started, expires, about, live in rows
+        ]
+
     async def share(self, slack: int = DEFAULT_SLACK) -> int:
         """The most segments this runner should hold now: :func:`fair_share` of the live."""
         return fair_share(self._segments, await self.live_runners(), slack)
@@ -496,7 +570,7 @@ class SegmentLeases:
         """
         task_status.started()
         while True:
-            await anyio.sleep(self._next_wait())
+            await anyio.sleep(self.next_beat())
             with anyio.move_on_after(self._heartbeat):
                 try:
                     await self.renew()
@@ -504,8 +578,8 @@ class SegmentLeases:
                     log.warning("heartbeat failed", owner=self._owner, error=str(exc))
             self.expire_overdue()
 
-    def _next_wait(self) -> float:
-        # The next beat, or sooner when a deadline comes first.
+    def next_beat(self) -> float:
+        """Seconds to the next renewal: a heartbeat, or sooner when a local deadline comes first."""
         wait = self._heartbeat
         if self._owned:
             first = min(lease.deadline for lease in self._owned.values())
@@ -536,8 +610,8 @@ class SegmentLeases:
             owner=self._owner,
             why=why,
         )
-        if self._on_lost is not None:
-            self._on_lost(list(lost))
+        if self.on_lost is not None:
+            self.on_lost(list(lost))
 
     async def _setup(self) -> None:
         name = f"segment leases (schema {self._schema})"
@@ -584,13 +658,22 @@ class SegmentLeases:
         row = await cursor.fetchone()
         return (int(row[0]), int(row[1])) if row is not None else (0, -1)
 
+    async def _execute(self, what: str, query: sql.Composed, params: dict[str, Any]) -> None:
+        await self._fetch(what, query, params, retry=True, rows=False)
+
     async def _fetch(
-        self, what: str, query: sql.Composed, params: dict[str, Any], *, retry: bool
+        self,
+        what: str,
+        query: sql.Composed,
+        params: dict[str, Any],
+        *,
+        retry: bool,
+        rows: bool = True,
     ) -> list[TupleRow]:
         async def run() -> list[TupleRow]:
             async with self._connection(what) as conn:
                 cursor = await conn.execute(query, params)
-                return await cursor.fetchall()
+                return await cursor.fetchall() if rows else []
 
         try:
             try:

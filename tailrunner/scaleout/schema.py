@@ -16,11 +16,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tailrunner.sql.dialect import POSTGRESQL, Dialect
+from tailrunner.sql.fencing import LEASE_TABLE
 
 #: The segment leases (unqualified: it lives in the store's schema).
-TABLE = "segment_leases"
+TABLE = LEASE_TABLE
 #: Its schema version (one row).
 VERSION_TABLE = "segment_leases_schema_version"
+#: The runners alive, each announced on every heartbeat (so a runner that
+#: holds nothing yet still counts in everyone's fair share).
+RUNNERS_TABLE = "segment_runners"
 
 #: PostgreSQL's words, and the two table names above: ``{segment_leases}``
 #: renders as ``{schema}.segment_leases``, the schema filled in on open.
@@ -30,6 +34,7 @@ DIALECT: Dialect = replace(
         **POSTGRESQL.words,
         TABLE: f"{{schema}}.{TABLE}",
         VERSION_TABLE: f"{{schema}}.{VERSION_TABLE}",
+        RUNNERS_TABLE: f"{{schema}}.{RUNNERS_TABLE}",
     },
 )
 
@@ -43,6 +48,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 expires_at timestamptz,
                 acquired_at timestamptz,
                 CHECK ((owner IS NULL) = (expires_at IS NULL))
+            )"""
+        ),
+    ),
+    (
+        # A runner joining a cluster whose segments are all held must still
+        # count, or nobody would give it any: presence apart from leases.
+        DIALECT.render(
+            """CREATE TABLE {segment_runners} (
+                owner text PRIMARY KEY,
+                started_at timestamptz NOT NULL,
+                expires_at timestamptz NOT NULL,
+                about text NOT NULL DEFAULT ''
             )"""
         ),
     ),

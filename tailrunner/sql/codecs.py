@@ -160,13 +160,27 @@ class TailRows:
             run.events_seen,
             str(run.outcome),
             run.error,
+            run.owner,
+            run.epoch,
         )
 
     def run_record(self, row: Sequence[Any]) -> RunRecord:
         """The run a ``tail_runs`` row holds."""
-        (activity, id_, type_, attempt, started, finished, before, after, seen, outcome, error) = (
-            row
-        )
+        (
+            activity,
+            id_,
+            type_,
+            attempt,
+            started,
+            finished,
+            before,
+            after,
+            seen,
+            outcome,
+            error,
+            owner,
+            epoch,
+        ) = row
         c = self.codec
         return RunRecord(
             activity=activity,
@@ -179,4 +193,6 @@ class TailRows:
             events_seen=seen,
             outcome=OutcomeKind.stored(outcome),
             error=error,
+            owner=owner,
+            epoch=epoch,
         )

@@ -53,6 +53,12 @@ TAIL_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE {tails} ADD COLUMN failures {int} NOT NULL DEFAULT 0",
         "ALTER TABLE {tails} ADD COLUMN next_run_at {time}",
     ),
+    (
+        # Issue 14: the lease a run held (scale-out), so that "no task ran on
+        # two runners at once" can be checked from the run log. NULL: one runner.
+        "ALTER TABLE {tail_runs} ADD COLUMN owner {text}",
+        "ALTER TABLE {tail_runs} ADD COLUMN epoch {bigint}",
+    ),
 )
 
 #: The columns of ``tails``, in the order of :class:`~tailrunner.sql.codecs.TailRows`.
@@ -86,6 +92,8 @@ RUN_COLUMNS = (
     "events_seen",
     "outcome",
     "error",
+    "owner",
+    "epoch",
 )
 
 #: The schema version of a PostgreSQL journal store lives in this table.

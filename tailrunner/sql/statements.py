@@ -75,6 +75,38 @@ class TailStatements(Generic[Q]):
         return TailStatements(*(func(getattr(self, f.name)) for f in fields(self)))
 
 
+@dataclass(frozen=True, slots=True)
+class FencedStatements:
+    """The writes of a scale-out runner: each lands only while its segment's lease is held.
+
+    ``INSERT … SELECT … WHERE {fence}``: the lease's condition
+    (:meth:`tailrunner.sql.fencing.Fence.condition`, which locks the lease
+    row ``FOR SHARE``) is in the same statement as the write, so a runner
+    that lost its lease writes nothing, and the write's row count says so
+    (0: fenced; the upsert otherwise always touches one row). ``{fence}``
+    stays a placeholder for the caller to fill.
+    """
+
+    #: :attr:`TailStatements.save`, fenced.
+    save: str
+    #: :attr:`TailStatements.insert_run`, fenced.
+    insert_run: str
+
+    @staticmethod
+    def render(dialect: Dialect) -> FencedStatements:
+        r = dialect.render
+        return FencedStatements(
+            save=r(
+                f"INSERT INTO {{tails}} ({_TAILS}) SELECT {_values(TAIL_COLUMNS)}"
+                f" WHERE {{{{fence}}}} ON CONFLICT ({', '.join(TAIL_KEY)}) DO UPDATE SET {_UPDATE}"
+            ),
+            insert_run=r(
+                f"INSERT INTO {{tail_runs}} ({_RUNS}) SELECT {_values(RUN_COLUMNS)}"
+                " WHERE {{fence}}"
+            ),
+        )
+
+
 def prune_params(activity: object, aggregate_id: object, retention: int) -> tuple[object, ...]:
     """The parameters of :attr:`TailStatements.prune_runs` that keep ``retention`` runs.
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 import anyio
 
+from tailrunner.errors import InvalidArgument
 from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import Dialect
 from tailrunner.sql.query import tail_query
 from tailrunner.sql.statements import TailStatements
 from tailrunner.tails.store import QueryCursor, RunRecord, TailRecord, check_limit
+
+if TYPE_CHECKING:
+    from tailrunner.sql.fencing import Fence
 
 Q = TypeVar("Q")
 C = TypeVar("C")
@@ -37,6 +41,8 @@ class SQLTailStore(ABC, Generic[Q, C]):
     _dialect: Dialect
     _sql: TailStatements[Q]
     _rows: TailRows
+    #: Whether its writes can be fenced by a segment lease (scale-out: PostgreSQL).
+    _fences: bool = False
 
     @abstractmethod
     async def _fetch(self, what: str, statement: Q, params: Sequence[object]) -> list[Any]:
@@ -59,11 +65,15 @@ class SQLTailStore(ABC, Generic[Q, C]):
         """Roll back, logging rather than raising a failure (it would hide the cause)."""
 
     @abstractmethod
-    async def _save_and_commit(self, conn: C, params: tuple[object, ...]) -> None:
+    async def _save_and_commit(
+        self, conn: C, params: tuple[object, ...], fence: Fence | None
+    ) -> None:
         """Save a record (:attr:`TailStatements.save`) and commit; roll back on a failure.
 
         Refuses (a :class:`~tailrunner.errors.StoreError`) a transaction the
-        block ended or broke itself: then nothing was saved.
+        block ended or broke itself: then nothing was saved. With a
+        ``fence`` (only where :attr:`_fences`), the save is fenced, and a
+        lost lease rolls everything back (:class:`~tailrunner.errors.LeaseLost`).
         """
 
     async def load(self, activity: str) -> dict[UUID, TailRecord]:
@@ -97,17 +107,24 @@ class SQLTailStore(ABC, Generic[Q, C]):
         return [self._rows.tail_record(row) for row in rows]
 
     @asynccontextmanager
-    async def transaction(self, record: TailRecord) -> AsyncIterator[C]:
+    async def transaction(self, record: TailRecord, fence: Fence | None = None) -> AsyncIterator[C]:
         """Yield a connection in an open transaction; commit it with ``record`` saved.
 
         ``record`` is saved and everything commits when the block ends
         normally; on an exception or cancellation everything is rolled back.
         Both run to their end even if the caller is cancelled meanwhile.
 
+        :param fence: scale-out: commit only while this segment lease is held.
         :raises StoreError: the transaction could not begin or commit (the
             block ended it, or its own writes failed and it swallowed the
             error).
+        :raises LeaseLost: ``fence``'s lease was lost: nothing committed.
         """
+        if fence is not None and not self._fences:
+            raise InvalidArgument(
+                "fence",
+                f"{type(self).__name__} cannot fence its writes: scale-out needs PostgreSQL",
+            )
         params = self._rows.tail_params(record)
         async with self._transaction_connection() as conn:
             await self._begin(conn)
@@ -118,4 +135,4 @@ class SQLTailStore(ABC, Generic[Q, C]):
                     await self._rollback(conn)
                 raise
             with anyio.CancelScope(shield=True):
-                await self._save_and_commit(conn, params)
+                await self._save_and_commit(conn, params, fence)

@@ -27,13 +27,19 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from tailrunner.errors import InvalidArgument, StoreError
+from tailrunner.errors import InvalidArgument, LeaseLost, StoreError
 from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import POSTGRESQL
+from tailrunner.sql.fencing import Fence
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.postgres import PooledConnections, PostgresMigration, reason
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
-from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
+from tailrunner.sql.statements import (
+    FencedStatements,
+    TailStatements,
+    prune_params,
+    tail_migrations,
+)
 from tailrunner.sql.tail_store import SQLTailStore
 from tailrunner.stores import redact
 from tailrunner.tails.store import (
@@ -56,6 +62,7 @@ DEFAULT_SCHEMA = "tailrunner"
 MIGRATIONS: tuple[tuple[str, ...], ...] = tail_migrations(POSTGRESQL)
 
 _STATEMENTS = TailStatements.render(POSTGRESQL)
+_FENCED = FencedStatements.render(POSTGRESQL)
 _ROWS = TailRows(POSTGRESQL.codec)
 
 #: The advisory lock's first key ("tail"); the second is the schema name's hash.
@@ -71,6 +78,8 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
     (``BEGIN`` … ``COMMIT``); the block writes through it, and its own
     ``conn.transaction()`` blocks become savepoints.
     """
+
+    _fences = True
 
     def __init__(
         self,
@@ -163,29 +172,83 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
         """The schema that holds the tables."""
         return self._schema
 
-    async def save(self, record: TailRecord) -> None:
-        # Autocommit: the one statement commits (durably) before it returns.
-        await self._run("save", self._sql.save, self._rows.tail_params(record), fetch=False)
+    async def save(self, record: TailRecord, fence: Fence | None = None) -> None:
+        """Store ``record``; with a ``fence``, only while that segment lease is held.
 
-    async def record_run(self, run: RunRecord) -> None:
-        await self._record_run("record_run", run, None)
+        :raises LeaseLost: ``fence``'s lease is no longer held: nothing was written.
+        """
+        params = self._rows.tail_params(record)
+        if fence is None:
+            # Autocommit: the one statement commits (durably) before it returns.
+            await self._run("save", self._sql.save, params, fetch=False)
+            return
+        query = self._fenced(_FENCED.save, fence)
 
-    async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
-        await self._record_run("save_with_run", run, record)
+        async def save(conn: Connection) -> bool:
+            cursor = await conn.execute(query, params)
+            return cursor.rowcount > 0
 
-    async def _record_run(self, what: str, run: RunRecord, record: TailRecord | None) -> None:
+        # Retried like the plain save: the upsert may be repeated safely.
+        if not await self._with_connection("save", save, retry=True):
+            raise self._lease_lost(fence, record)
+
+    async def record_run(self, run: RunRecord, fence: Fence | None = None) -> None:
+        """:meth:`~tailrunner.tails.store.TailStore.record_run`, fenced as :meth:`save`."""
+        await self._record_run("record_run", run, None, fence)
+
+    async def save_with_run(
+        self, record: TailRecord, run: RunRecord, fence: Fence | None = None
+    ) -> None:
+        """:meth:`~tailrunner.tails.store.TailStore.save_with_run`, fenced as :meth:`save`."""
+        await self._record_run("save_with_run", run, record, fence)
+
+    async def _record_run(
+        self, what: str, run: RunRecord, record: TailRecord | None, fence: Fence | None
+    ) -> None:
         params = self._rows.run_params(run)
         prune = prune_params(run.activity, run.aggregate.id, self._run_retention)
+        save, insert = (
+            (self._sql.save, self._sql.insert_run)
+            if fence is None
+            else (self._fenced(_FENCED.save, fence), self._fenced(_FENCED.insert_run, fence))
+        )
 
-        async def insert_and_prune(conn: Connection) -> None:
-            async with conn.transaction():
+        async def insert_and_prune(conn: Connection) -> bool:
+            async with conn.transaction() as tx:
+                # Fenced, the first write locks the lease row (FOR SHARE) to
+                # the commit: the segment cannot change hands in between.
                 if record is not None:
-                    await conn.execute(self._sql.save, self._rows.tail_params(record))
-                await conn.execute(self._sql.insert_run, params)
+                    cursor = await conn.execute(save, self._rows.tail_params(record))
+                    if fence is not None and cursor.rowcount == 0:
+                        raise psycopg.Rollback(tx)
+                cursor = await conn.execute(insert, params)
+                if fence is not None and cursor.rowcount == 0:
+                    raise psycopg.Rollback(tx)
                 await conn.execute(self._sql.prune_runs, prune)
+                return True
+            return False  # rolled back: fenced
 
         # Not retried: a lost connection may have committed the insert.
-        await self._with_connection(what, insert_and_prune, retry=False)
+        if not await self._with_connection(what, insert_and_prune, retry=False):
+            assert fence is not None
+            raise self._lease_lost(fence, record or run)
+
+    def _fenced(self, statement: str, fence: Fence) -> sql.Composed:
+        if fence.schema != self._schema:
+            raise InvalidArgument(
+                "fence",
+                f"the lease table's schema {fence.schema!r} is not the tail store's"
+                f" ({self._schema!r}): a fenced write checks its lease in the same statement",
+            )
+        return sql.SQL(statement).format(
+            schema=sql.Identifier(self._schema), fence=fence.condition()
+        )
+
+    def _lease_lost(self, fence: Fence, task: TailRecord | RunRecord) -> LeaseLost:
+        return LeaseLost(
+            f"tail store {self._name}: not written for {task.activity}/{task.aggregate.id}:"
+            f" segment {fence.segment}'s lease (epoch {fence.epoch}) is no longer held"
+        )
 
     async def aclose(self) -> None:
         if self._closed:
@@ -215,7 +278,9 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
         except psycopg.Error as exc:
             raise self._error("transaction", exc) from exc
 
-    async def _save_and_commit(self, conn: Connection, params: tuple[object, ...]) -> None:
+    async def _save_and_commit(
+        self, conn: Connection, params: tuple[object, ...], fence: Fence | None
+    ) -> None:
         try:
             status = conn.info.transaction_status
             if status is not TransactionStatus.INTRANS:
@@ -223,7 +288,16 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
                     f"tail store {self._name}: the transaction block ended"
                     f" in state {status.name}; nothing was saved"
                 )
-            await conn.execute(self._sql.save, params)
+            if fence is None:
+                await conn.execute(self._sql.save, params)
+            else:
+                cursor = await conn.execute(self._fenced(_FENCED.save, fence), params)
+                if cursor.rowcount == 0:
+                    # The activity's writes go with the tail: none of them commit.
+                    raise LeaseLost(
+                        f"tail store {self._name}: transaction rolled back: segment"
+                        f" {fence.segment}'s lease (epoch {fence.epoch}) is no longer held"
+                    )
             await conn.execute("COMMIT")
         except BaseException as exc:
             await self._rollback(conn)

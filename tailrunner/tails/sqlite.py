@@ -19,7 +19,7 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -41,6 +41,9 @@ from tailrunner.tails.store import (
     TailRecord,
     check_retention,
 )
+
+if TYPE_CHECKING:
+    from tailrunner.sql.fencing import Fence
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +188,10 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
         except sqlite3.Error as exc:
             log.error("rollback failed", path=self._path, error=str(exc))
 
-    async def _save_and_commit(self, conn: sqlite3.Connection, params: tuple[object, ...]) -> None:
+    async def _save_and_commit(
+        self, conn: sqlite3.Connection, params: tuple[object, ...], fence: Fence | None
+    ) -> None:
+        # ``fence`` is always None: this store does not fence (``_fences``).
         try:
             await anyio.to_thread.run_sync(_save_and_commit, conn, params)
         except sqlite3.Error as exc:

@@ -82,6 +82,10 @@ class RunRecord:
     #: The error of a failed run: its traceback, bounded
     #: (:data:`MAX_ERROR_TEXT`), whose last line is ``"ValueError: bad event"``.
     error: str | None = None
+    #: Scale-out: the incarnation id of the runner that ran it, and the
+    #: epoch of the segment lease it ran under; ``None`` with one runner.
+    owner: str | None = None
+    epoch: int | None = None
 
 
 def query_cursor(record: TailRecord) -> QueryCursor:

@@ -352,7 +352,7 @@ async def test_sqlite_a_version_1_file_is_upgraded_keeping_its_rows(tmp_path: Pa
     with sqlite3.connect(path) as conn:
         (version,) = conn.execute("SELECT version FROM tails_schema_version").fetchone()
     conn.close()
-    assert version == len(sqlite_store.MIGRATIONS) == 2
+    assert version == len(sqlite_store.MIGRATIONS) == 3
 
 
 # -- PostgreSQL -------------------------------------------------------------------
@@ -475,7 +475,7 @@ async def test_postgres_a_version_1_schema_is_upgraded_keeping_its_rows(
     with psycopg.connect(postgres_url) as conn:
         query = sql.SQL("SELECT version FROM {}.tails_schema_version").format(ident)
         assert conn.execute(query).fetchall() == [(len(postgres_store.MIGRATIONS),)]
-    assert len(postgres_store.MIGRATIONS) == 2
+    assert len(postgres_store.MIGRATIONS) == 3
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,8 @@
 """Fencing: a write that lands only while its segment's lease is still held.
 
+In the SQL layer because the tail stores fence their own statements;
+:mod:`tailrunner.scaleout` claims and renews the leases.
+
 A runner that paused past its lease (SIGSTOP, a long GC, a cut network)
 may wake up still believing it owns a segment that another runner has
 claimed since. Its writes must then change nothing. So every write a
@@ -33,9 +36,11 @@ import structlog
 from psycopg import sql
 
 from tailrunner.errors import InvalidArgument
-from tailrunner.scaleout.schema import TABLE
 
 log = structlog.get_logger(__name__)
+
+#: The segment-lease table (in the store's schema); :mod:`tailrunner.scaleout.schema` creates it.
+LEASE_TABLE = "segment_leases"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +63,7 @@ class Fence:
             "EXISTS (SELECT 1 FROM {table} WHERE segment = {segment} AND owner = {owner}"
             " AND epoch = {epoch} AND expires_at > now() FOR SHARE)"
         ).format(
-            table=sql.Identifier(self.schema, TABLE),
+            table=sql.Identifier(self.schema, LEASE_TABLE),
             segment=sql.Literal(self.segment),
             owner=sql.Literal(self.owner),
             epoch=sql.Literal(self.epoch),
