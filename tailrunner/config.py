@@ -42,6 +42,9 @@ from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.logs import LOG_FORMATS, LogFormat
 from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
+from tailrunner.scaleout.balance import DEFAULT_SLACK
+from tailrunner.scaleout.leases import DEFAULT_LEASE, MAX_LEASE
+from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS
 from tailrunner.stores import parse_store_url, redact
 
 __all__ = [
@@ -56,6 +59,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "PluginsConfig",
+    "ScaleoutConfig",
     "TailsConfig",
     "load_config",
     "parse_duration",
@@ -232,6 +236,36 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ScaleoutConfig:
+    """``[scaleout]``: several runners share the tasks on one PostgreSQL.
+
+    Tasks hash into ``segments``; each runner claims a fair share of them
+    with a lease on the tail store's database (``tails.store`` must be
+    ``postgresql://…``; the lease table sits in ``tails.postgres_schema``),
+    renewed every third of ``lease``, and runs only their tasks. Every tail
+    write is fenced by the lease, so a runner that lost it writes nothing.
+
+    :ivar enabled: share the work; off: this runner runs every task.
+    :ivar segments: how many segments tasks hash into; every runner of a
+        cluster must use the same number.
+    :ivar lease: how long a lease lasts unless renewed: a dead runner's
+        tasks move to the others after about this long.
+    :ivar slack: segments a runner may hold beyond its even share.
+    """
+
+    enabled: bool = field(default=False, metadata=_key(lambda p: p.boolean))
+    segments: int = field(
+        default=DEFAULT_SEGMENTS,
+        metadata=_key(lambda p: p.integer(minimum=1, maximum=MAX_SEGMENTS)),
+    )
+    lease: float = field(
+        default=DEFAULT_LEASE,
+        metadata=_key(lambda p: p.duration(positive=True, maximum=MAX_LEASE)),
+    )
+    slack: int = field(default=DEFAULT_SLACK, metadata=_key(lambda p: p.integer(minimum=0)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """The whole configuration, validated. Build it with :func:`load_config`.
 
@@ -252,6 +286,7 @@ class Config:
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    scaleout: ScaleoutConfig = field(default_factory=ScaleoutConfig)
     path: Path | None = None
     origins: Mapping[str, str] = field(default_factory=lambda: _EMPTY, repr=False, compare=False)
 
@@ -683,6 +718,15 @@ class _Parser:
             activity_limits=sections["activities"].limits,
             reconnect=sections["journal"].reconnect,
         )
+        scaleout: ScaleoutConfig = sections["scaleout"]
+        store: str = sections["tails"].store
+        if scaleout.enabled and not store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(
+                f"scaleout.enabled = true in {self.sources.of(('scaleout', 'enabled'))}: needs"
+                f" tails.store = postgresql://… (it is {_show(redact(store))}, from"
+                f" {self.sources.of(('tails', 'store'))}): the runners share their leases and"
+                " fence every tail write in one PostgreSQL database"
+            )
         return Config(
             **sections,
             path=path,
@@ -862,20 +906,28 @@ class _Parser:
         return convert
 
     @staticmethod
-    def integer(*, minimum: int) -> _Convert[int]:
+    def integer(*, minimum: int, maximum: int | None = None) -> _Convert[int]:
         def convert(value: Any) -> int | _Bad:
-            if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            if (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= minimum
+                and (maximum is None or value <= maximum)
+            ):
                 return value
-            return _Bad(f"expected a whole number, at least {minimum}")
+            at_most = "" if maximum is None else f", at most {maximum}"
+            return _Bad(f"expected a whole number, at least {minimum}{at_most}")
 
         return convert
 
     @staticmethod
-    def duration(*, positive: bool) -> _Convert[float]:
+    def duration(*, positive: bool, maximum: float | None = None) -> _Convert[float]:
         def convert(value: Any) -> float | _Bad:
             seconds = _duration_seconds(value)
             if seconds is None or (positive and seconds == 0):
                 return _Bad(f"expected {'a positive' if positive else 'a'} {_DURATION_ALLOWED[2:]}")
+            if maximum is not None and seconds > maximum:
+                return _Bad(f"expected at most {maximum:g} seconds")
             return seconds
 
         return convert

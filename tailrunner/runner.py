@@ -5,6 +5,10 @@ interval and whenever the lazy engine's signal stream says ``resync``, and
 (lazy) by signals for aggregates not seen before. Each new task resumes from
 its stored record (:meth:`~tailrunner.engines.base.Engine.restore`):
 its tail, its state if complete, stopped or suspended, and its backoff.
+
+In a cluster (``membership``) the runner runs only the tasks of the segments
+it holds: a claim starts discovery for them, a lost segment's tasks leave
+the engine at once, and a segment given back is drained between runs first.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from anyio.abc import TaskStatus
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
+from tailrunner.engines.task import Task
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.reconnect import ConnectionWatch
+from tailrunner.scaleout.membership import Membership
 from tailrunner.tails.store import TailRecord, TailStore
 
 log = structlog.get_logger(__name__)
@@ -32,6 +38,10 @@ class Runner:
     """Runs ``activities`` under the engine ``options`` names until cancelled.
 
     The aggregates are listed again every ``options.discovery_interval`` seconds.
+
+    :param membership: scale-out: this runner's part of a cluster (then
+        ``tails`` must write through
+        :class:`~tailrunner.scaleout.fenced_tails.FencedTailStore`).
     """
 
     def __init__(
@@ -41,6 +51,7 @@ class Runner:
         tails: TailStore,
         activities: Sequence[Activity],
         options: EngineOptions,
+        membership: Membership | None = None,
     ) -> None:
         if not activities:
             raise ValueError("the runner needs at least one activity")
@@ -50,6 +61,8 @@ class Runner:
         self._discovery_interval = options.discovery_interval
         self._reconnect = options.reconnect
         self._rediscover = anyio.Event()
+        self._membership = membership
+        self._shutdown_grace = options.shutdown_grace
         self.engine: Engine = build_engine(
             options,
             journal=journal,
@@ -57,7 +70,12 @@ class Runner:
             activities=self._activities,
             on_unknown=self._discover_one,
             on_resync=self._request_discovery,
+            ownership=membership,
         )
+        if membership is not None:
+            membership.on_claimed = self._segments_claimed
+            membership.on_lost = self._segments_lost
+            membership.drain = self._drain
         #: Set once the first discovery pass has started every known task.
         self.discovered = anyio.Event()
 
@@ -68,10 +86,59 @@ class Runner:
             engine=self.engine.name,
             activities=[a.name for a in self._activities],
         )
+        membership = self._membership
         async with anyio.create_task_group() as tg:
+            if membership is not None:
+                # The first claim before the first discovery: it finds them.
+                await tg.start(membership.run)
             await tg.start(self.engine.run)
             tg.start_soon(self._discovery_loop)
             task_status.started()
+            if membership is not None:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    # Hand the segments back (tails flushed) so that the
+                    # others need not wait for the leases to expire.
+                    with anyio.CancelScope(shield=True):
+                        with anyio.move_on_after(
+                            2 * self._shutdown_grace + membership.leases.heartbeat
+                        ):
+                            await membership.leave()
+
+    def _segments_claimed(self, segments: frozenset[int]) -> None:
+        self._request_discovery()
+
+    def _in_segments(self, segments: frozenset[int]) -> list[Task]:
+        membership = self._membership
+        assert membership is not None
+        return [
+            task
+            for task in self.engine.tasks()
+            if membership.segment(task.activity.name, task.aggregate.id) in segments
+        ]
+
+    def _segments_lost(self, segments: frozenset[int]) -> None:
+        self.engine.retire(self._in_segments(segments))
+
+    async def _drain(self, segments: frozenset[int]) -> None:
+        assert self._membership is not None
+        # Runs get half a beat to end by themselves (a lazy run is short).
+        await self.engine.evict(
+            self._in_segments(segments), wait=self._membership.leases.heartbeat / 2
+        )
+
+    def _may_start(self, snapshot: dict[int, int], act: Activity, aggregate_id: UUID) -> bool:
+        """Whether this runner runs the task: always alone; in a cluster, if its segment's held.
+
+        ``snapshot`` was taken before the task's stored record was read, so
+        the record is the one the segment's previous owner left.
+        """
+        membership = self._membership
+        return membership is None or membership.still_held(snapshot, act.name, aggregate_id)
+
+    def _snapshot(self) -> dict[int, int]:
+        return {} if self._membership is None else self._membership.snapshot()
 
     def _request_discovery(self) -> None:
         self._rediscover.set()
@@ -107,6 +174,7 @@ class Runner:
         :returns: how many tasks it started.
         """
         started = 0
+        snapshot = self._snapshot()
         stored: dict[str, dict[UUID, TailRecord]] = {}
         for aggregate_type in sorted({t for a in self._activities for t in a.aggregate_types}):
             following = [a for a in self._activities if aggregate_type in a.aggregate_types]
@@ -118,6 +186,8 @@ class Runner:
                 for info in page:
                     for act in following:
                         if self.engine.find(act.name, info.id) is not None:
+                            continue
+                        if not self._may_start(snapshot, act, info.id):
                             continue
                         if act.name not in stored:
                             stored[act.name] = dict(await self._tails.load(act.name))
@@ -131,12 +201,19 @@ class Runner:
         return started
 
     async def _discover_one(self, aggregate: AggregateRef) -> None:
+        snapshot = self._snapshot()
         for act in self._activities:
             if (
                 aggregate.type in act.aggregate_types
                 and self.engine.find(act.name, aggregate.id) is None
+                and self._may_start(snapshot, act, aggregate.id)
             ):
-                self._start(act, aggregate, await self._tails.get(act.name, aggregate.id))
+                record = await self._tails.get(act.name, aggregate.id)
+                # Not started meanwhile (another signal), nor lost.
+                if self.engine.find(act.name, aggregate.id) is None and self._may_start(
+                    snapshot, act, aggregate.id
+                ):
+                    self._start(act, aggregate, record)
 
     def _start(self, act: Activity, aggregate: AggregateRef, record: TailRecord | None) -> None:
         if record is None:

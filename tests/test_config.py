@@ -565,3 +565,68 @@ def test_every_public_class_of_the_config_module_is_exported() -> None:
         and value.__module__ == config.__name__
     }
     assert public <= set(config.__all__), sorted(public - set(config.__all__))
+
+
+# -- [scaleout] ----------------------------------------------------------------------
+
+
+def test_scaleout_is_off_by_default_with_the_documented_settings() -> None:
+    scaleout = load_config(None, {}).scaleout
+    assert (scaleout.enabled, scaleout.segments, scaleout.lease, scaleout.slack) == (
+        False,
+        64,
+        15.0,
+        1,
+    )
+
+
+def test_scaleout_reads_its_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[tails]\nstore = "postgresql://u:secret@db/x"\n'
+        '[scaleout]\nenabled = true\nsegments = 8\nlease = "3s"\nslack = 0\n',
+    )
+    scaleout = load_config(path, {}).scaleout
+    assert (scaleout.enabled, scaleout.segments, scaleout.lease, scaleout.slack) == (
+        True,
+        8,
+        3.0,
+        0,
+    )
+
+
+def test_scaleout_needs_the_tails_on_postgresql_and_names_both_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, '[tails]\nstore = "sqlite:///t.db"\n[scaleout]\nenabled = true\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    message = str(info.value)
+    assert "scaleout.enabled = true" in message and "tails.store = postgresql://" in message
+    assert str(path) in message
+
+
+def test_scaleout_error_names_the_environment_variable_it_came_from(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None,
+            {
+                "TAILRUNNER_SCALEOUT__ENABLED": "true",
+                "TAILRUNNER_TAILS__STORE": "memory:",
+            },
+        )
+    assert "TAILRUNNER_SCALEOUT__ENABLED" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("segments", "0", "at least 1, at most 4096"),
+        ("segments", "4097", "at least 1, at most 4096"),
+        ("lease", '"0s"', "a positive"),
+        ("lease", '"2h"', "at most 3600 seconds"),
+        ("slack", "-1", "at least 0"),
+    ],
+)
+def test_bad_scaleout_values_are_named(tmp_path: Path, key: str, value: str, expected: str) -> None:
+    path = write(tmp_path, f"[scaleout]\n{key} = {value}\n")
+    with pytest.raises(ConfigError, match=f"scaleout.{key} = .*{expected}"):
+        load_config(path, {})

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
@@ -19,6 +21,7 @@ from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerEr
 from tailrunner.journal.client import JournalClient
 from tailrunner.runner import Runner
 from tailrunner.tails.open import open_tail_store
+from tailrunner.tails.store import TailStore
 
 log = structlog.get_logger(__name__)
 
@@ -82,25 +85,48 @@ async def _run(config: Config) -> None:
     token = os.environ.get(config.admin.token_env) or None
     runner: Runner | None = None
     try:
-        async with JournalClient.connect(
-            config.journal.address, reconnect=config.journal.reconnect
-        ) as journal:
+        async with AsyncExitStack() as stack:
+            journal = await stack.enter_async_context(
+                JournalClient.connect(config.journal.address, reconnect=config.journal.reconnect)
+            )
+            membership = None
+            writes: TailStore = tails
+            if config.scaleout.enabled:
+                from tailrunner.scaleout.cluster import join_cluster
+
+                member = await stack.enter_async_context(
+                    join_cluster(
+                        config.tails.store,
+                        tails,
+                        segments=config.scaleout.segments,
+                        lease=config.scaleout.lease,
+                        slack=config.scaleout.slack,
+                        about=f"{socket.gethostname()} pid {os.getpid()}"
+                        f" {config.engine.kind} admin {config.admin.listen}",
+                    )
+                )
+                membership, writes = member.membership, member.tails
             runner = Runner(
                 journal=journal,
-                tails=tails,
+                tails=writes,
                 activities=activities,
                 options=config.engine,
+                membership=membership,
             )
             # Observing from before the first run, so that no run is missed.
             metrics = Metrics(
-                engine=runner.engine, journal=journal, lag_interval=config.metrics.lag_interval
+                engine=runner.engine,
+                journal=journal,
+                lag_interval=config.metrics.lag_interval,
+                membership=membership,
             )
             admin = AdminServer(
                 engine=runner.engine,
-                tails=tails,
+                tails=writes,
                 journal=journal,
                 listen=config.admin.listen,
                 token=token,
+                membership=membership,
             )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with admin, anyio.create_task_group() as tg:
@@ -118,6 +144,7 @@ async def _run(config: Config) -> None:
                     log.info(
                         "running",
                         engine=config.engine.kind,
+                        incarnation=None if membership is None else membership.incarnation,
                         journal=config.journal.address,
                         admin=admin.address,
                         auth=token is not None,

@@ -23,7 +23,7 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -38,11 +38,13 @@ from ulid import ULID
 from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import RunResult, run_once
 from tailrunner.engines.options import EngineOptions
+from tailrunner.engines.ownership import TaskOwnership
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import FINAL_STATES, TIMED_STATES, Task, Waiting
 from tailrunner.errors import (
     EngineStopped,
     JournalUnavailable,
+    LeaseLost,
     StoreError,
     TaskNotControllable,
 )
@@ -74,6 +76,16 @@ class Control:
     error: Exception | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _RunStart:
+    """Scale-out: the lease a run started under, and when and from which tail."""
+
+    owner: str
+    epoch: int
+    started_at: datetime
+    tail_before: ULID | None
+
+
 #: A task's next state, and the loop time of its timer if it waits for one.
 NextState = tuple[TaskState, float | None]
 
@@ -86,6 +98,8 @@ class Engine:
     :param journal: where streams are opened.
     :param tails: where tails are stored before an outcome is acted on.
     :param activities: the activities this engine may run.
+    :param ownership: scale-out: which tasks this runner may run now (the
+        segments it holds); ``None``: every task is this engine's.
     """
 
     name: ClassVar[str]
@@ -99,8 +113,16 @@ class Engine:
         journal: JournalApi,
         tails: TailStore,
         activities: Sequence[Activity],
+        ownership: TaskOwnership | None = None,
     ) -> None:
         self._options = options
+        self._ownership = ownership
+        #: Scale-out: the lease each run started under, and when and where.
+        self._run_starts: dict[Task, _RunStart] = {}
+        #: Scale-out: runs cut short (shutdown, eviction), for their run records.
+        self._cut_runs: dict[Task, _RunStart] = {}
+        #: Scale-out: tasks whose runs :meth:`evict` is ending.
+        self._evicting: set[Task] = set()
         self._journal = journal
         self._tails = tails
         self._activities = {a.name: a for a in activities}
@@ -180,6 +202,13 @@ class Engine:
         stored = record.state
         if record.completed:
             stored = TaskState.COMPLETE
+        if stored is TaskState.RUNNING and self._ownership is not None:
+            # A cluster marks each run RUNNING before it starts (fenced): a
+            # record still RUNNING was cut short (its runner died or lost the
+            # lease). It counts as an attempt, so an event that kills
+            # runners is suspended after max_attempts, not handed on forever.
+            self._cut_short(task)
+            return task
         if stored in FINAL_STATES:
             self._set_state(task, stored)
         elif stored in TIMED_STATES and record.next_run_at is not None:
@@ -187,6 +216,115 @@ class Engine:
         else:
             self._set_state(task, TaskState.PENDING)
         return task
+
+    def _cut_short(self, task: Task) -> None:
+        task.errors += 1
+        task.failures += 1
+        task.last_error = "the run was cut short: its runner died or lost its segment's lease"
+        policy = self._policy(task)
+        log.warning("run cut short", attempt=task.errors, **task.log_fields())
+        if policy.exhausted(task.errors):
+            self._set_state(task, TaskState.SUSPENDED)
+            log.error("suspended", error=task.last_error, attempts=task.errors, **task.log_fields())
+            # Stored by the unsaved loop, so the suspension survives a restart.
+            self._unsaved.add(task)
+            self._unsaved_added.set()
+        else:
+            self._set_state(
+                task, TaskState.RETRY, anyio.current_time() + policy.delay(task.failures)
+            )
+
+    def retire(self, tasks: Iterable[Task]) -> list[Task]:
+        """Scale-out: the tasks' segment is lost; drop them now, writing nothing more.
+
+        A running task's run is cancelled; whatever it still tries to store
+        is refused (its lease is gone, and a retired task writes nothing).
+        Their new owner starts them again from the stored tails. Returns
+        the tasks retired.
+        """
+        retired = []
+        for task in tasks:
+            if task.retired:
+                continue
+            task.retired = True
+            task.generation += 1  # voids its timers and ready-queue entries
+            siblings = self._tasks.get(task.aggregate.id)
+            if siblings is not None and task in siblings:
+                siblings.remove(task)
+                self._task_count -= 1
+                if not siblings:
+                    del self._tasks[task.aggregate.id]
+            self._unsaved.discard(task)
+            self._cut_runs.pop(task, None)
+            scope = self._run_scopes.get(task)
+            if scope is not None:
+                scope.cancel()
+            for control in task.controls or ():
+                if not control.applied.is_set():
+                    control.error = LeaseLost(
+                        f"task {task.activity.name}/{task.aggregate.id}: its segment moved to"
+                        f" another runner before {control.action} was applied"
+                    )
+                    control.applied.set()
+            retired.append(task)
+        if retired:
+            log.info("tasks handed over", tasks=len(retired), engine=self.name)
+        return retired
+
+    async def evict(self, tasks: Iterable[Task], *, wait: float) -> None:
+        """Scale-out: give the tasks up between runs, tails flushed, then :meth:`retire` them.
+
+        The caller has already kept new runs of them from starting (their
+        segment is draining). Runs going on get ``wait`` seconds to end by
+        themselves; the rest are cancelled, saving their progress. A task
+        whose run was cut is stored ``PENDING`` (not ``RUNNING``: its next
+        owner must not count it as a crashed attempt). Writes are still
+        fenced by the lease, which the caller releases afterwards.
+        """
+        evicted = [task for task in tasks if not task.retired]
+        self._evicting.update(evicted)
+        try:
+            with anyio.move_on_after(wait):
+                await self._until_no_runs(evicted)
+            for task in evicted:
+                scope = self._run_scopes.get(task)
+                if scope is not None:
+                    scope.cancel()
+            with anyio.move_on_after(self._shutdown_grace):
+                await self._until_no_runs(evicted)
+            for task in evicted:
+                cut = self._cut_runs.pop(task, None)
+                if task.retired or task in self._runs:
+                    continue
+                if task.state is TaskState.RUNNING:
+                    # The cut run goes in the run log too (the lease it held,
+                    # how far it got), so the log shows every run's span.
+                    run = None if cut is None else self._cut_run_record(task, cut)
+                    await self._save(task, TaskState.PENDING, None, run)
+                elif task in self._unsaved and not task.busy:
+                    await self._save(task, task.state, task.due, None)
+        finally:
+            self._evicting.difference_update(evicted)
+            self.retire(evicted)
+
+    def _cut_run_record(self, task: Task, cut: _RunStart) -> RunRecord:
+        return RunRecord(
+            activity=task.activity.name,
+            aggregate=task.aggregate,
+            attempt=task.errors + 1,
+            started_at=cut.started_at,
+            finished_at=datetime.now(UTC),
+            tail_before=cut.tail_before,
+            tail_after=task.tail,
+            outcome=OutcomeKind.STOPPED,
+            owner=cut.owner,
+            epoch=cut.epoch,
+        )
+
+    async def _until_no_runs(self, tasks: Sequence[Task]) -> None:
+        while any(task in self._runs for task in tasks):
+            self._runs_changed = anyio.Event()
+            await self._runs_changed.wait()
 
     def add_observer(self, observer: RunObserver) -> None:
         """Call ``observer`` after every run (the task already has its next state).
@@ -459,9 +597,14 @@ class Engine:
         if limit is not None and self._running_by_activity[name] >= limit:
             return None
         queue = self._ready[name]
+        ownership = self._ownership
         while queue:
             task, generation = queue.popleft()
             if generation == task.generation and task.state is TaskState.PENDING and not task.busy:
+                if ownership is not None and not ownership.allows(name, task.aggregate.id):
+                    # Its segment is lost (it is retired meanwhile) or being
+                    # given back (evict retires it): it never runs here again.
+                    continue
                 return task
         return None
 
@@ -489,6 +632,12 @@ class Engine:
         task.due = None
         task.signalled = False
         task.controls = []
+        if self._ownership is not None:
+            lease = self._ownership.lease(task.activity.name, task.aggregate.id)
+            if lease is not None:
+                self._run_starts[task] = _RunStart(
+                    lease.owner, lease.epoch, datetime.now(UTC), task.tail
+                )
         self._running += 1
         self._running_by_activity[task.activity.name] += 1
         # A run is an asyncio task of its own, not a child of a task group:
@@ -522,6 +671,8 @@ class Engine:
                 self._run_scopes[task] = outer
                 if self._stopping:
                     outer.cancel()
+                if self._ownership is not None and not await self._mark_running(task):
+                    return
                 result = await run_once(
                     task,
                     journal=self._journal,
@@ -541,6 +692,9 @@ class Engine:
         finally:
             del self._run_scopes[task]
             del self._runs[task]
+            start = self._run_starts.pop(task, None)
+            if not settled and start is not None and not task.retired:
+                self._cut_runs[task] = start
             self._running -= 1
             self._running_by_activity[task.activity.name] -= 1
             if not settled:
@@ -548,8 +702,22 @@ class Engine:
             self._runs_changed.set()
             self._poke()
 
+    async def _mark_running(self, task: Task) -> bool:
+        """Scale-out: store the task as ``RUNNING`` before its run; whether it may run.
+
+        The write is fenced: it proves the lease right before the run, and
+        a runner that dies during the run leaves the mark, so the next
+        owner counts the run as an attempt (:meth:`restore`).
+        """
+        if await self._save(task, TaskState.RUNNING, None, None):
+            return True
+        if not task.retired:
+            # The store failed: not run, and not settled: retried after a backoff.
+            log.warning("run not started: its mark was not stored", **task.log_fields())
+        return False
+
     def _unsettled(self, task: Task) -> None:
-        """A run ended without settling (shutdown, or an engine defect)."""
+        """A run ended without settling (shutdown, an engine defect, or a lost lease)."""
         controls, task.controls = task.controls or [], None
         for control in controls:
             control.error = EngineStopped(
@@ -557,6 +725,8 @@ class Engine:
                 f" {control.action} was applied"
             )
             control.applied.set()
+        if task.retired or task in self._evicting:
+            return  # leaving the engine: evict stores what is left, or nothing may be
         if not self._stopping and task.state is TaskState.RUNNING:
             delay = self._policy(task).delay(max(task.failures, 1))
             self._set_state(task, TaskState.RETRY, anyio.current_time() + delay)
@@ -626,6 +796,15 @@ class Engine:
             if not task.controls:
                 break
         task.controls = None
+        if task.retired:
+            # The lease went while it stored: the next owner decides.
+            for control in applied:
+                control.error = control.error or LeaseLost(
+                    f"task {task.activity.name}/{task.aggregate.id}: its segment moved to"
+                    " another runner"
+                )
+                control.applied.set()
+            return
         if not saved:
             if state in FINAL_STATES:
                 # Not durable yet: keep the state (the task must not run
@@ -694,6 +873,8 @@ class Engine:
         self, task: Task, state: TaskState, due: float | None, run: RunRecord | None
     ) -> bool:
         """Save the task's record (and the run's); ``False`` when the store failed."""
+        if task.retired:
+            return False
         record = self._tail_record(task, state, due)
         try:
             with anyio.CancelScope(shield=True):
@@ -701,6 +882,10 @@ class Engine:
                     await self._tails.save(record)
                 else:
                     await self._tails.save_with_run(record, run)
+        except LeaseLost as exc:
+            # Fenced: nothing written; the task is retired by now.
+            log.info("not stored: lease lost", error=str(exc), **task.log_fields())
+            return False
         except Exception as exc:
             log.error(
                 "tail store failed", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
@@ -715,6 +900,9 @@ class Engine:
             self._unsaved_added = anyio.Event()
             while self._unsaved:
                 for task in list(self._unsaved):
+                    if task.retired:
+                        self._unsaved.discard(task)
+                        continue
                     # A busy task is stored by its own settle.
                     if not task.busy and await self._save(task, task.state, task.due, None):
                         self._unsaved.discard(task)
@@ -725,6 +913,8 @@ class Engine:
             failures = 0
 
     def _run_record(self, task: Task, result: RunResult, attempt: int) -> RunRecord:
+        start = self._run_starts.get(task)
+        owner, epoch = (None, None) if start is None else (start.owner, start.epoch)
         return RunRecord(
             activity=task.activity.name,
             aggregate=task.aggregate,
@@ -736,6 +926,8 @@ class Engine:
             events_seen=result.events_seen,
             outcome=result.kind,
             error=result.traceback,
+            owner=owner,
+            epoch=epoch,
         )
 
     def _tail_record(
@@ -756,8 +948,8 @@ class Engine:
         )
 
     async def _save_checkpoint(self, task: Task, tail: ULID | None) -> None:
-        if tail == task.tail:
-            return
+        if tail == task.tail or task.retired:
+            return  # a retired task's run is being cancelled: nothing to store
         record = replace(self._tail_record(task), tail=tail)
         with anyio.CancelScope(shield=True):
             await self._tails.save(record)
@@ -777,6 +969,11 @@ class Engine:
 
     @asynccontextmanager
     async def _transaction(self, task: Task, tail: ULID | None) -> AsyncIterator[Any]:
+        if task.retired:
+            raise LeaseLost(
+                f"task {task.activity.name}/{task.aggregate.id}: its segment moved to another"
+                " runner; the transaction was not begun"
+            )
         record = replace(self._tail_record(task), tail=tail)
         async with self._tails.transaction(record) as conn:
             yield conn

@@ -27,6 +27,7 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
+from tailrunner.engines.ownership import TaskOwnership
 from tailrunner.engines.task import Task, Waiting
 from tailrunner.journal.api import JournalApi
 from tailrunner.states import TaskState, WaitReason
@@ -57,8 +58,11 @@ class CronEngine(Engine):
         tails: TailStore,
         activities: Sequence[Activity],
         clock: Callable[[], datetime] = _utc_now,
+        ownership: TaskOwnership | None = None,
     ) -> None:
-        super().__init__(options, journal=journal, tails=tails, activities=activities)
+        super().__init__(
+            options, journal=journal, tails=tails, activities=activities, ownership=ownership
+        )
         # A cron expression, when given, wins over the interval.
         cron = options.cron
         interval = None if cron is not None else options.interval

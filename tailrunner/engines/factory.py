@@ -10,6 +10,7 @@ from tailrunner.engines.cron import CronEngine
 from tailrunner.engines.eager import EagerEngine
 from tailrunner.engines.lazy import LazyEngine
 from tailrunner.engines.options import EngineOptions
+from tailrunner.engines.ownership import TaskOwnership
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.tails.store import TailStore
@@ -25,12 +26,14 @@ def build_engine(
     activities: Sequence[Activity],
     on_unknown: Callable[[AggregateRef], Awaitable[None]] | None = None,
     on_resync: Callable[[], None] | None = None,
+    ownership: TaskOwnership | None = None,
 ) -> Engine:
     """The engine ``options.kind`` names, ready to :meth:`~Engine.run`.
 
     :param on_unknown: lazy only: awaited for a signal about an aggregate
         without tasks.
     :param on_resync: lazy only: called when every aggregate must be re-checked.
+    :param ownership: scale-out: which tasks this runner may run now.
     """
     if options.kind == "lazy":
         return LazyEngine(
@@ -40,6 +43,7 @@ def build_engine(
             activities=activities,
             on_unknown=on_unknown,
             on_resync=on_resync,
+            ownership=ownership,
         )
     engine = EagerEngine if options.kind == "eager" else CronEngine
-    return engine(options, journal=journal, tails=tails, activities=activities)
+    return engine(options, journal=journal, tails=tails, activities=activities, ownership=ownership)

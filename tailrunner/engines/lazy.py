@@ -27,6 +27,7 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
+from tailrunner.engines.ownership import TaskOwnership
 from tailrunner.engines.task import Task, Waiting
 from tailrunner.errors import JournalError
 from tailrunner.journal.api import JournalApi
@@ -65,8 +66,11 @@ class LazyEngine(Engine):
         activities: Sequence[Activity],
         on_unknown: UnknownAggregate | None = None,
         on_resync: Callable[[], None] | None = None,
+        ownership: TaskOwnership | None = None,
     ) -> None:
-        super().__init__(options, journal=journal, tails=tails, activities=activities)
+        super().__init__(
+            options, journal=journal, tails=tails, activities=activities, ownership=ownership
+        )
         self._backstop = options.backstop
         self._on_unknown = on_unknown
         self._on_resync = on_resync

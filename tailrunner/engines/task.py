@@ -41,6 +41,7 @@ class Task:
         "generation",
         "last_error",
         "recheck_at",
+        "retired",
         "runs",
         "scope",
         "signalled",
@@ -75,6 +76,9 @@ class Task:
         #: save of a control) a list: the operators' controls that arrived
         #: meanwhile, applied in order when it settles.
         self.controls: list[Control] | None = None
+        #: Scale-out: the task's segment went to another runner; this record
+        #: left the engine and must never run or write again.
+        self.retired = False
 
     @property
     def key(self) -> tuple[str, str]:
