@@ -1,0 +1,1 @@
+"""Fault injection for tests: things that break the network between a runner and its servers."""
