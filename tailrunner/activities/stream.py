@@ -35,6 +35,9 @@ class EventStream:
         before the reader has finished any event).
     :param on_caught_up: awaited when the reader asks for more after a batch
         with ``will_block`` (the engine records progress there).
+    :param on_resumed: awaited before the first events that come after a
+        ``will_block`` batch are handed out (a cluster's engine marks the
+        task as handling events again).
     """
 
     __slots__ = (
@@ -45,6 +48,7 @@ class EventStream:
         "_events_seen",
         "_last_handed",
         "_on_caught_up",
+        "_on_resumed",
         "_settled",
     )
 
@@ -54,9 +58,11 @@ class EventStream:
         *,
         start: ULID | None = None,
         on_caught_up: CaughtUp | None = None,
+        on_resumed: CaughtUp | None = None,
     ) -> None:
         self._batches = batches
         self._caught_up = False
+        self._on_resumed = on_resumed
         self._events_seen = 0
         self._on_caught_up = on_caught_up
         #: The last event of the batches the reader is done with.
@@ -100,8 +106,10 @@ class EventStream:
     async def batches(self) -> AsyncGenerator[EventBatch, None]:
         """The journal's batches as they arrive."""
         async for batch in self._batches:
-            self._caught_up = batch.will_block
             events = batch.events
+            if events and self._caught_up and self._on_resumed is not None:
+                await self._on_resumed()
+            self._caught_up = batch.will_block
             if events:
                 self._events_seen += len(events)
                 self._batch = batch

@@ -76,7 +76,7 @@ class Control:
     error: Exception | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _RunStart:
     """Scale-out: the lease a run started under, and when and from which tail."""
 
@@ -84,6 +84,8 @@ class _RunStart:
     epoch: int
     started_at: datetime
     tail_before: ULID | None
+    #: A watching run's record says ``SLEEPING`` (caught up) since its last write.
+    idle_stored: bool = False
 
 
 #: A task's next state, and the loop time of its timer if it waits for one.
@@ -681,6 +683,7 @@ class Engine:
                     checkpoint=self._save_checkpoint,
                     transaction=self._transaction,
                     on_progress=self._on_progress,
+                    on_resumed=None if self._ownership is None else self._save_handling,
                 )
             if not outer.cancel_called:
                 await self._settle(task, result)
@@ -954,18 +957,63 @@ class Engine:
         with anyio.CancelScope(shield=True):
             await self._tails.save(record)
         task.tail = tail
+        start = self._run_starts.get(task)
+        if start is not None:
+            start.idle_stored = False  # stored RUNNING again: handling events
 
     async def _on_progress(self, task: Task, tail: ULID | None, events: int) -> None:
         # A watching run caught up: store how far it got, so that status,
         # lag and a restart see it although the run does not end.
         try:
-            await self._save_checkpoint(task, tail)
+            if self._ownership is not None:
+                await self._save_caught_up(task, tail)
+            else:
+                await self._save_checkpoint(task, tail)
         except Exception as exc:
             log.warning(
                 "progress not stored", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
             )
         if events:
             self._notify_progress(task, events)
+
+    async def _save_caught_up(self, task: Task, tail: ULID | None) -> None:
+        """Scale-out: a watching run caught up: store it ``SLEEPING``, not ``RUNNING``.
+
+        The ``RUNNING`` mark means "handling events": a runner that dies
+        while a watch waits for events cut no handling short, so its next
+        owner must not count an attempt. The next checkpoint of the run
+        (handling new events) stores ``RUNNING`` again.
+        """
+        start = self._run_starts.get(task)
+        if task.retired or (tail == task.tail and start is not None and start.idle_stored):
+            return
+        record = replace(self._tail_record(task, TaskState.SLEEPING), tail=tail)
+        with anyio.CancelScope(shield=True):
+            await self._tails.save(record)
+        task.tail = tail
+        if start is not None:
+            start.idle_stored = True
+
+    async def _save_handling(self, task: Task) -> None:
+        """Scale-out: a caught-up watch gets new events: store ``RUNNING`` before handing them.
+
+        So a runner that dies handling them leaves the mark, and the next
+        owner counts the attempt (see :meth:`_save_caught_up`).
+        """
+        start = self._run_starts.get(task)
+        if task.retired or start is None or not start.idle_stored:
+            return
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._tails.save(self._tail_record(task))
+        except Exception as exc:
+            # Not the activity's failure: it handles the events unmarked (a
+            # lost lease cancels the run anyway).
+            log.warning(
+                "handling not marked", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
+            )
+            return
+        start.idle_stored = False
 
     @asynccontextmanager
     async def _transaction(self, task: Task, tail: ULID | None) -> AsyncIterator[Any]:
@@ -978,6 +1026,9 @@ class Engine:
         async with self._tails.transaction(record) as conn:
             yield conn
         task.tail = tail
+        start = self._run_starts.get(task)
+        if start is not None:
+            start.idle_stored = False  # stored RUNNING: handling events
 
     # -- internals: time, observers, logs ----------------------------------------
 

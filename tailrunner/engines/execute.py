@@ -54,6 +54,8 @@ CheckpointSaver = Callable[[Task, ULID | None], Awaitable[None]]
 TransactionOpener = Callable[[Task, ULID | None], AbstractAsyncContextManager[Any]]
 #: ``await on_progress(task, tail, events)``: a watching run caught up at ``tail``.
 ProgressSaver = Callable[[Task, ULID | None, int], Awaitable[None]]
+#: ``await on_resumed(task)``: a watching run that had caught up gets new events.
+ResumeSaver = Callable[[Task], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,6 +113,7 @@ async def run_once(
     checkpoint: CheckpointSaver,
     transaction: TransactionOpener | None = None,
     on_progress: ProgressSaver | None = None,
+    on_resumed: ResumeSaver | None = None,
 ) -> RunResult:
     """Run ``task``'s activity once from ``task.tail`` and classify the outcome.
 
@@ -124,6 +127,8 @@ async def run_once(
     :param on_progress: awaited when a watching run's reader catches up
         (``will_block``) with the tail it has finished, so that a stream that
         never ends still records its progress.
+    :param on_resumed: awaited when a watching run that had caught up is
+        about to get new events.
     """
     run = _Run(
         task,
@@ -132,6 +137,7 @@ async def run_once(
         checkpoint=checkpoint,
         transaction=transaction,
         on_progress=on_progress,
+        on_resumed=on_resumed,
     )
     return await run.execute(watch)
 
@@ -148,6 +154,7 @@ class _Run:
         checkpoint: CheckpointSaver,
         transaction: TransactionOpener | None,
         on_progress: ProgressSaver | None,
+        on_resumed: ResumeSaver | None = None,
     ) -> None:
         self.task = task
         self.name = task.activity.name
@@ -158,6 +165,7 @@ class _Run:
         self.checkpoint = checkpoint
         self.transaction = transaction
         self.on_progress = on_progress
+        self.on_resumed = on_resumed
         #: Events already reported to ``on_progress``.
         self.reported = 0
         self.ctx = ActivityContext(
@@ -189,6 +197,7 @@ class _Run:
                         on_caught_up=self.caught_up
                         if watch and self.on_progress is not None
                         else None,
+                        on_resumed=self.resumed if watch and self.on_resumed is not None else None,
                     )
                     if task.activity.auto_checkpoint:
                         self.ctx._stream = self.stream
@@ -282,6 +291,10 @@ class _Run:
         async with self.transaction(self.task, checked) as conn:
             yield conn
         self.ctx._tail = checked  # committed: the tail counts as checkpointed
+
+    async def resumed(self) -> None:
+        assert self.on_resumed is not None
+        await self.on_resumed(self.task)
 
     async def caught_up(self) -> None:
         assert self.on_progress is not None and self.stream is not None

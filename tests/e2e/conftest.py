@@ -67,15 +67,27 @@ def tailrunner_activities():
 '''
 
 
-@pytest.fixture(scope="module")
-def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The plugin, built and installed with pip into its own target folder."""
-    src = tmp_path_factory.mktemp("plugin-src")
-    (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
-    (src / "e2e_recorder").mkdir()
-    (src / "e2e_recorder" / "__init__.py").write_text("")
-    (src / "e2e_recorder" / "hooks.py").write_text(PLUGIN_HOOKS)
-    site = tmp_path_factory.mktemp("plugin-site")
+def build_plugin(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    project: str,
+    package: str,
+    hooks: str,
+    plugin: str,
+) -> Path:
+    """Plugin ``plugin`` (entry point group ``tailrunner``, module ``package.hooks``),
+    built and installed with pip into a target folder of its own; that folder."""
+    src = tmp_path_factory.mktemp(f"{project}-src")
+    pyproject = (
+        PLUGIN_PYPROJECT.replace("e2e-recorder", project)
+        .replace("e2e_recorder", package)
+        .replace("e2e = ", f"{plugin} = ")
+    )
+    (src / "pyproject.toml").write_text(pyproject)
+    (src / package).mkdir()
+    (src / package / "__init__.py").write_text("")
+    (src / package / "hooks.py").write_text(hooks)
+    site = tmp_path_factory.mktemp(f"{project}-site")
     subprocess.run(
         [
             sys.executable,
@@ -91,8 +103,20 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
         check=True,
     )
-    assert list(site.glob("e2e_recorder-1.0.dist-info")), "pip installed no dist-info"
+    assert list(site.glob(f"{package}-1.0.dist-info")), "pip installed no dist-info"
     return site
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The recorder plugin, built and installed with pip into its own target folder."""
+    return build_plugin(
+        tmp_path_factory,
+        project="e2e-recorder",
+        package="e2e_recorder",
+        hooks=PLUGIN_HOOKS,
+        plugin="e2e",
+    )
 
 
 def _free_port() -> int:

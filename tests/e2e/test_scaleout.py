@@ -1,0 +1,470 @@
+"""A cluster on one PostgreSQL: two journal servers, three runners, one killed, one paused.
+
+Real processes: ``tailrunner journal serve`` twice on one journal schema,
+``tailrunner run`` three times with ``[scaleout]`` on one tail schema, and a
+pip-installed plugin whose activity writes each event's effect inside the
+tail store's transaction (the effect commits with the tail, or not at all).
+Appends go to both journal servers in turn, over 500 aggregates.
+
+The story, once per engine (lazy, eager):
+
+1. the three runners share the 64 segments; a round of appends is handled;
+2. during the next round one runner is SIGKILLed: its segments are owned
+   again within lease + 5 s (database clock) and the round completes;
+3. another runner is SIGSTOPped past its lease (a zombie), a round is
+   handled without it, then it is SIGCONTed: it must notice it lost its
+   leases, write nothing under them, and rejoin;
+4. a last round with the two survivors.
+
+Then: every appended event's effect is there exactly once; no two runs of
+a task by different leases overlap in time (from the run records, which
+carry owner and epoch); the zombie wrote no run under its old epochs after
+it was resumed, and counted its lost segments.
+
+This is the bounded CI version: one kill, one pause, four rounds of 500
+events; it stops by itself within a few minutes at most.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+from psycopg import sql
+
+from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.scaleout.segments import segment_of
+
+from .conftest import TAILRUNNER, _free_port, build_plugin
+
+pytestmark = pytest.mark.slow
+
+AGGREGATES = 500
+SEGMENTS = 64
+LEASE = 3.0
+#: Every wait for the cluster is bounded by this (seconds): a hang fails.
+PATIENCE = 90.0
+
+EFFECTS_HOOKS = '''\
+"""Writes each event's effect in the tail store's transaction: exactly once."""
+
+import os
+
+from psycopg import sql
+
+from tailrunner import EOF, activity
+from tailrunner.plugins import hookimpl
+
+TABLE = sql.Identifier(*os.environ["E2E_EFFECTS"].split("."))
+INSERT = sql.SQL("INSERT INTO {} (aggregate_id, event_id, pid) VALUES (%s, %s, %s)").format(TABLE)
+
+
+@activity(name="effects", aggregate_types=["e2e"], auto_checkpoint=False)
+async def effects(ctx, tail, stream):
+    async for batch in stream.batches():
+        if batch.events:
+            last = batch.events[-1].id
+            async with ctx.transaction(last) as conn:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(
+                        INSERT,
+                        [(e.aggregate_id, e.id.bytes, os.getpid()) for e in batch.events],
+                    )
+            tail = last
+        if batch.will_block and ctx.engine != "eager":
+            break  # lazy: caught up; eager: keep watching
+    return EOF(tail)
+
+
+@hookimpl
+def tailrunner_activities():
+    return [effects]
+'''
+
+
+@pytest.fixture(scope="module")
+def effects_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_plugin(
+        tmp_path_factory,
+        project="e2e-effects",
+        package="e2e_effects",
+        hooks=EFFECTS_HOOKS,
+        plugin="e2e-effects",
+    )
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = PATIENCE) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Process:
+    """A tailrunner subprocess whose output goes to a file (never a pipe that could fill)."""
+
+    def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [TAILRUNNER, *args], stdout=self._out, stderr=subprocess.STDOUT, text=True, env=env
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait_line(self, pattern: str) -> re.Match[str]:
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
+            match = re.search(pattern, self.text(), re.MULTILINE)
+            if match:
+                found.append(match)
+            return bool(found)
+
+        wait_for(f"{self.name} to print {pattern!r}", seen, timeout=60)
+        return found[0]
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@dataclass
+class RunnerProc:
+    process: Process
+    incarnation: str
+    metrics: str
+    pid: int
+
+
+class Cluster:
+    def __init__(self, url: str, tmp: Path, engine: str, site: Path) -> None:
+        self.url = url
+        self.tmp = tmp
+        self.engine = engine
+        self.site = site
+        tag = uuid.uuid4().hex[:10]
+        self.journal_schema = f"tailrunner_e2e_j_{tag}"
+        self.tails_schema = f"tailrunner_e2e_t_{tag}"
+        self.processes: list[Process] = []
+        self.journals: list[str] = []
+
+    # -- set-up
+
+    def prepare(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.tails_schema)))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} (aggregate_id uuid NOT NULL, event_id bytea NOT NULL,"
+                    " pid integer NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+                ).format(sql.Identifier(self.tails_schema, "effects"))
+            )
+        store = f"{self.url}?schema={self.journal_schema}"
+        subprocess.run([TAILRUNNER, "journal", "migrate", "--store", store], check=True)
+
+    def start_journal(self, name: str) -> str:
+        address = f"127.0.0.1:{_free_port()}"
+        store = f"{self.url}?schema={self.journal_schema}"
+        process = Process(
+            name,
+            ["journal", "serve", "--listen", address, "--store", store],
+            self.tmp / f"{name}.log",
+            dict(os.environ),
+        )
+        self.processes.append(process)
+        process.wait_line(r"^listening on")
+        self.journals.append(address)
+        return address
+
+    def start_runner(self, name: str, journal: str) -> RunnerProc:
+        config = self.tmp / f"{name}.toml"
+        config.write_text(
+            f"""
+[journal]
+address = "{journal}"
+[engine]
+kind = "{self.engine}"
+capacity = 2000
+discovery_interval = "2s"
+backstop = "10s"
+shutdown_grace = "3s"
+[retry]
+initial = "100ms"
+max_delay = "1s"
+[activities]
+enabled = ["effects"]
+[tails]
+store = "{self.url}"
+postgres_schema = "{self.tails_schema}"
+[log]
+format = "json"
+level = "info"
+[admin]
+listen = "127.0.0.1:0"
+[metrics]
+listen = "127.0.0.1:0"
+[scaleout]
+enabled = true
+segments = {SEGMENTS}
+lease = "{LEASE}s"
+"""
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.site), env.get("PYTHONPATH", "")])
+        env["E2E_EFFECTS"] = f"{self.tails_schema}.effects"
+        process = Process(name, ["run", "--config", str(config)], self.tmp / f"{name}.log", env)
+        self.processes.append(process)
+        metrics = process.wait_line(r"^metrics on (\S+)").group(1)
+        running = process.wait_line(r'^\{.*"event": "running".*\}$')
+        incarnation = json.loads(running.group(0))["incarnation"]
+        return RunnerProc(process, incarnation, metrics, process.proc.pid)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def drop(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for schema in (self.journal_schema, self.tails_schema):
+                conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
+                )
+
+    # -- what the database says
+
+    def query(self, text: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            query = sql.SQL(text).format(schema=sql.Identifier(self.tails_schema))
+            return conn.execute(query, params).fetchall()
+
+    def now(self) -> datetime:
+        (row,) = self.query("SELECT now()")
+        value = row[0]
+        assert isinstance(value, datetime)
+        return value
+
+    def owners(self) -> dict[int, tuple[str, int, datetime]]:
+        """The live leases: segment → (owner, epoch, acquired_at)."""
+        rows = self.query(
+            "SELECT segment, owner, epoch, acquired_at FROM {schema}.segment_leases"
+            " WHERE owner IS NOT NULL AND expires_at > now()"
+        )
+        return {int(s): (str(o), int(e), a) for s, o, e, a in rows}  # type: ignore[call-overload, misc]
+
+    def effects(self) -> Counter[bytes]:
+        rows = self.query("SELECT event_id FROM {schema}.effects")
+        return Counter(bytes(row[0]) for row in rows)  # type: ignore[arg-type]
+
+    def wait_effects(self, appended: list[bytes]) -> None:
+        wanted = set(appended)
+        wait_for(
+            f"the effects of {len(wanted)} events",
+            lambda: wanted <= set(self.effects()),
+        )
+
+    def wait_shared_by(self, runners: list[RunnerProc]) -> dict[int, tuple[str, int, datetime]]:
+        """Until every segment is live, owned only by ``runners``, each holding some."""
+        names = {r.incarnation for r in runners}
+        result: list[dict[int, tuple[str, int, datetime]]] = []
+
+        def shared() -> bool:
+            owners = self.owners()
+            held = Counter(owner for owner, _, _ in owners.values())
+            if len(owners) == SEGMENTS and set(held) == names:
+                result.append(owners)
+                return True
+            return False
+
+        wait_for(f"the segments shared by {len(runners)} runners", shared)
+        return result[-1]
+
+
+class Appender:
+    """Appends one event per aggregate per round, to the journal servers in turn."""
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.channels = [grpc.insecure_channel(address) for address in addresses]
+        self.stubs = [journal_pb2_grpc.JournalStub(channel) for channel in self.channels]
+        self.aggregates = [uuid.uuid4() for _ in range(AGGREGATES)]
+        self.appended: list[bytes] = []
+        self._turn = itertools.count()
+
+    def round(self, halfway: threading.Event | None = None) -> None:
+        for i, aggregate in enumerate(self.aggregates):
+            stub = self.stubs[next(self._turn) % len(self.stubs)]
+            response = stub.Append(
+                journal_pb2.AppendRequest(
+                    aggregate_type="e2e",
+                    aggregate_id=aggregate.bytes,
+                    events=[journal_pb2.NewEvent(type="tick", data=b"{}")],
+                ),
+                timeout=30,
+            )
+            self.appended.append(response.tail)
+            if halfway is not None and i == AGGREGATES // 2:
+                halfway.set()
+
+    def in_background(self) -> tuple[threading.Thread, threading.Event]:
+        halfway = threading.Event()
+        thread = threading.Thread(target=self.round, args=(halfway,))
+        thread.start()
+        return thread, halfway
+
+    def close(self) -> None:
+        for channel in self.channels:
+            channel.close()
+
+
+def metric(runner: RunnerProc, name: str) -> float:
+    with urllib.request.urlopen(runner.metrics, timeout=10) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not in {runner.metrics}"
+    return float(match.group(1))
+
+
+def check_no_overlapping_runs(cluster: Cluster) -> int:
+    """No two runs of one task under different leases overlap; the runs checked."""
+    rows = cluster.query(
+        "SELECT activity, aggregate_id, owner, epoch, started_at, finished_at"
+        " FROM {schema}.tail_runs ORDER BY activity, aggregate_id, started_at"
+    )
+    assert all(row[2] is not None and row[3] is not None for row in rows), "runs carry the lease"
+    for _, runs in itertools.groupby(rows, key=lambda row: (row[0], row[1])):
+        ordered = list(runs)
+        for earlier, later in itertools.pairwise(ordered):
+            if (earlier[2], earlier[3]) != (later[2], later[3]):
+                assert earlier[5] <= later[4], f"runs overlap: {earlier} and {later}"  # type: ignore[operator]
+    return len(rows)
+
+
+@pytest.mark.parametrize("engine", ["lazy", "eager"])
+def test_a_cluster_survives_a_killed_and_a_paused_runner(
+    engine: str, effects_site: Path, postgres_url: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(postgres_url, tmp_path, engine, effects_site)
+    appender: Appender | None = None
+    try:
+        cluster.prepare()
+        a = cluster.start_journal("journal-a")
+        b = cluster.start_journal("journal-b")
+        killed = cluster.start_runner("runner-1", a)
+        zombie = cluster.start_runner("runner-2", b)
+        survivor = cluster.start_runner("runner-3", a)
+        appender = Appender([a, b])
+
+        # 1. Shared three ways; a round handled.
+        cluster.wait_shared_by([killed, zombie, survivor])
+        appender.round()
+        cluster.wait_effects(appender.appended)
+
+        # 2. SIGKILL mid-round: its segments are owned again within lease + 5 s.
+        thread, halfway = appender.in_background()
+        assert halfway.wait(60)
+        before = cluster.owners()
+        its = {s for s, (owner, _, _) in before.items() if owner == killed.incarnation}
+        assert its, "the killed runner held segments"
+        killed_at = cluster.now()
+        killed.process.kill()
+        thread.join(60)
+        after = cluster.wait_shared_by([zombie, survivor])
+        taken = max(after[s][2] for s in its)
+        assert (taken - killed_at).total_seconds() <= LEASE + 5, (killed_at, taken)
+        cluster.wait_effects(appender.appended)
+
+        # 3. SIGSTOP past the lease: the survivor takes everything; SIGCONT.
+        held = {
+            s: epoch
+            for s, (owner, epoch, _) in cluster.owners().items()
+            if owner == zombie.incarnation
+        }
+        assert held, "the zombie held segments"
+        zombie.process.signal(signal.SIGSTOP)
+        try:
+            thread, _ = appender.in_background()
+            cluster.wait_shared_by([survivor])
+            thread.join(60)
+            cluster.wait_effects(appender.appended)
+        finally:
+            resumed_at = cluster.now()
+            zombie.process.signal(signal.SIGCONT)
+        wait_for(
+            "the zombie to count its lost segments",
+            lambda: metric(zombie, "tailrunner_segments_lost_total") >= len(held),
+        )
+        # It rejoins under new epochs: the survivor gives some back.
+        rejoined = cluster.wait_shared_by([zombie, survivor])
+        assert all(
+            epoch > held.get(s, -1)
+            for s, (owner, epoch, _) in rejoined.items()
+            if owner == zombie.incarnation
+        )
+
+        # 4. A last round with the two.
+        appender.round()
+        cluster.wait_effects(appender.appended)
+    finally:
+        if appender is not None:
+            appender.close()
+        cluster.stop_all()
+
+    try:
+        effects = cluster.effects()
+        assert set(effects) == set(appender.appended), "every event handled, none skipped"
+        doubled = [event for event, n in effects.items() if n > 1]
+        assert not doubled, f"{len(doubled)} effects applied twice"
+        assert check_no_overlapping_runs(cluster) > 0
+        # The zombie's runs under its old epochs all ended before it was resumed.
+        after_resume = cluster.query(
+            "SELECT aggregate_id, epoch, finished_at FROM {schema}.tail_runs"
+            " WHERE owner = %s AND finished_at >= %s",
+            (zombie.incarnation, resumed_at),
+        )
+        late = [
+            row
+            for row in after_resume
+            if held.get(segment_of("effects", row[0], SEGMENTS)) == row[1]  # type: ignore[arg-type]
+        ]
+        assert late == [], "the zombie wrote runs under its lost leases"
+    finally:
+        cluster.drop()
