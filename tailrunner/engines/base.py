@@ -1006,6 +1006,10 @@ class Engine:
         try:
             with anyio.CancelScope(shield=True):
                 await self._tails.save(self._tail_record(task))
+        except LeaseLost as exc:
+            # Retired by now, its run being cancelled: the next owner goes on.
+            log.info("not stored: lease lost", error=str(exc), **task.log_fields())
+            return
         except Exception as exc:
             # Not the activity's failure: it handles the events unmarked (a
             # lost lease cancels the run anyway).

@@ -683,6 +683,9 @@ class SegmentLeases:
                 if not retry:
                     raise
                 log.warning("retrying", call=what, error=reason(exc))
+                # A cut network breaks every pooled connection at once: drop
+                # the broken idle ones first, or the retry gets one of them.
+                await self._pool.check()
                 return await run()
         except psycopg.Error as exc:
             raise StoreError(

@@ -141,33 +141,42 @@ class Membership:
         Starts once the first beat has claimed its share (or failed to
         reach the database, which the next beats retry).
         """
-        await self._beat(first=True)
+        renewed = await self._beat(first=True)
         self.joined.set()
         task_status.started()
         while True:
-            await anyio.sleep(self.leases.next_beat())
-            await self._beat(first=False)
+            wait = self.leases.next_beat()
+            if not renewed:
+                # One failed beat must not cost the leases: the local
+                # deadline is two beats after the last renewal.
+                wait = min(wait, self.leases.heartbeat / 4)
+            await anyio.sleep(wait)
+            renewed = await self._beat(first=False)
 
-    async def _beat(self, *, first: bool) -> None:
+    async def _beat(self, *, first: bool) -> bool:
+        """Renew, announce, balance; whether the renewal reached the database."""
         leases = self.leases
         beat = leases.heartbeat
         # Each step is bounded by one beat: a hung database must not keep
         # the loop from losing leases by their local deadlines.
+        renewed = False
         with anyio.move_on_after(beat):
             try:
                 if not first:
                     await leases.renew()
                 await leases.announce(self._about)
+                renewed = True
             except StoreError as exc:
                 log.warning("heartbeat failed", owner=self.incarnation, error=str(exc))
-                leases.expire_overdue()
-                return
         leases.expire_overdue()
+        if not renewed:
+            return False
         with anyio.move_on_after(beat):
             try:
                 await self._balance()
             except StoreError as exc:
                 log.warning("balance failed", owner=self.incarnation, error=str(exc))
+        return True
 
     async def _balance(self) -> None:
         leases = self.leases

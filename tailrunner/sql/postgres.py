@@ -74,6 +74,9 @@ class PooledConnections:
                 if not retry or isinstance(exc, PoolTimeout):
                     raise
                 log.warning("retrying", store=self._label, call=what, error=reason(exc))
+                # A cut network breaks every pooled connection at once: drop
+                # the broken idle ones first, or the retry gets one of them.
+                await self.pool.check()
                 async with self.connection(what) as conn:
                     return await func(conn)
         except StoreError:
