@@ -101,8 +101,7 @@ async def _run(config: Config) -> None:
                         segments=config.scaleout.segments,
                         lease=config.scaleout.lease,
                         slack=config.scaleout.slack,
-                        about=f"{socket.gethostname()} pid {os.getpid()}"
-                        f" {config.engine.kind} admin {config.admin.listen}",
+                        about=f"{socket.gethostname()} pid {os.getpid()} {config.engine.kind}",
                     )
                 )
                 membership, writes = member.membership, member.tails
@@ -136,6 +135,9 @@ async def _run(config: Config) -> None:
                         metrics_port = await tg.start(serve_metrics, metrics, config.metrics.listen)
                     # Operators and tests read the bound addresses (port 0 picks one).
                     click.echo(f"admin on {admin.address}")
+                    if membership is not None:
+                        # The others' status then says where to ask this runner.
+                        membership.about += f" admin {admin.address}"
                     if metrics_port is not None:
                         host = parse_host_port(config.metrics.listen, field="metrics.listen").host
                         metrics_at = format_host_port(host, metrics_port)

@@ -131,7 +131,7 @@ WHERE owner <> %(owner)s
 _ANNOUNCE = """
 INSERT INTO {runners} (owner, started_at, expires_at, about)
 VALUES (%(owner)s, now(), now() + make_interval(secs => %(lease)s), %(about)s)
-ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at
+ON CONFLICT (owner) DO UPDATE SET expires_at = excluded.expires_at, about = excluded.about
 """
 
 # A runner's own row on a clean stop, and rows long expired (crashed runners).

@@ -70,7 +70,8 @@ class Membership:
     ) -> None:
         self.leases = leases
         self._slack = slack
-        self._about = about if about is not None else f"{socket.gethostname()} pid {os.getpid()}"
+        #: What the runner says about itself on every beat (``tailrunner status``).
+        self.about = about if about is not None else f"{socket.gethostname()} pid {os.getpid()}"
         self._draining: set[int] = set()
         self.fenced_writes = FencedWrites()
         self.on_claimed: SegmentsCallback = _ignore
@@ -164,7 +165,7 @@ class Membership:
             try:
                 if not first:
                     await leases.renew()
-                await leases.announce(self._about)
+                await leases.announce(self.about)
                 renewed = True
             except StoreError as exc:
                 log.warning("heartbeat failed", owner=self.incarnation, error=str(exc))

@@ -55,6 +55,7 @@ from .conftest import TAILRUNNER, _free_port, build_plugin
 
 pytestmark = pytest.mark.slow
 
+CLUSTER_CONFIG = Path(__file__).parent.parent.parent / "config" / "postgres.toml"
 AGGREGATES = 500
 SEGMENTS = 64
 LEASE = 3.0
@@ -174,6 +175,7 @@ class RunnerProc:
     incarnation: str
     metrics: str
     pid: int
+    admin: str
 
 
 class Cluster:
@@ -217,47 +219,41 @@ class Cluster:
         return address
 
     def start_runner(self, name: str, journal: str) -> RunnerProc:
-        config = self.tmp / f"{name}.toml"
-        config.write_text(
-            f"""
-[journal]
-address = "{journal}"
-[engine]
-kind = "{self.engine}"
-capacity = 2000
-discovery_interval = "2s"
-backstop = "10s"
-shutdown_grace = "3s"
-[retry]
-initial = "100ms"
-max_delay = "1s"
-[activities]
-enabled = ["effects"]
-[tails]
-store = "{self.url}"
-postgres_schema = "{self.tails_schema}"
-[log]
-format = "json"
-level = "info"
-[admin]
-listen = "127.0.0.1:0"
-[metrics]
-listen = "127.0.0.1:0"
-[scaleout]
-enabled = true
-segments = {SEGMENTS}
-lease = "{LEASE}s"
-"""
-        )
+        """A runner on the documented starting point, ``config/postgres.toml``.
+
+        The environment overrides what a test needs otherwise: its database
+        and schemas, a short lease, fast retries, the plugin's activity only.
+        """
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(self.site), env.get("PYTHONPATH", "")])
         env["E2E_EFFECTS"] = f"{self.tails_schema}.effects"
-        process = Process(name, ["run", "--config", str(config)], self.tmp / f"{name}.log", env)
+        env.update(
+            {
+                "TAILRUNNER_JOURNAL__ADDRESS": journal,
+                "TAILRUNNER_ENGINE__KIND": self.engine,
+                "TAILRUNNER_ENGINE__CAPACITY": "2000",
+                "TAILRUNNER_ENGINE__DISCOVERY_INTERVAL": "2s",
+                "TAILRUNNER_ENGINE__BACKSTOP": "10s",
+                "TAILRUNNER_ENGINE__SHUTDOWN_GRACE": "3s",
+                "TAILRUNNER_RETRY__INITIAL": "100ms",
+                "TAILRUNNER_RETRY__MAX_DELAY": "1s",
+                "TAILRUNNER_ACTIVITIES__ENABLED": '["effects"]',
+                "TAILRUNNER_TAILS__STORE": self.url,
+                "TAILRUNNER_TAILS__POSTGRES_SCHEMA": self.tails_schema,
+                "TAILRUNNER_LOG__FORMAT": "json",
+                "TAILRUNNER_SCALEOUT__SEGMENTS": str(SEGMENTS),
+                "TAILRUNNER_SCALEOUT__LEASE": f"{LEASE}s",
+            }
+        )
+        process = Process(
+            name, ["run", "--config", str(CLUSTER_CONFIG)], self.tmp / f"{name}.log", env
+        )
         self.processes.append(process)
+        admin = process.wait_line(r"^admin on (\S+)").group(1)
         metrics = process.wait_line(r"^metrics on (\S+)").group(1)
         running = process.wait_line(r'^\{.*"event": "running".*\}$')
         incarnation = json.loads(running.group(0))["incarnation"]
-        return RunnerProc(process, incarnation, metrics, process.proc.pid)
+        return RunnerProc(process, incarnation, metrics, process.proc.pid, admin)
 
     def stop_all(self) -> None:
         for process in reversed(self.processes):
@@ -363,6 +359,21 @@ def metric(runner: RunnerProc, name: str) -> float:
     return float(match.group(1))
 
 
+def check_status_shows_the_cluster(asked: RunnerProc, runners: list[RunnerProc]) -> None:
+    """``tailrunner status --json`` names every runner with the segments it holds."""
+    out = subprocess.run(
+        [TAILRUNNER, "status", "--admin", asked.admin, "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    (line,) = [line for line in out.splitlines() if line.startswith('{"cluster"')]
+    view = json.loads(line)["cluster"]
+    assert view["incarnation"] == asked.incarnation
+    held = {row["segment"]: row["owner"] for row in view["segments"] if row["live"]}
+    assert len(held) == SEGMENTS and set(held.values()) == {r.incarnation for r in runners}
+
+
 def check_no_overlapping_runs(cluster: Cluster) -> int:
     """No two runs of one task under different leases overlap; the runs checked."""
     rows = cluster.query(
@@ -397,6 +408,7 @@ def test_a_cluster_survives_a_killed_and_a_paused_runner(
         cluster.wait_shared_by([killed, zombie, survivor])
         appender.round()
         cluster.wait_effects(appender.appended)
+        check_status_shows_the_cluster(survivor, [killed, zombie, survivor])
 
         # 2. SIGKILL mid-round: its segments are owned again within lease + 5 s.
         thread, halfway = appender.in_background()
