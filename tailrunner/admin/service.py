@@ -338,6 +338,12 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             activity, aggregate_id = _task_key(request)
             task = self._engine.find(activity, aggregate_id)
             if task is None:
+                if self._membership is not None and activity in self._engine.activities:
+                    owner = await self._owner_of(activity, aggregate_id)
+                    if owner is not None:
+                        raise TaskNotFound(
+                            f"task {activity}/{aggregate_id}: {owner}; control it there"
+                        )
                 if await self._tails.get(activity, aggregate_id) is not None:
                     raise TaskNotFound(
                         f"task {activity}/{aggregate_id}: this runner does not run it (its"
@@ -378,6 +384,24 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         return reply
 
     # -- listing -------------------------------------------------------------
+
+    async def _owner_of(self, activity: str, aggregate_id: UUID) -> str | None:
+        """Scale-out: which runner holds the task's segment, for a refusal; ``None`` if unknown."""
+        membership = self._membership
+        assert membership is not None
+        segment = membership.segment(activity, aggregate_id)
+        try:
+            rows = await membership.leases.table()
+            runners = {row.owner: row.about for row in await membership.leases.runners()}
+        except StoreError:
+            return None  # the plain refusal then
+        row = next((r for r in rows if r.segment == segment), None)
+        if row is None:
+            return None
+        owner = row.owner if row.live else None
+        if owner == membership.incarnation:
+            return None  # held here: its task starts at the next discovery
+        return _describe_owner(segment, owner, runners.get(owner) if owner else None)
 
     async def _list(self, query: _TaskQuery) -> tuple[list[_Row], str]:
         rows: list[_Row] = []
@@ -617,6 +641,13 @@ def _task_key(request: _TaskRequest) -> tuple[str, UUID]:
     if not request.aggregate_id:
         raise InvalidArgument("aggregate_id", "must not be empty")
     return request.activity, parse_uuid(request.aggregate_id, field="aggregate_id")
+
+
+def _describe_owner(segment: int, owner: str | None, about: str | None) -> str:
+    if owner is None:
+        return f"its segment {segment} is held by no runner right now (it moves within a lease)"
+    where = f" ({about})" if about else ""
+    return f"its segment {segment} is held by runner {owner}{where}, not this one"
 
 
 def _not_found(activity: str, aggregate_id: UUID) -> TaskNotFound:

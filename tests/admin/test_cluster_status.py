@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -290,3 +291,35 @@ async def test_a_runner_that_does_not_share_work_says_so(journal: LoopbackJourna
 )
 def test_segments_are_shown_as_compact_ranges(numbers: list[int], text: str) -> None:
     assert _ranges(numbers) == text
+
+
+def aggregate_in(membership: Membership, segment: int) -> uuid.UUID:
+    while True:
+        candidate = uuid.uuid4()
+        if membership.segment("follow", candidate) == segment:
+            return candidate
+
+
+async def test_a_control_for_another_runners_task_names_that_runner(
+    journal: LoopbackJournal, cluster: Cluster
+) -> None:
+    elsewhere = aggregate_in(cluster.here, 3)  # held by the other runner
+    free = aggregate_in(cluster.here, 5)
+    async with serve_admin(journal, cluster.here) as (_, stub, _runner):
+        with pytest.raises(grpc.aio.AioRpcError) as other:
+            await stub.StopTask(
+                runner_pb2.StopTaskRequest(activity="follow", aggregate_id=str(elsewhere)),
+                metadata=AUTH,
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as nobody:
+            await stub.StopTask(
+                runner_pb2.StopTaskRequest(activity="follow", aggregate_id=str(free)),
+                metadata=AUTH,
+            )
+
+    assert other.value.code() == grpc.StatusCode.NOT_FOUND
+    message = other.value.details() or ""
+    assert f"segment 3 is held by runner {cluster.other.incarnation}" in message
+    assert ABOUT_OTHER in message and "control it there" in message
+    assert nobody.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "segment 5 is held by no runner" in (nobody.value.details() or "")
