@@ -13,4 +13,5 @@ BENCHMARKS = (
     "cron_tick",
     "operation_wait",
     "pg_journal",
+    "scaleout_throughput",
 )
