@@ -89,7 +89,7 @@ class Gate:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def add_listener(self, listener: AppendListener) -> None:
+    def add_listener(self, listener: AppendListener, on_resync: Any = None) -> None:
         self._listeners.append(listener)
 
     def _forward(self, aggregate: AggregateRef, head: ULID) -> None:

@@ -149,7 +149,7 @@ class Subscriber:
 class Hub:
     """Fans out committed appends to :class:`Watcher` and :class:`Subscriber` objects.
 
-    Register :meth:`notify` with the store (``store.add_listener(hub.notify)``).
+    Register :meth:`notify` with the store (``store.add_listener(hub.notify, hub.resync)``).
     Everything runs on the event loop; nothing here blocks.
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import structlog
 from ulid import ULID
 
-from tailrunner.journal.store import AppendListener
+from tailrunner.journal.store import AppendListener, ResyncListener
 from tailrunner.model import AggregateRef
 
 log = structlog.get_logger(__name__)
@@ -14,14 +14,20 @@ log = structlog.get_logger(__name__)
 class Listeners:
     """Holds :data:`~tailrunner.journal.store.AppendListener` callbacks for a store."""
 
-    __slots__ = ("_listeners",)
+    __slots__ = ("_listeners", "_resyncs")
 
     def __init__(self) -> None:
         self._listeners: list[AppendListener] = []
+        self._resyncs: list[ResyncListener] = []
 
-    def add(self, listener: AppendListener) -> None:
-        """Call ``listener`` after every committed append from now on."""
+    def add(self, listener: AppendListener, on_resync: ResyncListener | None = None) -> None:
+        """Call ``listener`` after every committed append from now on.
+
+        ``on_resync`` is called by :meth:`resync`.
+        """
         self._listeners.append(listener)
+        if on_resync is not None:
+            self._resyncs.append(on_resync)
 
     def notify(self, aggregate: AggregateRef, head: ULID) -> None:
         """Tell every listener that ``aggregate`` now ends at ``head``.
@@ -38,15 +44,10 @@ class Listeners:
     def resync(self) -> None:
         """Tell every listener that appends may have been missed (a lost notification link).
 
-        :data:`~tailrunner.journal.store.AppendListener` has no such call, so
-        a listener that is a bound method of an object with a ``resync()``
-        method (:meth:`tailrunner.journal.hub.Hub.resync`) gets that called;
-        plain functions are skipped. Failures are logged, like :meth:`notify`'s.
+        Calls the ``on_resync`` of each :meth:`add` that gave one; failures
+        are logged, like :meth:`notify`'s.
         """
-        for listener in self._listeners:
-            resync = getattr(getattr(listener, "__self__", None), "resync", None)
-            if not callable(resync):
-                continue
+        for resync in self._resyncs:
             try:
                 resync()
             except Exception:

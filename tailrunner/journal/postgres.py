@@ -58,6 +58,7 @@ from tailrunner.journal.pg_notify import NotifyListener, channel_name, payload
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     AppendListener,
+    ResyncListener,
     check_expect_new,
     check_request_id,
     check_request_ids_kept,
@@ -461,8 +462,10 @@ class PostgresJournalStore:
             for id_, type_, head, count in rows
         ]
 
-    def add_listener(self, listener: AppendListener) -> None:
-        self._listeners.add(listener)
+    def add_listener(
+        self, listener: AppendListener, on_resync: ResyncListener | None = None
+    ) -> None:
+        self._listeners.add(listener, on_resync)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -103,7 +103,7 @@ class JournalServer(GrpcServer):
         self._store = store
         self._hub = Hub(max_pending=max_pending_signals)
         self._service = JournalService(store, self._hub, max_event_size=max_event_size)
-        store.add_listener(self._hub.notify)
+        store.add_listener(self._hub.notify, self._hub.resync)
         self._close_store = close_store
         self._local = LocalJournal(store, self._hub)
         self._hosted = [factory(self._local) for factory in services]

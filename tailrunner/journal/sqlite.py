@@ -41,6 +41,7 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     AppendListener,
+    ResyncListener,
     check_expect_new,
     check_request_id,
     check_request_ids_kept,
@@ -289,8 +290,10 @@ class SQLiteJournalStore:
             for id_, type_, head, count in rows
         ]
 
-    def add_listener(self, listener: AppendListener) -> None:
-        self._listeners.add(listener)
+    def add_listener(
+        self, listener: AppendListener, on_resync: ResyncListener | None = None
+    ) -> None:
+        self._listeners.add(listener, on_resync)
 
     async def aclose(self) -> None:
         if self._closed:

@@ -22,6 +22,9 @@ from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, N
 #: store whose appends can come from other processes (PostgreSQL with
 #: LISTEN/NOTIFY) calls it for those too. Listeners must not block.
 AppendListener = Callable[[AggregateRef, ULID], None]
+#: Called when appends may have been missed (a store whose appends also come
+#: from other processes lost its link to them): re-check every aggregate.
+ResyncListener = Callable[[], None]
 
 #: The longest request id an append may carry, in characters.
 MAX_REQUEST_ID_LENGTH = 128
@@ -132,8 +135,15 @@ class JournalStore(Protocol):
         """Up to ``limit`` aggregates ordered by id (bytes order), ids above ``after_id``."""
         ...
 
-    def add_listener(self, listener: AppendListener) -> None:
-        """Call ``listener`` after every committed append."""
+    def add_listener(
+        self, listener: AppendListener, on_resync: ResyncListener | None = None
+    ) -> None:
+        """Call ``listener`` after every committed append, and ``on_resync`` if some were missed.
+
+        Appends of this store are never missed; a store shared by several
+        servers (PostgreSQL) hears the others' appends over a link that may
+        drop, and calls ``on_resync`` when it comes back.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -215,12 +215,12 @@ async def test_hub_resync_wakes_watchers_and_owes_subscribers_a_resync() -> None
         assert await watcher.wait()
 
 
-async def test_listeners_resync_reaches_bound_hubs_and_skips_plain_functions() -> None:
+async def test_listeners_resync_calls_each_on_resync_and_no_append_listener() -> None:
     hub = Hub()
     listeners = Listeners()
     heard: list[AggregateRef] = []
     listeners.add(lambda aggregate, head: heard.append(aggregate))
-    listeners.add(hub.notify)
+    listeners.add(hub.notify, hub.resync)
     with hub.subscribe() as subscriber:
         await subscriber.take()
         listeners.resync()
