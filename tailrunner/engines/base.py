@@ -125,6 +125,9 @@ class Engine:
         self._cut_runs: dict[Task, _RunStart] = {}
         #: Scale-out: tasks whose runs :meth:`evict` is ending.
         self._evicting: set[Task] = set()
+        #: Scale-out: retired tasks whose runs have not ended yet, by key: a
+        #: new task of the same key must not run beside them.
+        self._lingering: dict[tuple[str, UUID], Task] = {}
         self._journal = journal
         self._tails = tails
         self._activities = {a.name: a for a in activities}
@@ -156,7 +159,8 @@ class Engine:
         self._run_scopes: dict[Task, anyio.CancelScope] = {}
         self._runs_changed = anyio.Event()
         self._stopping = False
-        #: Tasks in a final state whose save failed: saved again until it works.
+        #: Tasks whose state is not stored yet: a final state whose save
+        #: failed, or a crashed attempt found on restore; saved until it works.
         self._unsaved: set[Task] = set()
         self._unsaved_added = anyio.Event()
         self._over_capacity_logged = False
@@ -228,13 +232,13 @@ class Engine:
         if policy.exhausted(task.errors):
             self._set_state(task, TaskState.SUSPENDED)
             log.error("suspended", error=task.last_error, attempts=task.errors, **task.log_fields())
-            # Stored by the unsaved loop, so the suspension survives a restart.
-            self._unsaved.add(task)
-            self._unsaved_added.set()
         else:
-            self._set_state(
-                task, TaskState.RETRY, anyio.current_time() + policy.delay(task.failures)
-            )
+            due = anyio.current_time() + policy.delay(task.failures)
+            self._set_state(task, TaskState.RETRY, due)
+        # Stored by the unsaved loop (or the next run's settle), so the
+        # attempt and the suspension survive this runner too.
+        self._unsaved.add(task)
+        self._unsaved_added.set()
 
     def retire(self, tasks: Iterable[Task]) -> list[Task]:
         """Scale-out: the tasks' segment is lost; drop them now, writing nothing more.
@@ -261,6 +265,7 @@ class Engine:
             scope = self._run_scopes.get(task)
             if scope is not None:
                 scope.cancel()
+                self._lingering[(task.activity.name, task.aggregate.id)] = task
             for control in task.controls or ():
                 if not control.applied.is_set():
                     control.error = LeaseLost(
@@ -296,15 +301,18 @@ class Engine:
                 await self._until_no_runs(evicted)
             for task in evicted:
                 cut = self._cut_runs.pop(task, None)
-                if task.retired or task in self._runs:
+                # Busy: a control is being stored, and stores no RUNNING (_settle).
+                if task.retired or task in self._runs or task.busy:
                     continue
-                if task.state is TaskState.RUNNING:
-                    # The cut run goes in the run log too (the lease it held,
-                    # how far it got), so the log shows every run's span.
+                if task.state is TaskState.RUNNING or task in self._unsaved:
+                    # Stored as a control is: busy meanwhile, so a control that
+                    # comes now lands on top of it instead of under it. The
+                    # cut run goes in the run log too (the lease it held, how
+                    # far it got), so the log shows every run's span.
+                    task.controls = []
+                    task.generation += 1
                     run = None if cut is None else self._cut_run_record(task, cut)
-                    await self._save(task, TaskState.PENDING, None, run)
-                elif task in self._unsaved and not task.busy:
-                    await self._save(task, task.state, task.due, None)
+                    await self._settle(task, None, cut=run)
         finally:
             self._evicting.difference_update(evicted)
             self.retire(evicted)
@@ -325,7 +333,6 @@ class Engine:
 
     async def _until_no_runs(self, tasks: Sequence[Task]) -> None:
         while any(task in self._runs for task in tasks):
-            self._runs_changed = anyio.Event()
             await self._runs_changed.wait()
 
     def add_observer(self, observer: RunObserver) -> None:
@@ -607,6 +614,10 @@ class Engine:
                     # Its segment is lost (it is retired meanwhile) or being
                     # given back (evict retires it): it never runs here again.
                     continue
+                if self._lingering and (name, task.aggregate.id) in self._lingering:
+                    # Held again, but the retired task's run is still going
+                    # (a shielded save): queued again when that run ends.
+                    continue
                 return task
         return None
 
@@ -698,11 +709,16 @@ class Engine:
             start = self._run_starts.pop(task, None)
             if not settled and start is not None and not task.retired:
                 self._cut_runs[task] = start
+            if task.retired:
+                self._run_ended_retired(task)
             self._running -= 1
             self._running_by_activity[task.activity.name] -= 1
             if not settled:
                 self._unsettled(task)
+            # Replaced by the notifier, never by a waiter: several wait at
+            # once (shutdown, evictions), and each must hear every change.
             self._runs_changed.set()
+            self._runs_changed = anyio.Event()
             self._poke()
 
     async def _mark_running(self, task: Task) -> bool:
@@ -718,6 +734,14 @@ class Engine:
             # The store failed: not run, and not settled: retried after a backoff.
             log.warning("run not started: its mark was not stored", **task.log_fields())
         return False
+
+    def _run_ended_retired(self, task: Task) -> None:
+        key = (task.activity.name, task.aggregate.id)
+        if self._lingering.get(key) is task:
+            del self._lingering[key]
+            successor = self.find(*key)
+            if successor is not None and successor.state is TaskState.PENDING:
+                self._set_state(successor, TaskState.PENDING)  # queued again
 
     def _unsettled(self, task: Task) -> None:
         """A run ended without settling (shutdown, an engine defect, or a lost lease)."""
@@ -740,7 +764,6 @@ class Engine:
             scope.cancel()
         with anyio.move_on_after(self._shutdown_grace):
             while self._runs:
-                self._runs_changed = anyio.Event()
                 await self._runs_changed.wait()
         for task in list(self._unsaved):
             # A last try: a Done that is not stored would run again after a restart.
@@ -766,12 +789,15 @@ class Engine:
                     )
                     control.applied.set()
 
-    async def _settle(self, task: Task, result: RunResult | None) -> None:
+    async def _settle(
+        self, task: Task, result: RunResult | None, *, cut: RunRecord | None = None
+    ) -> None:
         """Store the task's next state, and only then act on it (the task is busy).
 
         ``result`` is the run's outcome, or ``None`` for a control on an idle
-        task. Controls that arrive while this stores are applied and stored
-        before the task leaves the busy state.
+        task (or an evicted one: ``cut`` is then its cut run's record).
+        Controls that arrive while this stores are applied and stored before
+        the task leaves the busy state.
         """
         assert task.controls is not None
         if result is not None:
@@ -781,7 +807,11 @@ class Engine:
             run: RunRecord | None = self._run_record(task, result, attempt)
         else:
             state, due = task.state, task.due
-            run = None
+            run = cut
+            if state is TaskState.RUNNING:
+                # Idle but RUNNING: its run was cut (shutdown, eviction). Not
+                # stored RUNNING, or its next owner would count a crash.
+                state, due = TaskState.PENDING, None
         applied: list[Control] = []
         saved = True
         while True:

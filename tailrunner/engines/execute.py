@@ -187,6 +187,10 @@ class _Run:
         cancelled: BaseException | None = None
         with anyio.CancelScope() as scope:
             task.scope = scope
+            if task.controls:
+                # A control came before this scope existed (while the run
+                # was being marked, say): it stops the run now, not never.
+                scope.cancel()
             try:
                 async with aclosing(
                     self.journal.events(task.aggregate.id, after=self.tail_before, watch=watch)

@@ -46,16 +46,14 @@ What must hold, besides the base machine's invariants:
    (:class:`OwnershipDiverged`), and the held tasks rest as the base machine
    expects.
 
-Known engine defects, found by this machine: each is replayed as hypothesis
-shrank it in a strict xfail test at the end of this module, and the machine
-steers clear of its window (the ``AVOID_*`` flags of :class:`OwnershipMachine`;
-turn a flag off once its defect is fixed, and the xfail turns into a failure):
+Engine defects this machine found, each fixed and replayed, as hypothesis
+shrank it, in a regression test at the end of this module:
 
-- D1: a control called while a run stores its ``RUNNING`` mark never cancels
-  that run (eager: the control hangs);
-- D2: a stop of a task that evict cut is overwritten by evict's ``PENDING``;
-- D3: evict and shutdown steal each other's wake-ups (one shared event);
-- D4: a re-granted task runs beside its retired predecessor's run, still in
+- D1: a control called while a run stores its ``RUNNING`` mark never cancelled
+  that run (eager: the control hung);
+- D2: a stop of a task that evict cut was overwritten by evict's ``PENDING``;
+- D3: evict and shutdown stole each other's wake-ups (one shared event);
+- D4: a re-granted task ran beside its retired predecessor's run, still in
   the activity inside a shielded save.
 
 A ``Done`` whose save the fence refused (the lease went first) is not
@@ -80,7 +78,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test
@@ -102,13 +99,9 @@ from .test_engine_stateful import (
     DRAIN_ROUNDS,
     DRAIN_STEP,
     RETRY,
-    ControlHung,
-    EngineCrashed,
     EngineMachine,
     InvariantViolated,
     Run,
-    StopDidNotHold,
-    TwoRunsAtOnce,
     _settings,
 )
 
@@ -257,24 +250,6 @@ class GiveBack:
 
 
 class OwnershipMachine(EngineMachine):
-    # Known engine defects (each pinned by a strict xfail replay at the end
-    # of this module): the machine steers clear of their windows so that it
-    # can still find others. Set to False once the engine is fixed.
-    #: D1: a control called while a run stores its RUNNING mark does not
-    #: cancel the run; an eager run never ends by itself, so it hangs (on
-    #: for eager only: lazy and cron runs end, and the control lands late).
-    AVOID_CONTROL_WHILE_MARKING: ClassVar[bool] = False
-    #: D2: a control of a task that evict cut lands, and evict's PENDING
-    #: save (called before it) then overwrites it.
-    AVOID_CONTROL_WHILE_DRAINING: ClassVar[bool] = True
-    #: D3: evict and shutdown share one wake-up event: a shutdown during an
-    #: evict (or two evicts) loses wake-ups and waits out its timeout.
-    AVOID_RESTART_WHILE_DRAINING: ClassVar[bool] = True
-    #: D4: retire cancels the run, but a run inside a shielded save (its
-    #: checkpoint, or eager's RUNNING-again mark) stays in the activity; a
-    #: grant meanwhile starts a new task whose run overlaps it.
-    AVOID_GRANT_WHILE_OLD_RUN_INSIDE: ClassVar[bool] = True
-
     PASSED_THROUGH: ClassVar[tuple[type[Exception], ...]] = (
         *EngineMachine.PASSED_THROUGH,
         LeaseLost,  # a checkpoint the fence refused, in a run being cancelled
@@ -298,13 +273,8 @@ class OwnershipMachine(EngineMachine):
     # -- rules ---------------------------------------------------------------------
 
     def _unheld(self) -> list[uuid.UUID]:
-        """Aggregates that may be granted: not held (and, D4, no retired task's run inside)."""
-        return [
-            a.id
-            for a in self.aggregates
-            if a.id not in self.ownership.epochs
-            and not (self.AVOID_GRANT_WHILE_OLD_RUN_INSIDE and self._retired_runs(a.id))
-        ]
+        """Aggregates that may be granted: not held."""
+        return [a.id for a in self.aggregates if a.id not in self.ownership.epochs]
 
     def _retired_runs(self, key: uuid.UUID) -> list[Run]:
         return [
@@ -451,33 +421,6 @@ class OwnershipMachine(EngineMachine):
         if record is not None and record.state == TaskState.RUNNING:
             self.restored_running[key] = record
 
-    @precondition(
-        lambda self: (
-            self.step - self.booted_at >= 3
-            and not (self.AVOID_RESTART_WHILE_DRAINING and self.give_backs)
-        )
-    )
-    @rule()
-    def restart_runner(self) -> None:
-        """As the base machine's, but not while a give_back is in flight (D3)."""
-        super().restart_runner()
-
-    def _issue(self, op: str, key: uuid.UUID, tail: ULID | None) -> None:
-        engine = self.engine
-        task = engine.find(ACTIVITY, key) if engine is not None else None
-        if task is not None:
-            if (
-                self.AVOID_CONTROL_WHILE_MARKING
-                and task.state is TaskState.RUNNING
-                and not self._runs_of(task)
-            ):
-                self._note(f"{op} of {self._agg(key)} not called: it is marking (D1)")
-                return
-            if self.AVOID_CONTROL_WHILE_DRAINING and key in self.ownership.draining:
-                self._note(f"{op} of {self._agg(key)} not called: it drains (D2)")
-                return
-        super()._issue(op, key, tail)
-
     # -- what the runs and the store see ---------------------------------------------
 
     def _current_owner(self) -> Task | None:
@@ -614,7 +557,6 @@ class CronOwnershipMachine(OwnershipMachine):
 
 class EagerOwnershipMachine(OwnershipMachine):
     KIND = "eager"
-    AVOID_CONTROL_WHILE_MARKING = True
 
 
 def test_lazy_engine_under_moving_ownership() -> None:
@@ -629,7 +571,7 @@ def test_eager_engine_under_moving_ownership() -> None:
     run_state_machine_as_test(EagerOwnershipMachine, settings=_ownership_settings())
 
 
-# -- known engine defects, replayed as hypothesis shrank them (strict xfail) --
+# -- engine defects this machine found (fixed), replayed as hypothesis shrank them --
 
 Steps = list[tuple[str, dict[str, Any]]]
 
@@ -637,13 +579,7 @@ Steps = list[tuple[str, dict[str, Any]]]
 def _replay(machine_class: type[OwnershipMachine], steps: Steps) -> None:
     """Run the rules in order, checking the invariants after each, as hypothesis does."""
 
-    class Unguarded(machine_class):  # type: ignore[valid-type,misc]
-        AVOID_CONTROL_WHILE_MARKING = False
-        AVOID_CONTROL_WHILE_DRAINING = False
-        AVOID_RESTART_WHILE_DRAINING = False
-        AVOID_GRANT_WHILE_OLD_RUN_INSIDE = False
-
-    machine = Unguarded()
+    machine = machine_class()
     try:
         for name, kwargs in steps:
             getattr(machine, name)(**kwargs)
@@ -653,13 +589,11 @@ def _replay(machine_class: type[OwnershipMachine], steps: Steps) -> None:
         machine.teardown()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ControlHung,
-    reason="D1: a stop called while the run stores its RUNNING mark never cancels the run"
-    " (task.scope is None until run_once opens it); an eager run never ends, so the stop hangs",
-)
 def test_d1_eager_stop_while_the_run_is_marked_running_lands() -> None:
+    """Was defect D1 (fixed): a stop called while the run stores its RUNNING mark never cancels
+    the run (task.scope is None until run_once opens it); an eager run never ends, so the stop
+    hangs
+    """
     _replay(
         EagerOwnershipMachine,
         [
@@ -671,14 +605,11 @@ def test_d1_eager_stop_while_the_run_is_marked_running_lands() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StopDidNotHold,
-    reason="D2: evict cuts the run and saves PENDING (slow store); a stop of the cut task"
-    " (idle, not busy) stores STOPPED and returns; evict's older PENDING save then commits"
-    " over it, and the next owner runs the stopped task",
-)
 def test_d2_a_stop_during_evict_holds_after_the_hand_over() -> None:
+    """Was defect D2 (fixed): evict cuts the run and saves PENDING (slow store); a stop of the
+    cut task (idle, not busy) stores STOPPED and returns; evict's older PENDING save then
+    commits over it, and the next owner runs the stopped task
+    """
     _replay(
         CronOwnershipMachine,
         [
@@ -694,14 +625,11 @@ def test_d2_a_stop_during_evict_holds_after_the_hand_over() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=EngineCrashed,
-    reason="D3: evict (_until_no_runs) and shutdown (_stop_runs) each replace the one"
-    " _runs_changed event: shutdown during an evict waits on an event nobody sets, so it"
-    " ends only when its shutdown_grace runs out though no run is left",
-)
 def test_d3_shutdown_during_an_evict_ends_when_the_runs_do() -> None:
+    """Was defect D3 (fixed): evict (_until_no_runs) and shutdown (_stop_runs) each replace the
+    one _runs_changed event: shutdown during an evict waits on an event nobody sets, so it
+    ends only when its shutdown_grace runs out though no run is left
+    """
     _replay(
         CronOwnershipMachine,
         [
@@ -714,15 +642,12 @@ def test_d3_shutdown_during_an_evict_ends_when_the_runs_do() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TwoRunsAtOnce,
-    reason="D4: eager, caught up; an append makes the run store RUNNING again (shielded,"
-    " slow store) inside the activity; lose retires it, but the run stays in the activity"
-    " until the save returns; a grant meanwhile starts the new task's run beside it"
-    " (the stop of the other task only frees a capacity slot)",
-)
 def test_d4_a_granted_task_waits_for_the_retired_tasks_run() -> None:
+    """Was defect D4 (fixed): eager, caught up; an append makes the run store RUNNING again
+    (shielded, slow store) inside the activity; lose retires it, but the run stays in the
+    activity until the save returns; a grant meanwhile starts the new task's run beside it
+    (the stop of the other task only frees a capacity slot)
+    """
     _replay(
         EagerOwnershipMachine,
         [
