@@ -421,7 +421,9 @@ def test_a_cluster_survives_a_killed_and_a_paused_runner(
         thread.join(60)
         after = cluster.wait_shared_by([zombie, survivor])
         taken = max(after[s][2] for s in its)
-        assert (taken - killed_at).total_seconds() <= LEASE + 5, (killed_at, taken)
+        moved = (taken - killed_at).total_seconds()
+        print(f"{engine}: the killed runner's {len(its)} segments owned again after {moved:.2f} s")
+        assert moved <= LEASE + 5, (killed_at, taken)
         cluster.wait_effects(appender.appended)
 
         # 3. SIGSTOP past the lease: the survivor takes everything; SIGCONT.
