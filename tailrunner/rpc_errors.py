@@ -15,6 +15,7 @@ error                          code                     detail
 ``TaskNotControllable``        ``FAILED_PRECONDITION``
 ``NotAuthenticated``           ``UNAUTHENTICATED``
 ``ControlNotStored``           ``UNAVAILABLE``          ``google.rpc.ErrorInfo``
+``LeaseLost``                  ``ABORTED``
 ``StoreError``                 ``UNAVAILABLE``
 ``JournalUnavailable``         ``UNAVAILABLE``
 ``EngineStopped``              ``UNAVAILABLE``
@@ -49,6 +50,7 @@ from tailrunner.errors import (
     EngineStopped,
     InvalidArgument,
     JournalUnavailable,
+    LeaseLost,
     NotAuthenticated,
     NotFound,
     OperationAlreadyExists,
@@ -95,6 +97,9 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (TaskNotControllable, code_pb2.FAILED_PRECONDITION),
     (NotAuthenticated, code_pb2.UNAUTHENTICATED),
     (ControlNotStored, code_pb2.UNAVAILABLE),
+    # Before StoreError, its base: the task moved to another runner, which
+    # is not an outage of this one.
+    (LeaseLost, code_pb2.ABORTED),
     (StoreError, code_pb2.UNAVAILABLE),
     (JournalUnavailable, code_pb2.UNAVAILABLE),
     (EngineStopped, code_pb2.UNAVAILABLE),

@@ -121,12 +121,14 @@ class Runner:
     def _segments_lost(self, segments: frozenset[int]) -> None:
         self.engine.retire(self._in_segments(segments))
 
-    async def _drain(self, segments: frozenset[int]) -> None:
-        assert self._membership is not None
+    async def _drain(self, segments: frozenset[int]) -> frozenset[int]:
+        membership = self._membership
+        assert membership is not None
         # Runs get half a beat to end by themselves (a lazy run is short).
-        await self.engine.evict(
-            self._in_segments(segments), wait=self._membership.leases.heartbeat / 2
+        stuck = await self.engine.evict(
+            self._in_segments(segments), wait=membership.leases.heartbeat / 2
         )
+        return frozenset(membership.segment(t.activity.name, t.aggregate.id) for t in stuck)
 
     def _may_start(self, snapshot: dict[int, int], act: Activity, aggregate_id: UUID) -> bool:
         """Whether this runner runs the task: always alone; in a cluster, if its segment's held.
@@ -191,6 +193,12 @@ class Runner:
                             continue
                         if act.name not in stored:
                             stored[act.name] = dict(await self._tails.load(act.name))
+                            # Lost during the load? Then its tasks were retired
+                            # already, and this one must not start after them.
+                            if self.engine.find(act.name, info.id) is not None or not (
+                                self._may_start(snapshot, act, info.id)
+                            ):
+                                continue
                         self._start(act, info.ref, stored[act.name].get(info.id))
                         started += 1
                 if not token:

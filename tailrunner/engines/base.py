@@ -278,7 +278,7 @@ class Engine:
             log.info("tasks handed over", tasks=len(retired), engine=self.name)
         return retired
 
-    async def evict(self, tasks: Iterable[Task], *, wait: float) -> None:
+    async def evict(self, tasks: Iterable[Task], *, wait: float) -> list[Task]:
         """Scale-out: give the tasks up between runs, tails flushed, then :meth:`retire` them.
 
         The caller has already kept new runs of them from starting (their
@@ -287,6 +287,9 @@ class Engine:
         whose run was cut is stored ``PENDING`` (not ``RUNNING``: its next
         owner must not count it as a crashed attempt). Writes are still
         fenced by the lease, which the caller releases afterwards.
+
+        :returns: the tasks whose runs had still not ended (an activity that
+            ignores cancellation): their segment must not be released yet.
         """
         evicted = [task for task in tasks if not task.retired]
         self._evicting.update(evicted)
@@ -315,7 +318,9 @@ class Engine:
                     await self._settle(task, None, cut=run)
         finally:
             self._evicting.difference_update(evicted)
+            stuck = [task for task in evicted if task in self._runs]
             self.retire(evicted)
+        return stuck
 
     def _cut_run_record(self, task: Task, cut: _RunStart) -> RunRecord:
         return RunRecord(
@@ -936,10 +941,16 @@ class Engine:
                     if task.retired:
                         self._unsaved.discard(task)
                         continue
-                    # A busy task is stored by its own settle.
-                    if not task.busy and await self._save(task, task.state, task.due, None):
-                        self._unsaved.discard(task)
-                        log.info("stored after all", state=task.state.value, **task.log_fields())
+                    # A busy task is stored by its own settle. Busy while this
+                    # stores, so that no run starts meanwhile and is then
+                    # overwritten by this older record.
+                    if not task.busy:
+                        task.controls = []
+                        await self._settle(task, None)
+                        if task not in self._unsaved:
+                            log.info(
+                                "stored after all", state=task.state.value, **task.log_fields()
+                            )
                 if self._unsaved:
                     failures += 1
                     await anyio.sleep(self._reconnect.delay(failures))
@@ -1033,20 +1044,12 @@ class Engine:
         start = self._run_starts.get(task)
         if task.retired or start is None or not start.idle_stored:
             return
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._tails.save(self._tail_record(task))
-        except LeaseLost as exc:
-            # Retired by now, its run being cancelled: the next owner goes on.
-            log.info("not stored: lease lost", error=str(exc), **task.log_fields())
-            return
-        except Exception as exc:
-            # Not the activity's failure: it handles the events unmarked (a
-            # lost lease cancels the run anyway).
-            log.warning(
-                "handling not marked", error=f"{type(exc).__name__}: {exc}", **task.log_fields()
-            )
-            return
+        # Raises what the store raised, so the events are not handed out: a
+        # lost lease (the run is being cancelled, the next owner goes on) or
+        # a failed store (the run fails and is retried: unmarked, a crash
+        # while handling them would not count as an attempt).
+        with anyio.CancelScope(shield=True):
+            await self._tails.save(self._tail_record(task))
         start.idle_stored = False
 
     @asynccontextmanager

@@ -63,8 +63,11 @@ async def join_cluster(
     pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
         url,
         min_size=1,
-        max_size=2,
-        kwargs={"autocommit": True, "connect_timeout": timeout},
+        # The heartbeat, the balance and the admin's cluster view.
+        max_size=4,
+        # No server-side prepared statements: session state, which breaks
+        # behind pgbouncer in transaction mode (as session locks would).
+        kwargs={"autocommit": True, "connect_timeout": timeout, "prepare_threshold": None},
         open=False,
         name="tailrunner-leases",
     )

@@ -97,11 +97,16 @@ class FencedTailStore:
     @asynccontextmanager
     async def transaction(self, record: TailRecord) -> AsyncIterator[Connection]:
         fence = self._fence(record)
+        committing = False
         try:
             async with self._store.transaction(record, fence) as conn:
                 yield conn
+                committing = True
         except LeaseLost:
-            self._membership.refused(fence)
+            # The commit's refusal only: a LeaseLost the block itself raised
+            # (a nested write) was counted where it happened.
+            if committing:
+                self._membership.refused(fence)
             raise
 
     async def aclose(self) -> None:

@@ -140,6 +140,8 @@ DELETE FROM {runners}
 WHERE owner = %(owner)s OR expires_at < now() - make_interval(secs => %(keep)s)
 """
 
+_PRUNE = "DELETE FROM {runners} WHERE expires_at < now() - make_interval(secs => %(keep)s)"
+
 _RUNNERS = """
 SELECT owner, started_at, expires_at, about, expires_at > now() FROM {runners}
 WHERE expires_at > now() - make_interval(secs => %(keep)s)
@@ -285,6 +287,7 @@ class SegmentLeases:
         self._live_sql = statement(_LIVE)
         self._announce_sql = statement(_ANNOUNCE)
         self._leave_sql = statement(_LEAVE)
+        self._prune_sql = statement(_PRUNE)
         self._runners_sql = statement(_RUNNERS)
         self._lock_sql = statement("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
 
@@ -370,7 +373,13 @@ class SegmentLeases:
         if not self.holds(segment):
             return None
         lease = self._owned[segment]
-        return Fence(schema=self._schema, segment=segment, owner=self._owner, epoch=lease.epoch)
+        return Fence(
+            schema=self._schema,
+            segment=segment,
+            owner=self._owner,
+            epoch=lease.epoch,
+            lease=self._lease,
+        )
 
     async def claim(self, max_count: int) -> list[Lease]:
         """Claim up to ``max_count`` free or expired segments; the leases won.
@@ -437,13 +446,34 @@ class SegmentLeases:
             raise
         self.stats.heartbeats += 1
         kept: list[Lease] = []
+        stale: list[Lease] = []
         for segment, epoch, acquired_at, expires_at in rows:
             lease = self._lease_from(segment, epoch, acquired_at, expires_at, sent)
-            # Released meanwhile: not ours to keep.
             if self._owned.get(segment) == held[segment]:
                 self._owned[segment] = lease
                 kept.append(lease)
+            else:
+                # Renewed in the table but let go here meanwhile (its deadline
+                # passed while the renewal was on its way, or it was released):
+                # hand it back at once, or nobody, this runner included, could
+                # claim it for a whole lease.
+                stale.append(lease)
         renewed = {lease.segment for lease in kept}
+        if stale:
+            try:
+                await self._fetch(
+                    "release",
+                    self._release_sql,
+                    {
+                        "segments": [lease.segment for lease in stale],
+                        "epochs": [lease.epoch for lease in stale],
+                        "owner": self._owner,
+                    },
+                    retry=True,
+                )
+            except StoreError as exc:
+                # They expire unused: late, but safe.
+                log.warning("release failed", segments=[s.segment for s in stale], error=str(exc))
         lost = [
             lease
             for segment, lease in held.items()
@@ -525,17 +555,21 @@ class SegmentLeases:
         rows = await self._fetch("live_runners", self._live_sql, {"owner": self._owner}, retry=True)
         return int(rows[0][0]) + 1
 
-    async def announce(self, about: str = "") -> None:
+    async def announce(self, about: str = "", *, prune: bool = False) -> None:
         """Say that this runner is alive, for one lease (every heartbeat does).
 
         A runner counts in :meth:`live_runners` while it announces itself,
         even before it holds a segment: that is how a newcomer gets the
         others to give back their extra segments.
 
+        :param prune: also delete the rows of runners gone for an hour
+            (crashed ones never :meth:`leave`).
         :raises StoreError: the database failed.
         """
         params = {"owner": self._owner, "lease": self._lease, "about": about}
         await self._execute("announce", self._announce_sql, params)
+        if prune:
+            await self._execute("prune", self._prune_sql, {"keep": _KEEP_GONE})
 
     async def leave(self) -> None:
         """Withdraw this runner's presence (a clean stop), and prune long-gone runners.

@@ -41,15 +41,20 @@ from tailrunner.sql.fencing import Fence, FencedWrites
 log = structlog.get_logger(__name__)
 
 SegmentsCallback = Callable[[frozenset[int]], None]
-DrainCallback = Callable[[frozenset[int]], Awaitable[None]]
+#: ``await drain(segments)`` stops the segments' tasks; the segments whose
+#: runs did not end (an activity that ignores cancellation): not released.
+DrainCallback = Callable[[frozenset[int]], Awaitable[frozenset[int]]]
+
+#: How many beats between prunes of long-gone runners' presence rows.
+_PRUNE_EVERY = 60
 
 
 def _ignore(segments: frozenset[int]) -> None:
     pass
 
 
-async def _nothing_to_drain(segments: frozenset[int]) -> None:
-    pass
+async def _nothing_to_drain(segments: frozenset[int]) -> frozenset[int]:
+    return frozenset()
 
 
 class Membership:
@@ -130,96 +135,134 @@ class Membership:
         return held is not None and held.epoch == epoch
 
     def refused(self, fence: Fence) -> None:
-        """A write fenced with ``fence`` found the lease gone: count it, stop the segment."""
+        """A write fenced with ``fence`` found the lease gone: count it, stop the segment.
+
+        Only if the segment is still held under that epoch: a late refusal
+        of a write from an earlier lease must not drop the one held now.
+        """
         self.fenced_writes.record(fence)
-        self.leases.drop([fence.segment], "fenced write")
+        held = self.leases.owned().get(fence.segment)
+        if held is not None and held.epoch == fence.epoch:
+            self.leases.drop([fence.segment], "fenced write")
 
     # -- the loop -------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Renew, announce and balance on every beat until cancelled.
+        """Keep the leases alive and the share balanced until cancelled.
 
-        Starts once the first beat has claimed its share (or failed to
-        reach the database, which the next beats retry).
+        Two loops: the heartbeat (renew, announce, lose what is overdue)
+        never waits behind the balance, whose hand-overs wait for runs to
+        end. Starts once the first claim is made (or failed to reach the
+        database, which the next beats retry).
         """
-        renewed = await self._beat(first=True)
-        self.joined.set()
-        task_status.started()
+        async with anyio.create_task_group() as tg:
+            await self._announce()
+            await self._balance_once()
+            self.joined.set()
+            tg.start_soon(self._heartbeat_loop)
+            tg.start_soon(self._balance_loop)
+            task_status.started()
+
+    async def _heartbeat_loop(self) -> None:
+        leases = self.leases
+        renewed, beats = True, 0
         while True:
-            wait = self.leases.next_beat()
+            wait = leases.next_beat()
             if not renewed:
                 # One failed beat must not cost the leases: the local
                 # deadline is two beats after the last renewal.
-                wait = min(wait, self.leases.heartbeat / 4)
+                wait = min(wait, leases.heartbeat / 4)
             await anyio.sleep(wait)
-            renewed = await self._beat(first=False)
-
-    async def _beat(self, *, first: bool) -> bool:
-        """Renew, announce, balance; whether the renewal reached the database."""
-        leases = self.leases
-        beat = leases.heartbeat
-        # Each step is bounded by one beat: a hung database must not keep
-        # the loop from losing leases by their local deadlines.
-        renewed = False
-        with anyio.move_on_after(beat):
-            try:
-                if not first:
+            # A runner that woke from a pause stops what it lost first.
+            leases.expire_overdue()
+            renewed = False
+            # Bounded by one beat: a hung database must not keep the loop
+            # from losing leases by their local deadlines.
+            with anyio.move_on_after(leases.heartbeat):
+                try:
                     await leases.renew()
-                await leases.announce(self.about)
-                renewed = True
-            except StoreError as exc:
-                log.warning("heartbeat failed", owner=self.incarnation, error=str(exc))
-        leases.expire_overdue()
-        if not renewed:
-            return False
-        with anyio.move_on_after(beat):
+                    renewed = True
+                    await self._announce(prune=beats % _PRUNE_EVERY == 0)
+                except StoreError as exc:
+                    log.warning("heartbeat failed", owner=self.incarnation, error=str(exc))
+            leases.expire_overdue()
+            beats += 1
+
+    async def _announce(self, *, prune: bool = False) -> None:
+        try:
+            await self.leases.announce(self.about, prune=prune)
+        except StoreError as exc:
+            log.warning("announce failed", owner=self.incarnation, error=str(exc))
+
+    async def _balance_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.leases.heartbeat)
+            await self._balance_once()
+
+    async def _balance_once(self) -> None:
+        extra: list[int] = []
+        with anyio.move_on_after(self.leases.heartbeat):
             try:
-                await self._balance()
+                share = await self.leases.share(self._slack)
             except StoreError as exc:
                 log.warning("balance failed", owner=self.incarnation, error=str(exc))
-        return True
-
-    async def _balance(self) -> None:
-        leases = self.leases
-        share = await leases.share(self._slack)
-        held = sorted(s for s in leases.owned() if s not in self._draining)
-        if len(held) < share:
-            won = await leases.claim(share - len(held))
-            if won:
-                self.on_claimed(frozenset(lease.segment for lease in won))
-        elif len(held) > share:
+                return
+            held = sorted(s for s in self.leases.owned() if s not in self._draining)
+            if len(held) < share:
+                try:
+                    won = await self.leases.claim(share - len(held))
+                except StoreError as exc:
+                    log.warning("claim failed", owner=self.incarnation, error=str(exc))
+                    return
+                if won:
+                    self.on_claimed(frozenset(lease.segment for lease in won))
+                return
             # The highest first: a newcomer then takes a contiguous block.
-            await self.give_back(held[share:])
+            extra = held[share:]
+        if extra:
+            # Not bounded by the beat: it waits for runs to end (between runs).
+            await self.give_back(extra)
 
     async def give_back(self, segments: Iterable[int]) -> list[int]:
         """Stop the segments' tasks between runs, then release their leases; those released.
 
-        Shielded: once started, a hand-over finishes (or fails and lets the
-        leases expire), whatever cancels the caller.
+        A segment whose run did not end (an activity that ignores
+        cancellation) is not released but dropped: its lease expires in
+        the table, so that nobody runs its task beside that run sooner.
+        The release is shielded: once the tasks are stopped, it is sent.
         """
         chosen = frozenset(s for s in segments if s in self.leases.owned())
         if not chosen:
             return []
         self._draining |= chosen
         try:
+            stuck = await self.drain(chosen)
+            released: list[int] = []
             with anyio.CancelScope(shield=True):
-                await self.drain(chosen)
+                if stuck:
+                    self.leases.drop(stuck, "a run did not end: left to expire")
+                free = chosen - stuck
                 try:
-                    released = await self.leases.release(chosen)
+                    released = await self.leases.release(free)
                 except StoreError as exc:
                     # Not released: stop holding them here; they expire.
-                    log.warning("release failed", segments=sorted(chosen), error=str(exc))
-                    self.leases.drop(chosen, "release failed")
-                    return []
-                return released
-            return []  # not reached: the scope is shielded
+                    log.warning("release failed", segments=sorted(free), error=str(exc))
+                    self.leases.drop(free, "release failed")
+            return released
         finally:
             self._draining -= chosen
 
     async def leave(self) -> None:
-        """A clean stop: give every segment back and withdraw the runner's presence."""
-        with anyio.CancelScope(shield=True):
+        """A clean stop: give every segment back and withdraw the runner's presence.
+
+        The heartbeat goes on meanwhile, so the leases still held stay
+        valid while their tasks are stopped. Bound it with a deadline.
+        """
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._heartbeat_loop)
             await self.give_back(list(self.leases.owned()))
+            tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
             try:
                 await self.leases.leave()
             except StoreError as exc:

@@ -62,5 +62,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                 about text NOT NULL DEFAULT ''
             )"""
         ),
+        # Every beat counts the live runners; the prune deletes the long gone.
+        DIALECT.render("CREATE INDEX segment_runners_by_expiry ON {segment_runners} (expires_at)"),
     ),
 )

@@ -52,6 +52,18 @@ class Fence:
     segment: int
     owner: str
     epoch: int
+    #: Seconds the lease lasts: a fenced transaction is cut off by the server
+    #: if it sits idle this long holding the lease row (a host that vanished
+    #: mid-write must not keep the segment from being claimed).
+    lease: float | None = None
+
+    def hold_limit(self) -> sql.Composed | None:
+        """``SET LOCAL`` that bounds how long a transaction may sit on the lease row."""
+        if self.lease is None:
+            return None
+        return sql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
+            sql.Literal(max(1, round(self.lease * 1000)))
+        )
 
     def condition(self) -> sql.Composed:
         """The SQL condition "this lease is still held", values inlined as literals.
@@ -61,7 +73,7 @@ class Fence:
         """
         return sql.SQL(
             "EXISTS (SELECT 1 FROM {table} WHERE segment = {segment} AND owner = {owner}"
-            " AND epoch = {epoch} AND expires_at > now() FOR SHARE)"
+            " AND epoch = {epoch} AND expires_at > statement_timestamp() FOR SHARE)"
         ).format(
             table=sql.Identifier(self.schema, LEASE_TABLE),
             segment=sql.Literal(self.segment),

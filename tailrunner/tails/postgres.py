@@ -207,30 +207,41 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
     ) -> None:
         params = self._rows.run_params(run)
         prune = prune_params(run.activity, run.aggregate.id, self._run_retention)
-        save, insert = (
-            (self._sql.save, self._sql.insert_run)
-            if fence is None
-            else (self._fenced(_FENCED.save, fence), self._fenced(_FENCED.insert_run, fence))
-        )
+        if fence is not None:
+            save, insert = (
+                self._fenced(_FENCED.save, fence),
+                self._fenced(_FENCED.insert_run, fence),
+            )
 
         async def insert_and_prune(conn: Connection) -> bool:
-            async with conn.transaction() as tx:
-                # Fenced, the first write locks the lease row (FOR SHARE) to
-                # the commit: the segment cannot change hands in between.
+            async with conn.transaction():
                 if record is not None:
-                    cursor = await conn.execute(save, self._rows.tail_params(record))
-                    if fence is not None and cursor.rowcount == 0:
-                        raise psycopg.Rollback(tx)
-                cursor = await conn.execute(insert, params)
-                if fence is not None and cursor.rowcount == 0:
-                    raise psycopg.Rollback(tx)
+                    await conn.execute(self._sql.save, self._rows.tail_params(record))
+                await conn.execute(self._sql.insert_run, params)
                 await conn.execute(self._sql.prune_runs, prune)
-                return True
-            return False  # rolled back: fenced
+            return True
+
+        async def fenced_insert_and_prune(conn: Connection) -> bool:
+            assert fence is not None
+            # One round trip (a pipeline): the fenced writes lock the lease
+            # row FOR SHARE until the commit, so that window is kept short
+            # and bounded (hold_limit). Both writes carry the same fence, so
+            # a lost lease writes neither; the prune alone changes nothing new.
+            limit = fence.hold_limit()
+            async with conn.pipeline(), conn.transaction():
+                if limit is not None:
+                    await conn.execute(limit)
+                cursors = []
+                if record is not None:
+                    cursors.append(await conn.execute(save, self._rows.tail_params(record)))
+                cursors.append(await conn.execute(insert, params))
+                await conn.execute(self._sql.prune_runs, prune)
+            return all(cursor.rowcount > 0 for cursor in cursors)
 
         # Not retried: a lost connection may have committed the insert.
-        if not await self._with_connection(what, insert_and_prune, retry=False):
-            assert fence is not None
+        if fence is None:
+            await self._with_connection(what, insert_and_prune, retry=False)
+        elif not await self._with_connection(what, fenced_insert_and_prune, retry=False):
             raise self._lease_lost(fence, record or run)
 
     def _fenced(self, statement: str, fence: Fence) -> sql.Composed:
@@ -291,7 +302,13 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
             if fence is None:
                 await conn.execute(self._sql.save, params)
             else:
-                cursor = await conn.execute(self._fenced(_FENCED.save, fence), params)
+                # The lease row is locked FOR SHARE from here to the commit:
+                # bounded, in case this host vanishes in between.
+                limit = fence.hold_limit()
+                async with conn.pipeline():
+                    if limit is not None:
+                        await conn.execute(limit)
+                    cursor = await conn.execute(self._fenced(_FENCED.save, fence), params)
                 if cursor.rowcount == 0:
                     # The activity's writes go with the tail: none of them commit.
                     raise LeaseLost(

@@ -301,3 +301,29 @@ async def test_eager_stores_a_caught_up_watch_sleeping_and_running_again_on_new_
     # Marked RUNNING before the new event was handed out, SLEEPING once caught up again.
     assert states[0] == (TaskState.RUNNING, first)
     assert (TaskState.SLEEPING, second) in states
+
+
+async def test_eager_hands_out_no_new_events_it_could_not_mark(journal: LoopbackJournal) -> None:
+    ownership, tails, watcher = FakeOwnership(), GatedTails(), Watcher()
+    engine = engine_with("eager", journal, watcher.activity(), ownership, tails)
+    ref = new_aggregate()
+    (first,) = await append(journal, ref, "e")
+    ownership.held.add(ref.id)
+    refused: list[TailRecord] = []
+
+    def down_for_marks(record: TailRecord) -> bool:
+        if record.state is TaskState.RUNNING:
+            refused.append(record)
+            return True
+        return False
+
+    async with running(engine):
+        engine.start_activity(ref, engine.activities["watch"], None)
+        await wait_until(lambda: bool(tails.saves) and tails.saves[-1].state is TaskState.SLEEPING)
+        tails.fail = down_for_marks  # the store is down for the RUNNING marks
+        (second,) = await append(journal, ref, "e")
+        await poll(lambda: len(refused) >= 3)  # the resumed mark, then each retry's mark
+        assert second not in watcher.events, "handed out without its RUNNING mark"
+        tails.fail = lambda record: False
+        await wait_until(lambda: second in watcher.events)
+    assert watcher.events.count(first) >= 1

@@ -274,3 +274,19 @@ async def test_the_leases_must_share_the_tails_schema(
             await conn.execute(
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(other))
             )
+
+
+async def test_a_late_refusal_of_an_earlier_lease_keeps_the_one_held_now(cluster: Cluster) -> None:
+    await cluster.a.leases.claim(SEGMENTS)
+    ref = cluster.task_in(0)
+    earlier = cluster.a.fence("act", ref.id)
+    assert earlier is not None
+    await cluster.a.leases.release([0])
+    (again,) = await cluster.a.leases.claim(1)
+    assert (again.segment, again.epoch) == (0, earlier.epoch + 1)
+
+    cluster.a.refused(earlier)  # a slow write of the earlier lease, refused at last
+
+    assert cluster.a.fenced_writes.by_segment() == {0: 1}
+    assert cluster.a.leases.holds(0), "the lease held now stays"
+    assert cluster.lost == []
