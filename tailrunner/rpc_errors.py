@@ -111,6 +111,20 @@ _LOGGED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 # -- server side: error → status ---------------------------------------------
 
 
+#: At most this many characters of an error's text go into a status (or a log
+#: line): the message travels in a trailer, which gRPC limits to a few KiB
+#: (percent-encoded), and errors may quote what the caller sent.
+MAX_MESSAGE = 500
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text``, cut to ``limit`` characters with a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[:limit]}… ({cut} more characters)"
+
+
 def to_status(exc: TailrunnerError) -> grpc.Status:
     """The status to end a call with for ``exc``: code, message and ``google.rpc`` details.
 
@@ -122,7 +136,9 @@ def to_status(exc: TailrunnerError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(message)
         details.append(detail)
-    return rpc_status.to_status(status_pb2.Status(code=code, message=str(exc), details=details))
+    return rpc_status.to_status(
+        status_pb2.Status(code=code, message=bounded(str(exc)), details=details)
+    )
 
 
 async def abort(
@@ -134,7 +150,7 @@ async def abort(
     """
     status = to_status(exc)
     if status.code in _LOGGED:
-        log.error("call failed", rpc=rpc, code=status.code.name, error=str(exc))
+        log.error("call failed", rpc=rpc, code=status.code.name, error=bounded(str(exc)))
     await context.abort_with_status(status)
     raise AssertionError("context.abort_with_status returned")  # pragma: no cover
 
@@ -142,7 +158,7 @@ async def abort(
 def _details(exc: TailrunnerError) -> list[Message]:
     if isinstance(exc, InvalidArgument):
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=exc.field, description=exc.reason
+            field=bounded(exc.field, 100), description=bounded(exc.reason)
         )
         return [error_details_pb2.BadRequest(field_violations=[violation])]
     if isinstance(exc, TailMismatch):

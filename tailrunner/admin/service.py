@@ -687,7 +687,19 @@ def _optional_time(request: runner_pb2.ListTasksRequest, name: str) -> datetime 
         given, value = request.HasField("updated_after"), request.updated_after
     else:
         given, value = request.HasField("updated_before"), request.updated_before
-    return value.ToDatetime(tzinfo=UTC) if given else None
+    if not given:
+        return None
+    try:
+        return value.ToDatetime(tzinfo=UTC)
+    except (OverflowError, ValueError, OSError) as exc:
+        raise InvalidArgument(
+            name,
+            f"{value.seconds} s, {value.nanos} ns: outside 0001-01-01 … 9999-12-31 (UTC)",
+        ) from exc
+
+
+#: Longer than any token this runner makes (a cursor is a time, a name, an id).
+_MAX_PAGE_TOKEN = 4096
 
 
 def _encode_token(query: _TaskQuery, cursor: _Cursor) -> str:
@@ -712,9 +724,12 @@ def _decode_token(token: str, fingerprint: str) -> _Cursor:
     if not token:
         return _Cursor()
     bad = InvalidArgument("page_token", "not a page token of this runner's ListTasks")
+    if len(token) > _MAX_PAGE_TOKEN:
+        raise bad
     try:
         body = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
+        # RecursionError: JSON nested deeper than Python's stack.
         raise bad from exc
     if not isinstance(body, dict) or body.get("v") != _PAGE_TOKEN_VERSION:
         raise bad
@@ -732,7 +747,8 @@ def _decode_token(token: str, fingerprint: str) -> _Cursor:
         if "l" in body:
             activity, hex_id = body["l"]
             return _Cursor(live_after=(str(activity), bytes.fromhex(hex_id)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError, OverflowError, KeyError) as exc:
+        # Whatever a crafted token holds where the cursor's parts should be.
         raise bad from exc
     return _Cursor()
 
