@@ -36,7 +36,7 @@ from tailrunner.admin.client import (
 )
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
 from tailrunner.cli.params import ULIDParam, UUIDParam, json_option, option_error
-from tailrunner.cli.terminal import last_line, printable
+from tailrunner.cli.terminal import cell, last_line, printable
 from tailrunner.errors import (
     AdminError,
     AdminUnavailable,
@@ -365,11 +365,11 @@ def runs(
             str(record.attempt),
             f"{_ago(record.started_at, now)} ago",
             f"{took:.3f}s",
-            _cell(record.outcome),
+            cell(record.outcome),
             str(record.events_seen),
             _tail_text(record.tail_before),
             _tail_text(record.tail_after),
-            _cell(_short(record.error)),
+            cell(_short(record.error)),
         )
     _console().print(table)
 
@@ -444,17 +444,17 @@ def _print_status(tasks: list[TaskInfo]) -> None:
     now = datetime.now(UTC)
     for info in tasks:
         table.add_row(
-            _cell(info.activity),
-            _cell(str(info.aggregate)),
+            cell(info.activity),
+            cell(str(info.aggregate)),
             _state_text(info),
-            _cell(_waits_for(info, now)),
+            cell(_waits_for(info, now)),
             _next_run_text(info, now),
             _tail_text(info.tail),
             "?" if info.lag is None else str(info.lag),
             str(info.attempts),
-            _cell(_last_run_text(info, now)),
+            cell(_last_run_text(info, now)),
             "-" if info.updated_at is None else f"{_ago(info.updated_at, now)} ago",
-            _cell(_short(info.last_error)),
+            cell(_short(info.last_error)),
         )
     console.print(table)
 
@@ -480,8 +480,8 @@ def _print_cluster(cluster: ClusterInfo, all_segments: bool) -> None:
         label = _short_id(owner) + (" (this)" if owner == cluster.incarnation else "")
         since = min((s.since for s in held if s.since is not None), default=None)
         table.add_row(
-            _cell(label),
-            _cell("?" if member is None else member.about),
+            cell(label),
+            cell("?" if member is None else member.about),
             "?" if member is None else ("yes" if member.live else "gone"),
             _ranges([s.segment for s in held]) or "-",
             str(len(held)),
@@ -500,7 +500,7 @@ def _print_cluster(cluster: ClusterInfo, all_segments: bool) -> None:
     for row in cluster.segments:
         segments.add_row(
             str(row.segment),
-            _cell("-" if row.owner is None else _short_id(row.owner)),
+            cell("-" if row.owner is None else _short_id(row.owner)),
             str(row.epoch),
             "-" if row.since is None else f"{_ago(row.since, now)} ago",
             _expiry_text(row, now),
@@ -589,11 +589,6 @@ def _print_task(
         indent = " " * _SHOW_INDENT
         lines += [indent + line for line in printable(failed.error, lines=True).splitlines()]
     click.echo("\n".join(lines))
-
-
-def _cell(text: str) -> Text:
-    """A table cell of text from the runner: escaped, and not read as Rich markup."""
-    return Text(printable(text))
 
 
 def _waits_for(info: TaskInfo, now: datetime) -> str:

@@ -1,6 +1,10 @@
 """The journal from the command line: ``journal serve``, ``append``, ``events``, ``aggregates``.
 
 :data:`COMMANDS` is what :mod:`tailrunner.cli.main` registers.
+
+Text from the journal (event types and data, aggregate types, its errors)
+is printed escaped (:mod:`tailrunner.cli.terminal`): no control character
+reaches the terminal. ``--json`` prints the values as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import structlog
 from ulid import ULID
 
 from tailrunner.cli.params import ULIDParam, UUIDParam, journal_option, json_option, option_error
+from tailrunner.cli.terminal import printable
 from tailrunner.errors import (
     InvalidArgument,
     JournalError,
@@ -294,6 +299,10 @@ def events(
 ) -> None:
     """Print an aggregate's events, one per line: ID, TYPE and DATA, tab-separated.
 
+    A control character in a type or in the data (a line break, a tab, an
+    escape sequence) is shown as its escape (\\n, \\t, \\x1b), so that each
+    event stays on its line; --json has the data as it is.
+
     An aggregate without events prints nothing. With --json each line is an
     object with id, parent, aggregate_type, aggregate_id, type, metadata and
     data (the payload as JSON; a payload that is not JSON is in data_base64).
@@ -374,9 +383,11 @@ def _cli_errors(address: str) -> Iterator[None]:
             f"--expect-tail {exc.expected} is not the aggregate's tail, which is {actual}"
         ) from exc
     except JournalUnavailable as exc:
-        raise click.ClickException(f"cannot reach the journal at {address}: {exc}") from exc
+        raise click.ClickException(
+            printable(f"cannot reach the journal at {address}: {exc}")
+        ) from exc
     except (JournalError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc))) from exc
 
 
 def _read_data(data: str | None) -> bytes:
@@ -402,7 +413,8 @@ def _read_data(data: str | None) -> bytes:
 
 
 def _event_text(event: Event) -> str:
-    return f"{event.id}\t{event.type}\t{event.data.decode(errors='backslashreplace')}"
+    data = printable(event.data.decode(errors="backslashreplace"))
+    return f"{event.id}\t{printable(event.type)}\t{data}"
 
 
 def _event_json(event: Event) -> str:
@@ -424,7 +436,7 @@ def _event_json(event: Event) -> str:
 
 
 def _aggregate_text(info: AggregateInfo) -> str:
-    return f"{info.type}\t{info.id}\t{info.head or '-'}\t{info.event_count}"
+    return f"{printable(info.type)}\t{info.id}\t{info.head or '-'}\t{info.event_count}"
 
 
 def _aggregate_json(info: AggregateInfo) -> str:

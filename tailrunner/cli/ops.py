@@ -134,7 +134,7 @@ def cancel(address: str, name: str) -> None:
         await client.cancel(name)
 
     _with_client(address, run)
-    click.echo(f"{name}\tcancel requested")
+    click.echo(f"{printable(name)}\tcancel requested")
 
 
 @ops.command("delete")
@@ -147,7 +147,7 @@ def delete(address: str, name: str) -> None:
         await client.delete(name)
 
     _with_client(address, run)
-    click.echo(f"{name}\tdeleted")
+    click.echo(f"{printable(name)}\tdeleted")
 
 
 @ops.command("tree")
@@ -239,11 +239,13 @@ def _cli_errors(address: str) -> Iterator[None]:
     try:
         yield
     except InvalidArgument as exc:
-        raise click.ClickException(f"{exc.field}: {exc.reason}") from exc
+        raise click.ClickException(printable(f"{exc.field}: {exc.reason}")) from exc
     except JournalUnavailable as exc:
-        raise click.ClickException(f"cannot reach the journal at {address}: {exc}") from exc
+        raise click.ClickException(
+            printable(f"cannot reach the journal at {address}: {exc}")
+        ) from exc
     except TailrunnerError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc))) from exc
 
 
 def _status(operation: Operation) -> str:
@@ -282,7 +284,8 @@ def _print(operation: Operation, as_json: bool) -> None:
         shown = _unpacked(operation.metadata)
         if shown is not None:
             lines.extend(f"  {key}: {value}" for key, value in shown.items())
-    click.echo(printable("\n".join(lines), lines=True))
+    # Each line escaped on its own: a line break in a value does not make a line.
+    click.echo("\n".join(printable(line) for line in lines))
 
 
 def _as_dict(operation: Operation) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from uuid import UUID
 import click
 from ulid import ULID
 
+from tailrunner.cli.terminal import printable
 from tailrunner.errors import InvalidArgument
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.server import DEFAULT_LISTEN
@@ -49,11 +50,14 @@ class ULIDParam(click.ParamType[ULID]):
 
 
 def option_error(exc: InvalidArgument, option_for_field: Mapping[str, str]) -> click.ClickException:
-    """The CLI's error for a refused field: blamed on its option when the command has one."""
+    """The CLI's error for a refused field: blamed on its option when the command has one.
+
+    The reason may quote the refused value (from the server): it is escaped.
+    """
     option = option_for_field.get(exc.field)
     if option is None:
-        return click.ClickException(str(exc))
-    return click.BadParameter(exc.reason, param_hint=f"'{option}'")
+        return click.ClickException(printable(str(exc)))
+    return click.BadParameter(printable(exc.reason), param_hint=f"'{option}'")
 
 
 def journal_option(what: str = "The journal to talk to") -> Callable[[F], F]:

@@ -192,13 +192,15 @@ def _cli_errors(address: str) -> Iterator[None]:
     except InvalidArgument as exc:
         raise option_error(exc, {"registry": "--registry", "deadline": "--deadline"}) from exc
     except NotFound as exc:
-        raise click.ClickException(f"no such workflow ({exc})") from exc
+        raise click.ClickException(printable(f"no such workflow ({exc})")) from exc
     except CommandRefused as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(printable(str(exc))) from exc
     except JournalUnavailable as exc:
-        raise click.ClickException(f"cannot reach the journal at {address}: {exc}") from exc
+        raise click.ClickException(
+            printable(f"cannot reach the journal at {address}: {exc}")
+        ) from exc
     except (JournalError, WorkflowError) as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+        raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from exc
 
 
 def _state_text(state: State) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from tailrunner.activities.decorator import Activity
+from tailrunner.cli.terminal import printable
 from tailrunner.config import Config, load_config
 from tailrunner.errors import ConfigError
 from tailrunner.plugins import (
@@ -58,7 +59,7 @@ def plugins(config_path: Path | None, as_json: bool, strict: bool | None) -> Non
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(str(exc))) from None
     from tailrunner.logs import configure_logging
 
     configure_logging(config.log.format, config.log.level)
@@ -70,7 +71,7 @@ def plugins(config_path: Path | None, as_json: bool, strict: bool | None) -> Non
         click.echo(_as_text(found, config))
     failed = found.errors
     if failed and (config.plugins.strict if strict is None else strict):
-        names = ", ".join(p.name for p in failed)
+        names = printable(", ".join(p.name for p in failed))
         raise click.ClickException(f"plugins failed to load (strict): {names}")
 
 
@@ -132,19 +133,20 @@ def _as_text(found: PluginSet, config: Config) -> str:
     for plugin in found.plugins:
         lines.append(_heading(plugin))
         if plugin.error is not None:
-            lines.append("    " + click.style(f"error: {plugin.error}", fg="red", bold=True))
+            error = printable(plugin.error)
+            lines.append("    " + click.style(f"error: {error}", fg="red", bold=True))
             continue
         if not plugin.activities:
             lines.append("    (no activities)")
-        width = max((len(name) for name in plugin.activities), default=0)
+        width = max((len(printable(name)) for name in plugin.activities), default=0)
         for name in plugin.activities:
-            types = ", ".join(found.activities[name].aggregate_types)
+            types = printable(", ".join(found.activities[name].aggregate_types))
             act = found.activities[name]
             off = ""
             if not _enabled(found, config, name):
                 why = "opt-in: name it in" if act.opt_in else "not enabled by"
                 off = f"  ({why} activities.enabled)"
-            lines.append(f"    {name:<{width}}  follows {types}{off}")
+            lines.append(f"    {printable(name):<{width}}  follows {types}{off}")
             settings = ", ".join(
                 f"{s['name']} (required)"
                 if s["required"]
@@ -153,7 +155,9 @@ def _as_text(found: PluginSet, config: Config) -> str:
             )
             if settings:
                 where = f"[activities.settings.{name}]"
-                lines.append(f"    {'':<{width}}  settings {where}: {settings}")
+                lines.append(
+                    f"    {'':<{width}}  settings {printable(where)}: {printable(settings)}"
+                )
     failed = len(found.errors)
     summary = (
         f"{len(found.plugins)} plugin{'s' * (len(found.plugins) != 1)},"
@@ -166,11 +170,11 @@ def _as_text(found: PluginSet, config: Config) -> str:
 
 
 def _heading(plugin: PluginInfo) -> str:
-    parts = [click.style(plugin.name, bold=True)]
+    parts = [click.style(printable(plugin.name), bold=True)]
     if plugin.dist is not None:
-        parts.append(f"{plugin.dist} {plugin.version}")
+        parts.append(printable(f"{plugin.dist} {plugin.version}"))
     if plugin.value is not None:
-        parts.append(f"({plugin.value})")
+        parts.append(printable(f"({plugin.value})"))
     return "  ".join(parts)
 
 

@@ -5,11 +5,20 @@ plugins and from the journal: an escape sequence in one could move the
 cursor, rewrite what an operator sees, or set the window title, and a
 bidirectional override could show text other than what it is. Every such
 character is shown as its escape instead (``\\x1b``, ``\\u202e``).
+
+:func:`printable` is for plain output (``click.echo``, an error message);
+:func:`cell` for what Rich prints, which also must not read the text as
+markup (an error text with ``[/bold]`` in it would stop the table with a
+``MarkupError``, and ``[red]…[/red]`` would be styled instead of shown).
+JSON output needs neither: :func:`json.dumps` writes every control
+character as ``\\u00XX`` and keeps the value as it is.
 """
 
 from __future__ import annotations
 
 import re
+
+from rich.text import Text
 
 # C0 controls, DEL and C1 controls; the line and paragraph separators; the
 # bidirectional marks, embeddings, overrides and isolates.
@@ -27,6 +36,11 @@ def printable(text: str, *, lines: bool = False) -> str:
     """
     pattern = _UNSAFE if lines else _UNSAFE_IN_A_LINE
     return pattern.sub(_escape, text)
+
+
+def cell(text: str, *, lines: bool = False) -> Text:
+    """``text`` for Rich (a table cell, a line): escaped, and never read as markup."""
+    return Text(printable(text, lines=lines))
 
 
 def last_line(text: str) -> str:
