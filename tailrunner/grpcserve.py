@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.errors import InvalidArgument
+from tailrunner.parse_guard import ParseGuard
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +111,11 @@ class GrpcServer:
         """
         if self._server is not None:
             raise RuntimeError(f"the {self.kind} server was already started")
-        server = grpc.aio.server(interceptors=self._interceptors or None, options=self._options)
+        # The parse guard outermost: every handler, the others' included,
+        # gets its request parsed by it.
+        server = grpc.aio.server(
+            interceptors=[ParseGuard(), *self._interceptors], options=self._options
+        )
         self._add_services(server)
         health_servicer = health.aio.HealthServicer()
         self._health = health_servicer
