@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,7 +46,7 @@ from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.scaleout.balance import DEFAULT_SLACK
 from tailrunner.scaleout.leases import DEFAULT_LEASE, MAX_LEASE
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS
-from tailrunner.stores import parse_store_url, redact
+from tailrunner.stores import control_character, parse_store_url, redact
 
 __all__ = [
     "ENGINE_KINDS",
@@ -350,7 +351,7 @@ class Config:
         try:
             settings = act.settings_type(**values)
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"[{_dotted(at)}] in {origin}: {exc}") from exc
+            raise ConfigError(f"[{_dotted(at)}] in {origin}: {_printable(str(exc))}") from exc
         return dataclasses.replace(act, settings=settings)
 
 
@@ -363,6 +364,8 @@ _DURATION_ALLOWED = (
 )
 #: The longest duration a key takes: longer ones overflow the clocks they are added to.
 _MAX_DURATION = 100 * 365.25 * 24 * 3600
+#: The largest whole number a key takes: what every database stores (a 32-bit integer).
+_MAX_INTEGER = 2**31 - 1
 
 
 def parse_duration(text: str | float, *, key: str) -> float:
@@ -374,7 +377,7 @@ def parse_duration(text: str | float, *, key: str) -> float:
     """
     seconds = _duration_seconds(text)
     if seconds is None:
-        raise ConfigError(f"{key} = {_show(text)}: expected {_DURATION_ALLOWED}")
+        raise ConfigError(f"{_printable(key)} = {_show(text)}: expected {_DURATION_ALLOWED}")
     return seconds
 
 
@@ -419,7 +422,7 @@ def _settings_values(
             key = _dotted((*at, name))
             hint = _did_you_mean(name, fields, prefix=_dotted(at) + ".")
             raise ConfigError(
-                f"{key} = {_show(value)} in {origin(key)}: unknown key{hint}"
+                f"{key} = {_show(value, (*at, name))} in {origin(key)}: unknown key{hint}"
                 f" ({_known('keys', fields)})"
             )
     values: dict[str, Any] = {}
@@ -438,7 +441,8 @@ def _settings_values(
             raise TypeError(f"{kind.__name__}.{name}: settings cannot be of type {hints[name]!r}")
         converted = convert(value)
         if isinstance(converted, _Bad) or converted is None:
-            raise ConfigError(f"{key} = {_show(value)} in {origin(key)}: expected {expected}")
+            shown = _show(value, (*at, name))
+            raise ConfigError(f"{key} = {shown} in {origin(key)}: expected {expected}")
         values[name] = converted
     return values
 
@@ -547,9 +551,9 @@ _TEXT_KEYS = {
     for key, meta in _declared(kind).items()
     if meta.get("text")
 }
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _STORE_ALLOWED = "memory:, sqlite:///PATH (relative to the config file's folder) or postgresql://…"
 
@@ -565,32 +569,75 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     :param path: the TOML file; ``None`` for the defaults (and the environment).
     :param environ: the environment whose ``TAILRUNNER_SECTION__KEY`` variables
         override the file; :data:`os.environ` when ``None``.
-    :raises ConfigError: the file cannot be read or is not TOML, or a key or
-        value is wrong; the message names the key, the value, where it came
-        from and what is allowed.
+    :raises ConfigError: the file cannot be read, is not UTF-8 or not TOML,
+        nests arrays or tables more than 32 deep, or a key or value is wrong
+        (a number must be finite, a whole number at most 2**31 - 1); the
+        message is one printable line that names the key, the value, where
+        it came from and what is allowed. The value of a key whose name says
+        it is a secret (``token``, ``password`` …) is never shown.
     """
     environ = os.environ if environ is None else environ
     data: dict[str, Any] = {} if path is None else _read_toml(path)
-    sources = _Sources(file=None if path is None else str(path))
+    sources = _Sources(file=None if path is None else _printable(str(path)))
     for name in sorted(environ):
         key = _env_key(name)
         if key is not None:
-            _override(data, key, _env_value(key, environ[name]), name)
-            sources.env[key] = name
+            shown = _printable(name)
+            value = _env_value(key, environ[name], shown)
+            _check_depth(value, key, shown)
+            _override(data, key, value, shown)
+            sources.env[key] = shown
     base_dir = Path.cwd() if path is None else path.absolute().parent
     return _Parser(sources, base_dir).config(data, path)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    where = f"config file {_printable(str(path))}"
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path}: not found") from exc
+        raise ConfigError(f"{where}: not found") from exc
     except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot be read: {exc.strerror}") from exc
+        raise ConfigError(f"{where}: cannot be read: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start},"
+            f" line {line}: {exc.reason}); save it as UTF-8"
+        ) from exc
+    try:
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from exc
+        raise ConfigError(f"{where}: not valid TOML: {_printable(str(exc))}") from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"{where}: not valid here: arrays or tables nested more than {_MAX_DEPTH} deep"
+        ) from exc
+    _check_depth(parsed, (), _printable(str(path)))
+    return parsed
+
+
+#: How deep arrays and tables may nest in a config value: deeper is no config, but an attack
+#: on the recursion limit (of tomllib, of the checks here, of whatever reads settings).
+_MAX_DEPTH = 32
+
+
+def _check_depth(value: object, at: Key, origin: str) -> None:
+    """Refuse a value nested more than :data:`_MAX_DEPTH` deep, naming its key; no recursion."""
+    stack: list[tuple[object, Key, int]] = [(value, at, 0)]
+    while stack:
+        item, key, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            # The outermost key that names a table: below it the nesting is in one value.
+            raise ConfigError(
+                f"{_dotted(key)} in {origin}: arrays or tables nested more than {_MAX_DEPTH} deep"
+            )
+        if isinstance(item, Mapping):
+            stack.extend((v, (*key, k), depth + 1) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, key, depth + 1) for v in item)
 
 
 #: Variables of the CLI's own (addresses of ``tailrunner status``, ``append`` …):
@@ -614,23 +661,28 @@ def _env_key(name: str) -> Key | None:
             tail = _KEYS[section][0] if rest == section else rest.removeprefix(section + "_")
             if tail != rest and tail in _KEYS[section]:
                 raise ConfigError(
-                    f"{name}: not an override; did you mean"
+                    f"{_printable(name)}: not an override; did you mean"
                     f" {ENV_PREFIX}{section.upper()}__{tail.upper()}?"
                     " (sections and keys are separated by a double underscore)"
                 )
         return None
     key = tuple(rest.split("__"))
     if not all(key):
-        raise ConfigError(f"{name}: an empty key between double underscores")
+        raise ConfigError(f"{_printable(name)}: an empty key between double underscores")
     return key
 
 
-def _env_value(key: Key, text: str) -> Any:
-    """An environment variable's text as the value for ``key``."""
+def _env_value(key: Key, text: str, origin: str) -> Any:
+    """An environment variable's text as the value for ``key``; ``origin`` names the variable."""
     try:
         parsed = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         parsed = None
+    except RecursionError as exc:
+        raise ConfigError(
+            f"{_dotted(key)} = (not shown) in {origin}: arrays or tables nested more than"
+            f" {_MAX_DEPTH} deep"
+        ) from exc
     value = parsed["v"] if parsed is not None and parsed.keys() == {"v"} else None
     if key in _TEXT_KEYS:
         return value if isinstance(value, str) else text
@@ -646,7 +698,8 @@ def _override(data: dict[str, Any], key: Key, value: Any, origin: str) -> None:
         inner = table.setdefault(part, {})
         if not isinstance(inner, dict):
             where = _dotted(key[: depth + 1])
-            raise ConfigError(f"{origin}: {where} is {_show(inner)}, not a table")
+            shown = _show(inner, key[: depth + 1])
+            raise ConfigError(f"{origin}: {where} is {shown}, not a table")
         table = inner
     old = table.get(key[-1])
     if isinstance(old, dict) and isinstance(value, dict):
@@ -892,7 +945,8 @@ class _Parser:
         return result
 
     def fail(self, key: Key, value: object, expected: str) -> NoReturn:
-        raise ConfigError(f"{_dotted(key)} = {_show(value)} in {self.sources.of(key)}: {expected}")
+        shown = _show(value, key)
+        raise ConfigError(f"{_dotted(key)} = {shown} in {self.sources.of(key)}: {expected}")
 
     # -- converters: the value, or _Bad saying what is allowed
 
@@ -906,17 +960,15 @@ class _Parser:
         return convert
 
     @staticmethod
-    def integer(*, minimum: int, maximum: int | None = None) -> _Convert[int]:
+    def integer(*, minimum: int, maximum: int = _MAX_INTEGER) -> _Convert[int]:
         def convert(value: Any) -> int | _Bad:
             if (
                 isinstance(value, int)
                 and not isinstance(value, bool)
-                and value >= minimum
-                and (maximum is None or value <= maximum)
+                and minimum <= value <= maximum
             ):
                 return value
-            at_most = "" if maximum is None else f", at most {maximum}"
-            return _Bad(f"expected a whole number, at least {minimum}{at_most}")
+            return _Bad(f"expected a whole number, at least {minimum}, at most {maximum}")
 
         return convert
 
@@ -936,7 +988,13 @@ class _Parser:
     def number() -> _Convert[float]:
         def convert(value: Any) -> float | _Bad:
             if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
+                try:
+                    number = float(value)
+                except OverflowError:  # an int beyond any float
+                    number = math.inf
+                if math.isfinite(number):
+                    return number
+                return _Bad("expected a finite number")
             return _Bad("expected a number")
 
         return convert
@@ -969,7 +1027,7 @@ class _Parser:
     @staticmethod
     def address(value: Any) -> str | _Bad:
         bad = _Bad("expected HOST:PORT, e.g. 127.0.0.1:7740")
-        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        if not isinstance(value, str) or not value or not value.isprintable() or " " in value:
             return bad
         if "://" in value or value.startswith(("unix:", "dns:", "ipv4:", "ipv6:")):
             return value  # a gRPC target URI: grpc checks it when it connects
@@ -978,7 +1036,8 @@ class _Parser:
     @staticmethod
     def listen(value: Any) -> str | _Bad:
         bad = _Bad("expected HOST:PORT to listen on, e.g. 127.0.0.1:7741 (port 0: any free port)")
-        return value if isinstance(value, str) and _is_host_port(value) else bad
+        ok = isinstance(value, str) and value.isprintable() and _is_host_port(value)
+        return value if ok else bad
 
     @classmethod
     def optional_listen(cls, value: Any) -> str | _Bad:
@@ -1004,7 +1063,10 @@ class _Parser:
         try:
             store = parse_store_url(value, field="tails.store", allowed=_STORE_ALLOWED)
         except InvalidArgument:
-            return _Bad(f"expected {_STORE_ALLOWED}")
+            bad = control_character(value) or control_character(urllib.parse.unquote(value))
+            return _Bad(
+                f"{bad}: expected {_STORE_ALLOWED}" if bad else f"expected {_STORE_ALLOWED}"
+            )
         # Relative to the file that says it; a path from the environment
         # (or without a file) is relative to the working directory.
         came_from_file = self.sources.of(("tails", "store")) == self.sources.file
@@ -1012,9 +1074,12 @@ class _Parser:
 
     @staticmethod
     def attempts(value: Any) -> int | _Bad:
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_INTEGER:
             return value
-        return _Bad("expected a whole number: 0 (retry forever) or the most tries per tail")
+        return _Bad(
+            "expected a whole number: 0 (retry forever) or the most tries per tail,"
+            f" at most {_MAX_INTEGER}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1033,21 +1098,74 @@ def _is_host_port(value: str, *, any_port: bool = True) -> bool:
 
 
 def _dotted(key: Iterable[str]) -> str:
-    return ".".join(part if _BARE_KEY.match(part) else json.dumps(part) for part in key)
+    return ".".join(part if _BARE_KEY.match(part) else _quote(part) for part in key)
 
 
-def _show(value: object) -> str:
-    """``value`` as TOML would write it, so the message shows what the user wrote."""
+#: The longest a value is shown in a message: the key and the origin matter more.
+_SHOW_AT_MOST = 200
+#: A key whose name says its value is a secret (``token``, ``db_password``, ``api_key`` …).
+_SECRET_NAME = re.compile(
+    r"token|passw|pwd|secret|credential|apikey|private|cookie|(?:^|[_-])key\Z|\Aauth",
+    re.IGNORECASE,
+)
+_HIDDEN = "(value hidden)"
+
+
+def _is_secret(key: Key, value: object) -> bool:
+    """Whether ``value`` may be a secret: ``key``'s name says so.
+
+    A ``…_env`` key (``admin.token_env``) holds the name of the variable
+    that holds the secret: its value is shown while it is such a name, and
+    hidden when it is not (then it may be the token itself).
+    """
+    if not key or not _SECRET_NAME.search(key[-1]):
+        return False
+    is_name = isinstance(value, str) and _ENV_NAME.match(value) is not None
+    return not (key[-1].lower().endswith("_env") and is_name)
+
+
+def _show(value: object, key: Key = ()) -> str:
+    """``value`` (of ``key``) as TOML would write it, on one line; a secret is never shown."""
+    if _is_secret(key, value):
+        return _HIDDEN
+    text = _written(value, key)
+    return text if len(text) <= _SHOW_AT_MOST else text[: _SHOW_AT_MOST - 1] + "…"
+
+
+def _written(value: object, key: Key) -> str:
+    # Recursion is bounded: every value was checked by _check_depth.
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return json.dumps(redact(value), ensure_ascii=False)
+        return _quote(redact(value))
     if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
+        return "[" + ", ".join(_written(v, key) for v in value) + "]"
     if isinstance(value, Mapping):
-        inner = ", ".join(f"{_dotted([k])} = {_show(v)}" for k, v in value.items())
+        inner = ", ".join(
+            f"{_dotted([k])} = {_HIDDEN if _is_secret((*key, k), v) else _written(v, (*key, k))}"
+            for k, v in value.items()
+        )
         return "{" + (f" {inner} " if inner else "") + "}"
-    return str(value)
+    return _printable(str(value))
+
+
+def _quote(text: str) -> str:
+    """``text`` in double quotes, escaped so that it prints as one line of itself."""
+    return _printable(json.dumps(text, ensure_ascii=False))
+
+
+def _printable(text: str) -> str:
+    """``text`` with each unprintable character (a line break, ESC, NUL …) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _did_you_mean(

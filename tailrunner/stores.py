@@ -15,6 +15,7 @@ store. :func:`redact` hides passwords wherever a URL is shown.
 from __future__ import annotations
 
 import re
+import unicodedata
 import urllib.parse
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
@@ -75,9 +76,13 @@ def parse_store_url(
     :param allowed: what ``field`` may be, for error messages.
     :param schemes: the kinds of store the caller can open.
     :raises InvalidArgument: naming ``field`` when ``url`` is not one of
-        ``schemes`` or a SQLite URL names no file; the message shows the URL
-        without its password.
+        ``schemes``, a SQLite URL names no file, or the URL (or its decoded
+        path) holds a control character; the message shows the URL without
+        its password.
     """
+    bad = control_character(url)
+    if bad is not None:
+        raise InvalidArgument(field, f"{redact(url)!r}: {bad}: expected {allowed}")
     parsed: StoreUrl | None = None
     if url in _MEMORY:
         parsed = StoreUrl("memory", url=url)
@@ -88,10 +93,26 @@ def parse_store_url(
         if not path:
             raise InvalidArgument(field, f"{redact(url)!r} names no file: expected {allowed}")
         options = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        parsed = StoreUrl("sqlite", urllib.parse.unquote(path), tuple(options), url)
+        decoded = urllib.parse.unquote(path)
+        bad = control_character(decoded)
+        if bad is not None:  # e.g. %00: no file system takes it in a name
+            raise InvalidArgument(field, f"{redact(url)!r}: the path {bad}: expected {allowed}")
+        parsed = StoreUrl("sqlite", decoded, tuple(options), url)
     if parsed is None or parsed.scheme not in schemes:
         raise InvalidArgument(field, f"{redact(url)!r} is not a store URL: expected {allowed}")
     return parsed
+
+
+def control_character(text: str) -> str | None:
+    """What is wrong when ``text`` holds a control character (NUL, a newline, ESC …), else ``None``.
+
+    A store URL or file name never holds one; a NUL crashes the drivers and
+    the others are mistakes (or hide what the URL really says on a terminal).
+    """
+    for offset, char in enumerate(text):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            return f"holds a control character (U+{ord(char):04X} at offset {offset})"
+    return None
 
 
 def store_options(

@@ -267,6 +267,32 @@ BAD_VALUES = [
     ('[journal]\naddress = "localhost"', "journal.address", '"localhost"', "HOST:PORT"),
     ('[journal]\naddress = "h:99999"', "journal.address", '"h:99999"', "HOST:PORT"),
     ('engine = "eager"', "engine", '"eager"', "expected a table [engine]"),
+    # Not a number a policy can compute with: refused by key, never at the second failure.
+    ("[retry]\nmultiplier = nan", "retry.multiplier", "nan", "expected a finite number"),
+    ("[retry]\nmultiplier = inf", "retry.multiplier", "inf", "expected a finite number"),
+    ("[retry]\njitter = nan", "retry.jitter", "nan", "expected a finite number"),
+    ("[retry]\ninitial = nan", "retry.initial", "nan", "duration"),
+    ("[retry]\nmax_delay = inf", "retry.max_delay", "inf", "duration"),
+    ("[engine]\ncapacity = 10000000000000000000000", "engine.capacity", "1" + "0" * 22, "at most"),
+    (
+        "[retry]\nmax_attempts = 9223372036854775808",
+        "retry.max_attempts",
+        "9223372036854775808",
+        "at most",
+    ),
+    # A NUL crashes the SQLite driver at start: refused here, by key.
+    (
+        '[tails]\nstore = "sqlite:///\\u0000x.db"',
+        "tails.store",
+        '"sqlite:///\\u0000x.db"',
+        "U+0000",
+    ),
+    ('[tails]\nstore = "sqlite:///%00x.db"', "tails.store", '"sqlite:///%00x.db"', "U+0000"),
+    ('[tails]\nstore = "sqlite:///a\\nb.db"', "tails.store", '"sqlite:///a\\nb.db"', "U+000A"),
+    ('[tails]\npostgres_schema = "a\\n"', "tails.postgres_schema", '"a\\n"', "SQL identifier"),
+    ('[admin]\ntoken_env = "A\\n"', "admin.token_env", "(value hidden)", "variable name"),
+    ('[journal]\naddress = "dns://h\\u0000:1"', "journal.address", '"dns://h\\u0000:1"', "HOST"),
+    ('[admin]\nlisten = "h\\u0000:1"', "admin.listen", '"h\\u0000:1"', "HOST:PORT"),
 ]
 
 

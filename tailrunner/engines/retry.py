@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ class RetryPolicy:
     (0.2: anywhere from 80 % to 120 % of that, capped at ``max_delay``) so
     that many tasks failing together do not retry in lockstep.
 
+    Every number must be finite; any multiplier is safe: the delay
+    saturates at ``max_delay``, however many failures there were.
+
     :ivar initial: seconds after the first failure; more than 0.
     :ivar max_attempts: after this many failures at the same tail the task is
         suspended for an operator; ``None`` retries forever (as nog does).
@@ -30,7 +34,13 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         """:raises InvalidArgument: naming the field (``initial``, ``max_delay`` …)."""
-        if not self.initial > 0:  # also refuses NaN
+        for name, what in _NUMBERS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                _refuse(name, what, value, "expected a number")
+            if not math.isfinite(value):  # NaN compares false with everything: refuse it here
+                _refuse(name, what, value, "expected a finite number")
+        if not self.initial > 0:
             _refuse(
                 "initial",
                 "retry initial delay",
@@ -52,18 +62,47 @@ class RetryPolicy:
             _refuse("max_attempts", "retry max_attempts", self.max_attempts, "must be at least 1")
 
     def delay(self, failures: int, *, rng: random.Random | None = None) -> float:
-        """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
-        exponent = max(0, failures - 1)
-        # Cap the exponent so that a long-failing task cannot overflow the float.
-        base = min(self.max_delay, self.initial * self.multiplier ** min(exponent, 64))
+        """Seconds to wait after the ``failures``-th consecutive failure (1-based).
+
+        Any multiplier and any number of failures give at most ``max_delay``:
+        the growth is compared in logarithms, so it saturates, never overflows.
+        """
+        base = self._backoff(max(0, failures - 1))
         if self.jitter:
             spread = (rng or random).uniform(-self.jitter, self.jitter)
             base = base * (1 + spread)
         return max(0.0, min(self.max_delay, base))
 
+    def _backoff(self, exponent: int) -> float:
+        """``min(max_delay, initial * multiplier ** exponent)``, without overflow."""
+        if exponent == 0 or self.multiplier == 1:
+            return self.initial
+        # exponent * log(multiplier) stays finite: at most ~1e300 * ~710; the exponent
+        # is bounded first because an int beyond ~1e308 is no float at all.
+        growth = min(exponent, _HUGE_EXPONENT) * math.log(self.multiplier)
+        # The difference of the logarithms, not the log of the ratio: that may overflow.
+        if growth >= math.log(self.max_delay) - math.log(self.initial):
+            return self.max_delay
+        try:
+            return min(self.max_delay, self.initial * self.multiplier**exponent)
+        except OverflowError:  # multiplier ** exponent alone may overflow for a tiny initial
+            return min(self.max_delay, math.exp(math.log(self.initial) + growth))
+
     def exhausted(self, failures: int) -> bool:
         """Whether ``failures`` consecutive failures reach the attempt limit."""
         return self.max_attempts is not None and failures >= self.max_attempts
+
+
+#: The fields that are numbers, and how a message names each.
+_NUMBERS = {
+    "initial": "retry initial delay",
+    "multiplier": "retry multiplier",
+    "max_delay": "retry max delay",
+    "jitter": "retry jitter",
+}
+#: Beyond this many failures the exponent no longer matters (every multiplier above 1
+#: has saturated long before), and it still converts to a float.
+_HUGE_EXPONENT = 10**300
 
 
 def _refuse(field: str, what: str, value: object, reason: str) -> None:
