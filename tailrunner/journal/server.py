@@ -26,6 +26,7 @@ from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
 from tailrunner.journal.local import LocalJournal
 from tailrunner.journal.service import (
     DEFAULT_MAX_EVENT_SIZE,
+    DEFAULT_MAX_EVENTS_PER_APPEND,
     SERVICE,
     JournalService,
     MiB,
@@ -76,13 +77,15 @@ class JournalServer(GrpcServer):
         *,
         listen: str = DEFAULT_LISTEN,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_events_per_append: int = DEFAULT_MAX_EVENTS_PER_APPEND,
         max_pending_signals: int = DEFAULT_MAX_PENDING,
         close_store: bool = False,
         services: Sequence[ServiceFactory] = (),
     ) -> None:
         """:param store: where the events are kept.
         :param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
-        :param max_event_size: bytes of data and metadata allowed per event.
+        :param max_event_size: bytes of type, data and metadata allowed per event.
+        :param max_events_per_append: events allowed in one append.
         :param max_pending_signals: aggregates a slow signal reader may have
             pending before it gets a resync instead.
         :param close_store: close ``store`` when the server stops.
@@ -102,7 +105,12 @@ class JournalServer(GrpcServer):
         )
         self._store = store
         self._hub = Hub(max_pending=max_pending_signals)
-        self._service = JournalService(store, self._hub, max_event_size=max_event_size)
+        self._service = JournalService(
+            store,
+            self._hub,
+            max_event_size=max_event_size,
+            max_events_per_append=max_events_per_append,
+        )
         store.add_listener(self._hub.notify, self._hub.resync)
         self._close_store = close_store
         self._local = LocalJournal(store, self._hub)

@@ -32,8 +32,14 @@ from tailrunner.proto.v1 import journal_pb2
 from tailrunner.rpc_errors import abort
 
 MiB = 1024 * 1024
-#: The largest event (data and metadata together) an append may carry.
+#: The largest event (type, data and metadata together) an append may carry.
 DEFAULT_MAX_EVENT_SIZE = MiB
+#: The most events one append may carry: a bigger one would stall the other
+#: callers while it commits, and its reply (an id per event) could pass a
+#: client's message limit although the append committed.
+DEFAULT_MAX_EVENTS_PER_APPEND = 10_000
+#: The longest aggregate type or event type, in characters.
+MAX_TYPE_LENGTH = 256
 #: Events per ``Events`` batch when the reader does not say (``max_batch`` = 0).
 DEFAULT_BATCH = 1000
 #: The most events per batch, whatever the reader asks for.
@@ -83,12 +89,17 @@ class JournalService:
         hub: Hub,
         *,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
+        max_events_per_append: int = DEFAULT_MAX_EVENTS_PER_APPEND,
     ) -> None:
         """:param hub: must be registered as a listener of ``store``.
-        :param max_event_size: bytes of data and metadata allowed per event.
+        :param max_event_size: bytes of type, data and metadata allowed per event.
+        :param max_events_per_append: events allowed in one append.
         """
         if max_event_size < 1:
             raise InvalidArgument("max_event_size", "must be at least 1 byte")
+        if max_events_per_append < 1:
+            raise InvalidArgument("max_events_per_append", "must be at least 1 event")
+        self._max_events_per_append = max_events_per_append
         self._store = store
         # A store that keeps the wire form spares the hot path all work per event.
         self._wire_reader = store if isinstance(store, WireEventReader) else None
@@ -235,6 +246,11 @@ class JournalService:
     ) -> tuple[AggregateRef, list[NewEvent], ULID | None]:
         if not request.aggregate_type:
             raise InvalidArgument("aggregate_type", "must not be empty")
+        if len(request.aggregate_type) > MAX_TYPE_LENGTH:
+            raise InvalidArgument(
+                "aggregate_type",
+                f"{len(request.aggregate_type)} characters, over the limit of {MAX_TYPE_LENGTH}",
+            )
         aggregate = AggregateRef(
             type=request.aggregate_type,
             id=uuid_from_bytes(request.aggregate_id, field="aggregate_id"),
@@ -242,6 +258,12 @@ class JournalService:
         expected_tail = ulid_from_bytes(request.expected_tail, field="expected_tail")
         if not request.events:
             raise InvalidArgument("events", "an append needs at least one event")
+        if len(request.events) > self._max_events_per_append:
+            raise InvalidArgument(
+                "events",
+                f"{len(request.events)} events, over the limit of"
+                f" {self._max_events_per_append} per append: split it",
+            )
         events: list[NewEvent] = []
         limit = self._max_event_size
         append, no_metadata = events.append, _NO_METADATA
@@ -249,14 +271,20 @@ class JournalService:
             event_type, data, wire_metadata = new.type, new.data, new.metadata
             if not event_type:
                 raise InvalidArgument(f"events[{index}].type", "must not be empty")
-            size = len(data)
+            if len(event_type) > MAX_TYPE_LENGTH:
+                raise InvalidArgument(
+                    f"events[{index}].type",
+                    f"{len(event_type)} characters, over the limit of {MAX_TYPE_LENGTH}",
+                )
+            size = len(data) + len(event_type)
             metadata = dict(wire_metadata) if wire_metadata else no_metadata
             if metadata:
                 size += sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
             if size > limit:
                 raise InvalidArgument(
                     f"events[{index}].data",
-                    f"the event is {size} bytes (data and metadata), over the limit of {limit}",
+                    f"the event is {size} bytes (type, data and metadata), over the limit of"
+                    f" {limit}",
                 )
             append(NewEvent(type=event_type, data=data, metadata=metadata))
         return aggregate, events, expected_tail

@@ -286,22 +286,26 @@ async def test_an_oversized_event_is_invalid_argument_and_nothing_is_appended(
     assert str(MiB) in caught.value.reason
     assert await _all_batches(client, ref.id) == []
 
-    # Exactly at the limit is fine.
-    await client.append(ref, [NewEvent(type="max", data=b"x" * MiB)])
+    # Exactly at the limit is fine; the type counts toward it.
+    await client.append(ref, [NewEvent(type="max", data=b"x" * (MiB - 3))])
     [batch] = await _all_batches(client, ref.id)
-    assert len(batch.events[0].data) == MiB
+    assert len(batch.events[0].data) == MiB - 3
+    with pytest.raises(InvalidArgument):
+        await client.append(ref, [NewEvent(type="max", data=b"x" * (MiB - 2))])
 
 
-async def test_the_event_size_limit_is_configurable_and_counts_metadata(ref: AggregateRef) -> None:
+async def test_the_event_size_limit_is_configurable_and_counts_type_and_metadata(
+    ref: AggregateRef,
+) -> None:
     store = MemoryJournalStore()
     async with (
         JournalServer(store, listen="127.0.0.1:0", max_event_size=100) as server,
         JournalClient.connect(server.address, timeout=10) as client,
     ):
-        await client.append(ref, [NewEvent(type="ok", data=b"x" * 100)])
+        await client.append(ref, [NewEvent(type="ok", data=b"x" * 98)])  # 2 + 98 bytes
         with pytest.raises(InvalidArgument) as caught:
             await client.append(
-                ref, [NewEvent(type="big", data=b"x" * 90, metadata={"key": "v" * 20})]
+                ref, [NewEvent(type="big", data=b"x" * 80, metadata={"key": "v" * 20})]
             )
         assert caught.value.field == "events[0].data"
 
