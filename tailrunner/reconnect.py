@@ -85,7 +85,11 @@ class ReconnectPolicy:
         :returns: a value from ``(1 - jitter) * initial`` to ``max_delay``.
         """
         exponent = min(max(0, attempt - 1), 64)  # capped: no float overflow after a long outage
-        base = min(self.max_delay, self.initial * self.multiplier**exponent)
+        try:
+            grown = self.initial * self.multiplier**exponent
+        except OverflowError:  # a huge multiplier: past any max_delay anyway
+            grown = self.max_delay
+        base = min(self.max_delay, grown)
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return min(self.max_delay, base)

@@ -16,6 +16,7 @@ import structlog
 from tailrunner.address import format_host_port, parse_host_port
 from tailrunner.admin.metrics import Metrics, serve_metrics
 from tailrunner.admin.server import AdminServer
+from tailrunner.cli.terminal import printable
 from tailrunner.config import Config, load_config
 from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerError
 from tailrunner.journal.client import JournalClient
@@ -57,16 +58,17 @@ def run(config_path: Path | None) -> None:
     try:
         config = load_config(config_path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(str(exc))) from None
     from tailrunner.logs import configure_logging
 
     configure_logging(config.log.format, config.log.level)
     try:
         anyio.run(_run, config)
     except (ConfigError, PluginError, StoreError) as exc:
-        raise click.ClickException(str(exc)) from None
+        # What a plugin or a store says is escaped: it may hold anything.
+        raise click.ClickException(printable(str(exc))) from None
     except TailrunnerError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from None
 
 
 async def _run(config: Config) -> None:

@@ -441,3 +441,8 @@ async def test_a_run_that_cannot_reach_the_journal_waits_the_reconnect_backoff_n
     assert all(d <= TINY.max_delay + 1e-6 for d in delays), delays
     assert task.errors == 0, "an outage is not the activity's failure"
     assert task.state is not TaskState.SUSPENDED
+
+
+def test_a_huge_reconnect_multiplier_saturates_at_the_longest_wait() -> None:
+    policy = ReconnectPolicy(initial=0.1, multiplier=1e200, max_delay=5.0, jitter=0.0)
+    assert [policy.delay(n) for n in (1, 2, 64, 10_000)] == [0.1, 5.0, 5.0, 5.0]
