@@ -10,6 +10,7 @@ reaches the terminal. ``--json`` prints the values as they are.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import signal
@@ -37,7 +38,7 @@ from tailrunner.errors import (
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.open import DEFAULT_STORE, migrate_store, open_store
 from tailrunner.journal.server import DEFAULT_LISTEN, JournalServer
-from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE
+from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_EVENTS_PER_APPEND
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
 from tailrunner.operations.pingregistry import workflows_service
 from tailrunner.operations.service import DEFAULT_MAX_WAIT, operations_service
@@ -123,7 +124,15 @@ def journal() -> None:
     type=_SizeParam(),
     default=str(DEFAULT_MAX_EVENT_SIZE),
     show_default="1MiB",
-    help="Largest event (data and metadata) an append may carry, e.g. 512KiB, 4MiB.",
+    help="Largest event (type, data and metadata) an append may carry, e.g. 512KiB, 4MiB.",
+)
+@click.option(
+    "--max-events-per-append",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_EVENTS_PER_APPEND,
+    show_default=True,
+    metavar="N",
+    help="Most events one append may carry; a bigger one is refused (INVALID_ARGUMENT).",
 )
 @click.option(
     "--no-operations",
@@ -140,7 +149,13 @@ def journal() -> None:
     help="The longest WaitOperation; a longer (or no) timeout is capped to it.",
 )
 def serve(
-    listen: str, store_url: str, max_event_size: int, no_operations: bool, max_wait: float
+    *,
+    listen: str,
+    store_url: str,
+    max_event_size: int,
+    max_events_per_append: int,
+    no_operations: bool,
+    max_wait: float,
 ) -> None:
     """Serve the event journal over gRPC until SIGINT or SIGTERM.
 
@@ -160,11 +175,27 @@ def serve(
     """
     _configure_logging("info")
     with _cli_errors(listen):
-        anyio.run(_serve, listen, store_url, max_event_size, not no_operations, max_wait)
+        anyio.run(
+            functools.partial(
+                _serve,
+                listen=listen,
+                store_url=store_url,
+                max_event_size=max_event_size,
+                max_events_per_append=max_events_per_append,
+                operations=not no_operations,
+                max_wait=max_wait,
+            )
+        )
 
 
 async def _serve(
-    listen: str, store_url: str, max_event_size: int, operations: bool, max_wait: float
+    *,
+    listen: str,
+    store_url: str,
+    max_event_size: int,
+    max_events_per_append: int,
+    operations: bool,
+    max_wait: float,
 ) -> None:
     store = await open_store(store_url)
     try:
@@ -172,6 +203,7 @@ async def _serve(
             store,
             listen=listen,
             max_event_size=max_event_size,
+            max_events_per_append=max_events_per_append,
             close_store=True,
             services=[operations_service(max_wait=max_wait), workflows_service()]
             if operations
