@@ -41,6 +41,7 @@ from tailrunner.engines.kinds import ENGINE_KINDS
 from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.errors import ConfigError, InvalidArgument
+from tailrunner.journal.client import DEFAULT_CALL_TIMEOUT, DEFAULT_KEEPALIVE
 from tailrunner.logs import LOG_FORMATS, LogFormat
 from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.scaleout.balance import DEFAULT_SLACK
@@ -112,6 +113,10 @@ class JournalConfig:
     :ivar reconnect_initial: seconds before the first attempt to reach the
         journal again after it went away; doubles per failed attempt.
     :ivar reconnect_max_delay: the longest wait between those attempts.
+    :ivar keepalive: seconds between keepalive pings; a journal that went
+        silent (a black-holed network) is noticed after about twice this,
+        and the runs on it are retried.
+    :ivar call_timeout: the deadline of every unary call to the journal.
     """
 
     address: str = field(default="127.0.0.1:7740", metadata=_key(lambda p: p.address, text=True))
@@ -120,6 +125,14 @@ class JournalConfig:
     )
     reconnect_max_delay: float = field(
         default=DEFAULT_RECONNECT.max_delay, metadata=_key(lambda p: p.duration(positive=True))
+    )
+    keepalive: float = field(
+        default=DEFAULT_KEEPALIVE,
+        metadata=_key(lambda p: p.duration(positive=True, maximum=3600)),
+    )
+    call_timeout: float = field(
+        default=DEFAULT_CALL_TIMEOUT,
+        metadata=_key(lambda p: p.duration(positive=True, maximum=3600)),
     )
 
     def __post_init__(self) -> None:

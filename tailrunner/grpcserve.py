@@ -29,6 +29,19 @@ log = structlog.get_logger(__name__)
 #: Seconds in-flight calls get to finish when a server stops.
 DEFAULT_GRACE = 5.0
 
+#: Clients ping to notice a silent partition (the journal client every 10 s
+#: by default): let them, as often as every half second and between calls,
+#: instead of answering with GOAWAY "too many pings". The server pings too,
+#: so that it lets go of a client that went silent.
+_KEEPALIVE: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
 
 class GrpcServer:
     """One gRPC service on one address, with health and reflection.
@@ -66,7 +79,7 @@ class GrpcServer:
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
         """
         self._listen: HostPort = parse_host_port(listen, field="listen")
-        self._options = [("grpc.so_reuseport", 0), *options]
+        self._options = [("grpc.so_reuseport", 0), *_KEEPALIVE, *options]
         self._interceptors = list(interceptors)
         self._log_details = dict(log_details or {})
         self._server: grpc.aio.Server | None = None

@@ -89,7 +89,12 @@ async def _run(config: Config) -> None:
     try:
         async with AsyncExitStack() as stack:
             journal = await stack.enter_async_context(
-                JournalClient.connect(config.journal.address, reconnect=config.journal.reconnect)
+                JournalClient.connect(
+                    config.journal.address,
+                    reconnect=config.journal.reconnect,
+                    keepalive=config.journal.keepalive,
+                    timeout=config.journal.call_timeout,
+                )
             )
             membership = None
             writes: TailStore = tails

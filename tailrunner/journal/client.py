@@ -80,6 +80,26 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", -1),
 )
 
+#: Seconds between keepalive pings, and to wait for each one's answer: a
+#: peer that went silent (a black-holed network: no FIN, no RST) is noticed
+#: after about twice this, and the streams on it fail and are retried.
+DEFAULT_KEEPALIVE = 10.0
+#: Seconds a runner's unary call to the journal may take (``journal.call_timeout``).
+DEFAULT_CALL_TIMEOUT = 30.0
+
+
+def keepalive_options(seconds: float) -> tuple[tuple[str, int], ...]:
+    """The channel options that ping the server every ``seconds``, even between calls."""
+    ms = max(1, round(seconds * 1000))
+    return (
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        # Newer gRPC cores time the ping's answer by this one as well.
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    )
+
 
 class JournalClient:
     """A journal reached over gRPC; implements :class:`~tailrunner.journal.api.JournalApi`.
@@ -114,6 +134,7 @@ class JournalClient:
         *,
         timeout: float | None = None,
         reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
     ) -> JournalClient:
         """A client of the journal at ``address`` (``HOST:PORT``).
 
@@ -126,9 +147,12 @@ class JournalClient:
             gRPC's default grows to 120 s, and until it tries again every
             call fails at once: after a long outage the journal's return
             would go unnoticed for up to two minutes.
+        :param keepalive: seconds between keepalive pings (:data:`DEFAULT_KEEPALIVE`);
+            ``None``: no pings, and a silent partition goes unnoticed.
         """
         options = (
             *_CHANNEL_OPTIONS,
+            *(() if keepalive is None else keepalive_options(keepalive)),
             ("grpc.initial_reconnect_backoff_ms", max(1, round(reconnect.initial * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(1, round(reconnect.max_delay * 1000))),
         )

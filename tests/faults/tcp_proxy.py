@@ -127,9 +127,11 @@ class _Link:
         self.client = _Side(self)
         self.upstream: _Side | None = None
         self.closed = False
+        #: Silent for good (see :meth:`TcpProxy.stall_open`), whatever the proxy does.
+        self.stalled = False
 
     def proxy_flowing(self) -> bool:
-        return self._proxy._flowing
+        return self._proxy._flowing and not self.stalled
 
     def update_reading(self) -> None:
         self.client.update_reading()
@@ -201,6 +203,23 @@ class TcpProxy:
                 link.update_reading()
 
         self._call(blackhole)
+
+    def stall_open(self) -> int:
+        """Silence the connections open now, for good; new ones flow. How many were stalled.
+
+        What a NAT or firewall that lost its state does: the peers see no FIN
+        and no RST, only silence, while a new connection works.
+        """
+
+        def stall() -> int:
+            links = list(self._links)
+            for link in links:
+                link.stalled = True
+                link.update_reading()
+            self._blackholes += 1
+            return len(links)
+
+        return self._call(stall)
 
     def heal(self) -> None:
         """Forward again, the held bytes and connections first."""
