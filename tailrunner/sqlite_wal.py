@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from typing import Literal, get_args
@@ -16,6 +18,24 @@ SYNCHRONOUS_LEVELS: tuple[str, ...] = get_args(Synchronous)
 #: ``PRAGMA busy_timeout``.
 BUSY_TIMEOUT_MS = 5000
 _RETRY_EVERY = 0.01
+
+
+#: The mode a store creates its database file with: its owner's only. SQLite
+#: gives the ``-wal`` and ``-shm`` files the database file's mode.
+FILE_MODE = 0o600
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection to the database file ``path``, created owner-only if it is new.
+
+    ``isolation_level=None``: transactions are the store's (``BEGIN
+    IMMEDIATE``), not the module's. An existing file keeps its mode.
+    """
+    # An empty file is an empty database; O_EXCL: never touch one that exists.
+    # Any other failure (no such folder, no permission) sqlite3 reports as it did.
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 def use_wal(conn: sqlite3.Connection) -> str:

@@ -48,7 +48,7 @@ from tailrunner.journal.store import (
 )
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
-from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, use_wal
+from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, connect, use_wal
 
 log = structlog.get_logger(__name__)
 
@@ -369,8 +369,7 @@ def _with_reader(
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
-    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    return connect(path)
 
 
 def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:

@@ -34,7 +34,7 @@ from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.sqlite import SQLiteMigration, fetchall, rollback
 from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
-from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, use_wal
+from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, connect, use_wal
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
     RunRecord,
@@ -239,8 +239,7 @@ async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, b
 
 
 def _connect(path: str) -> sqlite3.Connection:
-    # isolation_level=None: transactions are ours (BEGIN IMMEDIATE), not the module's.
-    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    return connect(path)
 
 
 def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> None:
