@@ -67,7 +67,13 @@ from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
-from tailrunner.sql.postgres import PooledConnections, PostgresMigration, reason
+from tailrunner.sql.postgres import (
+    PooledConnections,
+    PostgresMigration,
+    libpq_timeout,
+    open_pool,
+    reason,
+)
 from tailrunner.sql.schema import JOURNAL_MIGRATIONS, JOURNAL_VERSION_TABLE
 from tailrunner.stores import redact
 
@@ -172,7 +178,7 @@ async def migrate_schema(
     name = _store_name(url, schema)
     try:
         conn = await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=_libpq_timeout(connect_timeout)
+            url, autocommit=True, connect_timeout=libpq_timeout(connect_timeout)
         )
     except psycopg.Error as exc:
         raise StoreError(f"cannot open the journal store {name}: {reason(exc)}") from exc
@@ -260,22 +266,13 @@ class PostgresJournalStore:
         name = _store_name(url, schema)
         if migrated:
             log.info("migrated", store=name, version=version)
-        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        pool = await open_pool(
             url,
-            min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": _libpq_timeout(connect_timeout)},
-            open=False,
             name="tailrunner-journal",
+            connect_timeout=connect_timeout,
+            what=f"the journal store {name}",
         )
-        try:
-            await pool.open(wait=True, timeout=connect_timeout)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await pool.close()
-            if isinstance(exc, psycopg.Error):
-                raise StoreError(f"cannot open the journal store {name}: {reason(exc)}") from exc
-            raise
         store = cls(url, pool, schema=schema, request_ids_kept=request_ids_kept)
         try:
             await store._start_listening(url, connect_timeout)
@@ -292,7 +289,7 @@ class PostgresJournalStore:
             self._instance,
             self._listeners,
             name=self._name,
-            connect_timeout=_libpq_timeout(connect_timeout),
+            connect_timeout=libpq_timeout(connect_timeout),
         )
         await self._notify_listener.start(connect_timeout)
 
@@ -507,8 +504,3 @@ def _check_tail(expected_tail: ULID | None, head: ULID | None, *, expect_new: bo
 
 def _store_name(url: str, schema: str) -> str:
     return f"{redact(url)} (schema {schema})"
-
-
-def _libpq_timeout(seconds: float) -> int:
-    # libpq takes whole seconds, at least 2.
-    return max(2, round(seconds))

@@ -7,16 +7,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-import psycopg
-from psycopg_pool import AsyncConnectionPool
 
-from tailrunner.errors import InvalidArgument, StoreError
+from tailrunner.errors import InvalidArgument
 from tailrunner.scaleout.balance import DEFAULT_SLACK
 from tailrunner.scaleout.fenced_tails import FencedTailStore
-from tailrunner.scaleout.leases import DEFAULT_LEASE, Connection, SegmentLeases
+from tailrunner.scaleout.leases import DEFAULT_LEASE, SegmentLeases
 from tailrunner.scaleout.membership import Membership
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS
-from tailrunner.sql.postgres import reason
+from tailrunner.sql.postgres import open_pool
 from tailrunner.stores import redact
 from tailrunner.tails.postgres import PostgresTailStore
 from tailrunner.tails.store import TailStore
@@ -58,24 +56,18 @@ async def join_cluster(
             "scaleout.enabled",
             f"needs the tail store on PostgreSQL, not {type(tails).__name__}",
         )
-    name = redact(url)
-    timeout = max(2, round(connect_timeout))
-    pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+    # Its own small pool: the heartbeat, the balance and the admin's cluster
+    # view, never waiting behind the tail store's transactions. No prepared
+    # statements: session state breaks behind pgbouncer in transaction mode.
+    pool = await open_pool(
         url,
-        min_size=1,
-        # The heartbeat, the balance and the admin's cluster view.
         max_size=4,
-        # No server-side prepared statements: session state, which breaks
-        # behind pgbouncer in transaction mode (as session locks would).
-        kwargs={"autocommit": True, "connect_timeout": timeout, "prepare_threshold": None},
-        open=False,
         name="tailrunner-leases",
+        connect_timeout=connect_timeout,
+        what=f"the segment leases on {redact(url)}",
+        prepare=False,
     )
     try:
-        try:
-            await pool.open(wait=True, timeout=connect_timeout)
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot open the segment leases on {name}: {reason(exc)}") from exc
         leases = await SegmentLeases.open(pool, schema=tails.schema, segments=segments, lease=lease)
         membership = Membership(leases, slack=slack, about=about)
         yield ClusterMember(membership=membership, tails=FencedTailStore(tails, membership))

@@ -11,7 +11,7 @@ Both raise :class:`~tailrunner.errors.LeaseLost`. Reads pass through.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Collection
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -72,24 +72,20 @@ class FencedTailStore:
 
     async def save(self, record: TailRecord) -> None:
         fence = self._fence(record)
-        try:
-            await self._store.save(record, fence)
-        except LeaseLost:
-            self._membership.refused(fence)
-            raise
+        await self._fenced(fence, self._store.save(record, fence))
 
     async def save_with_run(self, record: TailRecord, run: RunRecord) -> None:
         fence = self._fence(record)
-        try:
-            await self._store.save_with_run(record, run, fence)
-        except LeaseLost:
-            self._membership.refused(fence)
-            raise
+        await self._fenced(fence, self._store.save_with_run(record, run, fence))
 
     async def record_run(self, run: RunRecord) -> None:
         fence = self._fence(run)
+        await self._fenced(fence, self._store.record_run(run, fence))
+
+    async def _fenced(self, fence: Fence, write: Awaitable[None]) -> None:
+        """Await ``write``; a refusal is counted and stops the segment, then re-raised."""
         try:
-            await self._store.record_run(run, fence)
+            await write
         except LeaseLost:
             self._membership.refused(fence)
             raise

@@ -27,6 +27,46 @@ Connection = psycopg.AsyncConnection[TupleRow]
 SCHEMA_LOCK_CLASS = 0x7363686D
 
 
+def libpq_timeout(seconds: float) -> int:
+    """``connect_timeout`` as libpq takes it: whole seconds, at least 2."""
+    return max(2, round(seconds))
+
+
+async def open_pool(
+    url: str,
+    *,
+    max_size: int,
+    name: str,
+    connect_timeout: float,
+    what: str,
+    prepare: bool = True,
+) -> AsyncConnectionPool[Connection]:
+    """An open pool of autocommit connections to ``url``, its first connection made.
+
+    :param name: the pool's name (psycopg's logs).
+    :param what: what is being opened, for the error: ``"the tail store …"``.
+    :param prepare: let psycopg prepare statements on the server; off where
+        pgbouncer in transaction mode must work (a prepared statement is
+        session state).
+    :raises StoreError: ``"cannot open {what}: {reason}"``; the pool is closed.
+    """
+    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": libpq_timeout(connect_timeout)}
+    if not prepare:
+        kwargs["prepare_threshold"] = None
+    pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        url, min_size=1, max_size=max_size, kwargs=kwargs, open=False, name=name
+    )
+    try:
+        await pool.open(wait=True, timeout=connect_timeout)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            await pool.close()
+        if isinstance(exc, psycopg.Error):
+            raise StoreError(f"cannot open {what}: {reason(exc)}") from exc
+        raise
+    return pool
+
+
 class PooledConnections:
     """A store's pool, as every PostgreSQL store uses it.
 

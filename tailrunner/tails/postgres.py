@@ -32,7 +32,13 @@ from tailrunner.sql.codecs import TailRows
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.fencing import Fence
 from tailrunner.sql.migrate import migrate
-from tailrunner.sql.postgres import PooledConnections, PostgresMigration, reason
+from tailrunner.sql.postgres import (
+    PooledConnections,
+    PostgresMigration,
+    libpq_timeout,
+    open_pool,
+    reason,
+)
 from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.statements import (
     FencedStatements,
@@ -131,11 +137,9 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
             raise InvalidArgument("pool_size", f"{pool_size}: at least one connection is needed")
         check_retention(run_retention)
         name = f"{redact(url)} (schema {schema})"
-        # libpq takes whole seconds, at least 2.
-        timeout = max(2, round(connect_timeout))
         try:
             conn = await psycopg.AsyncConnection.connect(
-                url, autocommit=True, connect_timeout=timeout
+                url, autocommit=True, connect_timeout=libpq_timeout(connect_timeout)
             )
         except psycopg.Error as exc:
             raise StoreError(f"cannot open the tail store {name}: {reason(exc)}") from exc
@@ -148,22 +152,13 @@ class PostgresTailStore(SQLTailStore[sql.Composed, Connection]):
                 await conn.close()
         if migrated:
             log.info("migrated", store=name, version=version)
-        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        pool = await open_pool(
             url,
-            min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": timeout},
-            open=False,
             name="tailrunner-tails",
+            connect_timeout=connect_timeout,
+            what=f"the tail store {name}",
         )
-        try:
-            await pool.open(wait=True, timeout=connect_timeout)
-        except BaseException as exc:
-            with anyio.CancelScope(shield=True):
-                await pool.close()
-            if isinstance(exc, psycopg.Error):
-                raise StoreError(f"cannot open the tail store {name}: {reason(exc)}") from exc
-            raise
         log.debug("opened", store=name, version=version)
         return cls(url, pool, schema=schema, run_retention=run_retention)
 
