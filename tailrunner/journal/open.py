@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import urllib.parse
-from typing import cast
 
 from tailrunner.errors import InvalidArgument
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.journal.store import JournalStore
-from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous
-from tailrunner.stores import StoreUrl, parse_store_url, redact, store_options
+from tailrunner.sqlite_wal import Synchronous, sqlite_options
+from tailrunner.stores import StoreUrl, parse_store_url, redact
 
 DEFAULT_STORE = "sqlite:///journal.db"
 #: What ``--store`` may be, for error messages.
@@ -29,6 +28,11 @@ async def open_store(url: str, *, synchronous: Synchronous | None = None) -> Jou
       is relative to the working directory, ``sqlite:////var/lib/journal.db``
       absolute. ``?synchronous=NORMAL`` (or ``OFF``, ``FULL``, ``EXTRA``)
       sets the durability of writes; the default is ``FULL``.
+      ``?file_mode=0640`` the mode a new file is created with (default
+      ``0600``; octal, never world-writable). The file is checked as it
+      opens (:mod:`tailrunner.sqlite_wal`): its write-ahead log, then
+      ``PRAGMA quick_check``, which reads the whole file; ``?check=off``
+      skips all but the log's header.
     - ``postgresql://USER@HOST/DB`` (or ``postgres://``): PostgreSQL, shared
       by every journal server given the same URL. ``?schema=NAME`` names the
       schema of its tables (default ``tailrunner``), created and migrated on
@@ -49,9 +53,13 @@ async def open_store(url: str, *, synchronous: Synchronous | None = None) -> Jou
 
         conninfo, schema = postgres_target(store)
         return await PostgresJournalStore.open(conninfo, schema=schema)
-    options = store_options(store, field="--store", choices={"synchronous": SYNCHRONOUS_LEVELS})
-    level = cast(Synchronous, options.get("synchronous", "FULL"))
-    return await SQLiteJournalStore.open(store.path, synchronous=synchronous or level)
+    options = sqlite_options(store, field="--store")
+    return await SQLiteJournalStore.open(
+        store.path,
+        synchronous=synchronous or options.synchronous,
+        file_mode=options.file_mode,
+        check=options.check,
+    )
 
 
 async def migrate_store(url: str) -> int:
@@ -73,7 +81,10 @@ async def migrate_store(url: str) -> int:
         conninfo, schema = postgres_target(store)
         version, _ = await migrate_schema(conninfo, schema=schema)
         return version
-    sqlite_store = await SQLiteJournalStore.open(store.path)
+    options = sqlite_options(store, field="--store")
+    sqlite_store = await SQLiteJournalStore.open(
+        store.path, file_mode=options.file_mode, check=options.check
+    )
     await sqlite_store.aclose()
     return await _sqlite_version(store.path)
 

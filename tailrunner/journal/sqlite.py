@@ -22,6 +22,7 @@ Schema versions: 1 kept events as columns; 2 keeps their wire form; 3 adds
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -48,7 +49,18 @@ from tailrunner.journal.store import (
 )
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
-from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, connect, use_wal
+from tailrunner.sqlite_wal import (
+    FILE_MODE,
+    QUICK_CHECK_BUDGET,
+    SYNCHRONOUS_LEVELS,
+    Synchronous,
+    check_database,
+    connect,
+    damage_hint,
+    is_damage,
+    refuse_damaged_wal,
+    use_wal,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -149,16 +161,29 @@ class SQLiteJournalStore:
         synchronous: Synchronous = "FULL",
         read_connections: int = 4,
         request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
+        file_mode: int = FILE_MODE,
+        check: bool = True,
+        check_budget: float = QUICK_CHECK_BUDGET,
     ) -> SQLiteJournalStore:
         """Open (and create if needed) the journal in the file at ``path``.
 
+        Before SQLite opens the file, its write-ahead log is checked: a log
+        SQLite would discard (damaged header, or commits after a damaged
+        frame) is refused, never deleted. Then ``PRAGMA quick_check``
+        (see :mod:`tailrunner.sqlite_wal`).
+
         :param synchronous: the ``PRAGMA synchronous`` level of the writes.
+        :param file_mode: the mode of a new file (an existing one keeps its own).
+        :param check: ``False`` skips the O(size) checks (the WAL's frames,
+            ``quick_check``); the WAL's header is always checked.
+        :param check_budget: seconds ``quick_check`` may take; the store
+            opens unchecked (with a warning) after that.
         :param read_connections: how many reads may run at once.
         :param request_ids_kept: how many request ids of idempotent appends
             to remember per aggregate (the last ones).
         :raises InvalidArgument: an unknown ``synchronous`` level.
-        :raises StoreError: the file cannot be opened or is not a journal;
-            the message names the path and the reason.
+        :raises StoreError: the file cannot be opened, is not a journal, or is
+            damaged; the message names the path, the reason and what to do.
         """
         if synchronous not in SYNCHRONOUS_LEVELS:
             raise InvalidArgument(
@@ -169,7 +194,16 @@ class SQLiteJournalStore:
             raise InvalidArgument("read_connections", "at least one read connection is needed")
         check_request_ids_kept(request_ids_kept)
         name = os.fspath(path)
-        writer = await anyio.to_thread.run_sync(_open_writer, name, synchronous)
+        writer = await anyio.to_thread.run_sync(
+            functools.partial(
+                _open_writer,
+                name,
+                synchronous,
+                file_mode=file_mode,
+                check=check,
+                check_budget=check_budget,
+            )
+        )
         log.debug("opened", path=name, synchronous=synchronous)
         return cls(
             name, writer, read_connections=read_connections, request_ids_kept=request_ids_kept
@@ -372,9 +406,12 @@ def _connect(path: str) -> sqlite3.Connection:
     return connect(path)
 
 
-def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
+def _open_writer(
+    path: str, synchronous: str, *, file_mode: int, check: bool, check_budget: float
+) -> sqlite3.Connection:
+    refuse_damaged_wal(path, what="journal store", frames=check)
     try:
-        conn = _connect(path)
+        conn = connect(path, file_mode=file_mode)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
     try:
@@ -384,6 +421,8 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
                 f"cannot open the journal store {path}: it needs a file that can use WAL"
                 f" (journal mode is {mode})"
             )
+        if check:
+            check_database(conn, path, what="journal store", budget=check_budget)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > _SCHEMA_VERSION:
@@ -412,7 +451,8 @@ def _open_writer(path: str, synchronous: str) -> sqlite3.Connection:
                 raise
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"cannot open the journal store {path}: {exc}") from exc
+        hint = f"; {damage_hint(path)}" if is_damage(exc) else ""
+        raise StoreError(f"cannot open the journal store {path}: {exc}{hint}") from exc
     except BaseException:
         conn.close()
         raise

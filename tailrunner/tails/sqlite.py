@@ -15,6 +15,7 @@ shared with the PostgreSQL store.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +35,18 @@ from tailrunner.sql.schema import TAILS_VERSION_TABLE
 from tailrunner.sql.sqlite import SQLiteMigration, fetchall, rollback
 from tailrunner.sql.statements import TailStatements, prune_params, tail_migrations
 from tailrunner.sql.tail_store import SQLTailStore
-from tailrunner.sqlite_wal import SYNCHRONOUS_LEVELS, Synchronous, connect, use_wal
+from tailrunner.sqlite_wal import (
+    FILE_MODE,
+    QUICK_CHECK_BUDGET,
+    SYNCHRONOUS_LEVELS,
+    Synchronous,
+    check_database,
+    connect,
+    damage_hint,
+    is_damage,
+    refuse_damaged_wal,
+    use_wal,
+)
 from tailrunner.tails.store import (
     DEFAULT_RUN_RETENTION,
     RunRecord,
@@ -95,16 +107,27 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
         *,
         synchronous: Synchronous = "FULL",
         run_retention: int = DEFAULT_RUN_RETENTION,
+        file_mode: int = FILE_MODE,
+        check: bool = True,
+        check_budget: float = QUICK_CHECK_BUDGET,
     ) -> SQLiteTailStore:
         """Open (and create or migrate if needed) the tail store in the file at ``path``.
 
+        Checked as it opens, as the journal's store is
+        (:mod:`tailrunner.sqlite_wal`): the write-ahead log before SQLite
+        opens the file, then ``PRAGMA quick_check``.
+
         :param synchronous: the ``PRAGMA synchronous`` level of the writes.
+        :param file_mode: the mode of a new file (an existing one keeps its own).
+        :param check: ``False`` skips the O(size) checks (the WAL's frames,
+            ``quick_check``); the WAL's header is always checked.
+        :param check_budget: seconds ``quick_check`` may take.
         :param run_retention: how many runs per task :meth:`record_run` keeps.
         :raises InvalidArgument: an unknown ``synchronous`` level, or
             ``run_retention`` below 1.
         :raises StoreError: the file cannot be opened, is not a tail store,
-            or was written by a newer tailrunner; the message names the path
-            and the reason.
+            is damaged, or was written by a newer tailrunner; the message
+            names the path and the reason.
         """
         if synchronous not in SYNCHRONOUS_LEVELS:
             raise InvalidArgument(
@@ -112,7 +135,9 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
             )
         check_retention(run_retention)
         name = os.fspath(path)
-        conn, version, migrated = await _open(name, synchronous)
+        conn, version, migrated = await _open(
+            name, synchronous, file_mode=file_mode, check=check, check_budget=check_budget
+        )
         if migrated:
             log.info("migrated", path=name, version=version)
         log.debug("opened", path=name, synchronous=synchronous, version=version)
@@ -213,33 +238,40 @@ class SQLiteTailStore(SQLTailStore[str, sqlite3.Connection]):
             raise StoreError(f"tail store {self._path} is closed")
 
 
-async def _open(path: str, synchronous: str) -> tuple[sqlite3.Connection, int, bool]:
+async def _open(
+    path: str, synchronous: str, *, file_mode: int, check: bool, check_budget: float
+) -> tuple[sqlite3.Connection, int, bool]:
     def refuse(reason: str) -> StoreError:
         return StoreError(f"cannot open the tail store {path}: {reason}")
 
+    await anyio.to_thread.run_sync(
+        functools.partial(refuse_damaged_wal, path, what="tail store", frames=check)
+    )
     try:
-        conn = await anyio.to_thread.run_sync(_connect, path)
+        conn = await anyio.to_thread.run_sync(functools.partial(connect, path, file_mode=file_mode))
     except sqlite3.Error as exc:
         raise refuse(str(exc)) from exc
     try:
         mode = await anyio.to_thread.run_sync(use_wal, conn)
         if mode != "wal":
             raise refuse(f"it needs a file that can use WAL (journal mode is {mode})")
+        if check:
+            await anyio.to_thread.run_sync(
+                functools.partial(
+                    check_database, conn, path, what="tail store", budget=check_budget
+                )
+            )
         await anyio.to_thread.run_sync(conn.execute, f"PRAGMA synchronous = {synchronous}")
         version, migrated = await migrate(
             SQLiteMigration(conn), SQLITE, TAILS_VERSION_TABLE, MIGRATIONS, refuse
         )
     except sqlite3.Error as exc:
         conn.close()
-        raise refuse(str(exc)) from exc
+        raise refuse(f"{exc}; {damage_hint(path)}" if is_damage(exc) else str(exc)) from exc
     except BaseException:
         conn.close()
         raise
     return conn, version, migrated
-
-
-def _connect(path: str) -> sqlite3.Connection:
-    return connect(path)
 
 
 def _save_and_commit(conn: sqlite3.Connection, params: tuple[object, ...]) -> None:
