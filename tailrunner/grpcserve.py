@@ -149,6 +149,23 @@ class GrpcServer:
             await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening", service=self.kind, address=self.address, **self._log_details)
 
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service ``SERVING`` or ``NOT_SERVING`` in health (a failing store).
+
+        Does nothing before :meth:`start` or once stopping (health then stays
+        ``NOT_SERVING``).
+        """
+        if self._health is None or self._stopped:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for service in ("", *self._service_names()):
+            await self._health.set(service, status)
+        (log.info if serving else log.warning)("health", service=self.kind, serving=serving)
+
     async def stop(self, grace: float | None = DEFAULT_GRACE) -> None:
         """Stop serving: health first, then in-flight calls get ``grace`` seconds.
 

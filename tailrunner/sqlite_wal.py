@@ -210,11 +210,14 @@ def damage_hint(path: str) -> str:
     )
 
 
-def quick_check(conn: sqlite3.Connection, *, budget: float = QUICK_CHECK_BUDGET) -> str | None:
+def quick_check(
+    conn: sqlite3.Connection, *, budget: float = QUICK_CHECK_BUDGET, quiet: bool = False
+) -> str | None:
     """``PRAGMA quick_check`` on ``conn``, for at most ``budget`` seconds.
 
+    :param quiet: do not log a check that ran out of time.
     :returns: what it found wrong (its first lines), or ``None`` when the
-        file is sound or the check ran out of time (logged).
+        file is sound or the check ran out of time (logged unless ``quiet``).
     :raises sqlite3.Error: the file cannot even be read.
     """
     deadline = time.monotonic() + budget
@@ -224,6 +227,8 @@ def quick_check(conn: sqlite3.Connection, *, budget: float = QUICK_CHECK_BUDGET)
     except sqlite3.OperationalError as exc:
         if "interrupt" not in str(exc):
             raise
+        if quiet:
+            return None
         log.warning(
             "quick_check ran out of time; the store opened without it",
             seconds=budget,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -18,16 +19,23 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tailrunner.errors import StoreError
 from tailrunner.journal.open import open_store
+from tailrunner.journal.server import SERVICE_NAME, JournalServer
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.model import AggregateRef, NewEvent
-from tailrunner.sqlite_wal import check_wal
+from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
+from tailrunner.sqlite_wal import check_wal, is_damage
 from tailrunner.tails.open import open_tail_store
 from tailrunner.tails.sqlite import SQLiteTailStore
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 AGGREGATE = AggregateRef(type="order", id=uuid.UUID(int=7))
 WAL_HEADER = 32
 FRAME_HEADER = 24
@@ -193,8 +201,6 @@ async def test_an_older_log_after_a_restart_is_normal(tmp_path: Path) -> None:
         await store.aclose()  # checkpoints; the log is removed
         store = await SQLiteJournalStore.open(path)
         await append_each(store, 20)
-        import sqlite3
-
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         conn.close()
@@ -262,8 +268,6 @@ async def test_a_quick_check_out_of_time_opens_the_store(tmp_path: Path) -> None
 
 
 def test_journal_serve_refuses_a_damaged_store_in_one_line(tmp_path: Path) -> None:
-    import anyio
-
     path = anyio.run(damaged_journal, tmp_path)
     script = Path(sys.executable).with_name("tailrunner")
     done = subprocess.run(
@@ -316,3 +320,91 @@ async def test_the_tail_store_refuses_overwritten_pages(tmp_path: Path) -> None:
 async def test_the_tail_store_opens_a_sound_file(tails_path: Path) -> None:
     store = await open_tail_store(f"sqlite:///{tails_path}?check=on")
     await store.aclose()
+
+
+# --------------------------------------------------------------------------- at run time
+
+
+async def health_of(channel: grpc.aio.Channel) -> set[int]:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return {
+        (await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)).status
+        for name in ("", SERVICE_NAME)
+    }
+
+
+async def read_all(channel: grpc.aio.Channel) -> int:
+    stub = journal_pb2_grpc.JournalStub(channel)
+    request = journal_pb2.EventsRequest(aggregate_id=AGGREGATE.id.bytes, watch=False)
+    return sum([len(batch.events) async for batch in stub.Events(request, timeout=10)])
+
+
+async def wait_for_health(channel: grpc.aio.Channel, status: int) -> None:
+    """Until both services report ``status`` (health's Watch streams each change)."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    with anyio.fail_after(60):  # bounds a hang only; the probe runs every second
+        for name in ("", SERVICE_NAME):
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=name))
+            async for response in watch:
+                if response.status == status:
+                    break
+            watch.cancel()
+
+
+async def test_health_follows_a_store_that_fails_while_serving_and_recovers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.db"
+    store = await SQLiteJournalStore.open(path)
+    await append_each(store, 200, size=2000)
+    await store.aclose()
+    sound = path.read_bytes()
+    pages = len(sound) // 4096
+    store = await SQLiteJournalStore.open(path)
+    async with (
+        JournalServer(store, listen="127.0.0.1:0", close_store=True) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        assert await health_of(channel) == {SERVING}
+        # Damaged under the running server (no read has cached its pages yet).
+        with path.open("r+b") as file:
+            file.seek(4096 * (pages // 3))
+            file.write(b"\xde\xad" * 2048 * (pages // 3))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await read_all(channel)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "malformed" in (caught.value.details() or "")
+        await wait_for_health(channel, NOT_SERVING)
+        assert store.health.failing is not None
+        # Still failing a few probes later: a probe reads the whole file.
+        await anyio.sleep(2.5)
+        assert await health_of(channel) == {NOT_SERVING}
+        path.write_bytes(sound)  # repaired (restored from a backup, say)
+        await wait_for_health(channel, SERVING)
+        assert store.health.working
+        assert await read_all(channel) == 200
+
+
+def test_a_busy_file_is_not_damage_and_a_malformed_one_is(tmp_path: Path) -> None:
+    """Only a failing file or disk turns health off, not a lock another process holds."""
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            other.execute("BEGIN IMMEDIATE")
+        assert not is_damage(busy.value)
+    finally:
+        holder.close()
+        other.close()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 1000)
+    conn = sqlite3.connect(garbage)
+    try:
+        with pytest.raises(sqlite3.DatabaseError) as broken:
+            conn.execute("SELECT * FROM sqlite_master").fetchall()
+        assert is_damage(broken.value)
+    finally:
+        conn.close()

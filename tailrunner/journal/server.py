@@ -33,6 +33,7 @@ from tailrunner.journal.service import (
     add_to_server,
 )
 from tailrunner.journal.store import JournalStore
+from tailrunner.store_health import HealthWatch, ProbedStore
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
 SERVICE_NAME: str = SERVICE
@@ -115,6 +116,10 @@ class JournalServer(GrpcServer):
         self._close_store = close_store
         self._local = LocalJournal(store, self._hub)
         self._hosted = [factory(self._local) for factory in services]
+        # A store that tells its health takes the server's along: NOT_SERVING while it fails.
+        self._health_watch = (
+            HealthWatch(store, self.set_serving) if isinstance(store, ProbedStore) else None
+        )
 
     @property
     def store(self) -> JournalStore:
@@ -140,6 +145,8 @@ class JournalServer(GrpcServer):
         return (self.service_name, *(n for hosted in self._hosted for n in hosted.service_names))
 
     async def _stopping(self) -> None:
+        if self._health_watch is not None:
+            self._health_watch.close()
         # Watches and signal streams return on their own: a clean end of stream.
         self._hub.close()
 

@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -50,6 +51,7 @@ from tailrunner.journal.store import (
 from tailrunner.journal.wire_format import decode_event, encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 from tailrunner.sqlite_wal import (
+    BUSY_TIMEOUT_MS,
     FILE_MODE,
     QUICK_CHECK_BUDGET,
     SYNCHRONOUS_LEVELS,
@@ -58,9 +60,11 @@ from tailrunner.sqlite_wal import (
     connect,
     damage_hint,
     is_damage,
+    quick_check,
     refuse_damaged_wal,
     use_wal,
 )
+from tailrunner.store_health import StoreHealth
 
 log = structlog.get_logger(__name__)
 
@@ -141,6 +145,7 @@ class SQLiteJournalStore:
         *,
         read_connections: int = 4,
         request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
+        check: bool = True,
     ) -> None:
         """Use :meth:`open` instead: it creates the file and the schema."""
         self._path = path
@@ -148,7 +153,10 @@ class SQLiteJournalStore:
         self._writer = writer
         self._write_lock = anyio.Lock()
         self._group = GroupCommit(self._write_lock, self._commit_group, self._check_open)
-        self._readers = _ReadPool(path, read_connections)
+        self._check = check
+        #: Whether the file works, as calls find it; :meth:`probe` clears a failure.
+        self.health = StoreHealth()
+        self._readers = _ReadPool(path, read_connections, self._read_failed)
         self._listeners = Listeners()
         self._types: dict[bytes, str] = {}
         self._closed = False
@@ -206,7 +214,11 @@ class SQLiteJournalStore:
         )
         log.debug("opened", path=name, synchronous=synchronous)
         return cls(
-            name, writer, read_connections=read_connections, request_ids_kept=request_ids_kept
+            name,
+            writer,
+            read_connections=read_connections,
+            request_ids_kept=request_ids_kept,
+            check=check,
         )
 
     @property
@@ -271,6 +283,29 @@ class SQLiteJournalStore:
 
     def _failed(self, request: _Append, exc: sqlite3.Error) -> None:
         request.error = StoreError(f"journal store {self._path}: append failed: {exc}")
+        self._read_failed(exc)
+
+    def _read_failed(self, exc: sqlite3.Error) -> None:
+        if is_damage(exc):
+            self.health.failed(f"journal store {self._path}: {exc}")
+
+    async def probe(self) -> None:
+        """Check that the file works, on a connection of its own; :attr:`health` follows.
+
+        ``PRAGMA quick_check`` (a cheap read instead with ``check=False``, or
+        when the check runs out of time): O(size), so it is for a store
+        that failed, not for every call.
+
+        :raises StoreError: the file cannot be read, or is damaged.
+        """
+        self._check_open()
+        try:
+            found = await anyio.to_thread.run_sync(_probe, self._path, self._check)
+        except sqlite3.Error as exc:
+            raise StoreError(f"journal store {self._path}: probe failed: {exc}") from exc
+        if found is not None:
+            raise StoreError(f"journal store {self._path} is damaged (quick_check: {found})")
+        self.health.works()
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
         self._check_open()
@@ -355,8 +390,9 @@ class SQLiteJournalStore:
 class _ReadPool:
     """Up to ``size`` read-only connections, each used by one thread at a time."""
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, size: int, on_error: Callable[[sqlite3.Error], None]) -> None:
         self._path = path
+        self._on_error = on_error
         self._idle: list[sqlite3.Connection] = []
         self._limiter = anyio.CapacityLimiter(size)
         self._closed = False
@@ -369,6 +405,7 @@ class _ReadPool:
                     _with_reader, self._path, idle, func, args
                 )
             except sqlite3.Error as exc:
+                self._on_error(exc)
                 raise StoreError(f"journal store {self._path}: read failed: {exc}") from exc
             if self._closed:
                 conn.close()
@@ -404,6 +441,23 @@ def _with_reader(
 
 def _connect(path: str) -> sqlite3.Connection:
     return connect(path)
+
+
+def _probe(path: str, check: bool) -> str | None:
+    """What is wrong with the file at ``path`` (``None``: nothing), read afresh, read-only."""
+    # Read-only and without creating: a file that vanished is a failure, not a new journal.
+    conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if check:
+            found = quick_check(conn, budget=QUICK_CHECK_BUDGET, quiet=True)
+            if found is not None:
+                return found
+        for table in ("aggregates", "events"):
+            conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
+        return None
+    finally:
+        conn.close()
 
 
 def _open_writer(
