@@ -9,6 +9,7 @@ BENCHMARKS = (
     "wakeup_latency",
     "many_tasks",
     "journal_appends",
+    "signal_fanout",
     "peer_eventsourcing",
     "cron_tick",
     "operation_wait",

@@ -52,6 +52,8 @@ MAX_PAGE_SIZE = 1000
 _MESSAGE_BUDGET = 2 * MiB
 #: Signals per ``SignalsResponse`` message.
 _SIGNALS_PER_MESSAGE = 1000
+#: Encoded signal batches kept for the subscribers that take the same batch.
+_ENCODED_SIGNALS_KEPT = 64
 _PAGE_TOKEN_VERSION = 1
 
 
@@ -105,6 +107,7 @@ class JournalService:
         self._wire_reader = store if isinstance(store, WireEventReader) else None
         self._hub = hub
         self._max_event_size = max_event_size
+        self._encoded_signals: dict[int, tuple[SignalBatch, list[bytes]]] = {}
 
     async def Append(
         self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -191,7 +194,7 @@ class JournalService:
 
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[journal_pb2.SignalsResponse]:
+    ) -> AsyncIterator[bytes]:
         # The hub's first batch for a new subscriber is a resync: it tells the
         # reader it is subscribed, and to check once what came before.
         types = list(request.aggregate_types)
@@ -207,8 +210,24 @@ class JournalService:
                 batch = await subscriber.take()
                 if batch is None:
                     return
-                for response in _signals_responses(batch):
-                    yield response
+                for message in self._signal_messages(batch):
+                    yield message
+
+    def _signal_messages(self, batch: SignalBatch) -> list[bytes]:
+        """``batch`` as serialized ``SignalsResponse`` messages, encoded once per batch.
+
+        Subscribers that are level get the same batch from the hub: the last
+        few batches' messages are kept, by identity, and the batch with them
+        (so that its id is not reused while it is kept).
+        """
+        cached = self._encoded_signals.get(id(batch))
+        if cached is not None and cached[0] is batch:
+            return cached[1]
+        messages = [response.SerializeToString() for response in _signals_responses(batch)]
+        if len(self._encoded_signals) >= _ENCODED_SIGNALS_KEPT:
+            self._encoded_signals.clear()
+        self._encoded_signals[id(batch)] = (batch, messages)
+        return messages
 
     async def ListAggregates(
         self,
@@ -327,7 +346,7 @@ def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
     """Serve ``service`` as ``tailrunner.v1.Journal`` on ``server``.
 
     As the generated ``add_JournalServicer_to_server`` does, but ``Events``
-    messages go out as the service serialized them.
+    and ``AggregateSignals`` messages go out as the service serialized them.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Append": grpc.unary_unary_rpc_method_handler(
@@ -343,7 +362,7 @@ def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
         "AggregateSignals": grpc.unary_stream_rpc_method_handler(
             service.AggregateSignals,
             request_deserializer=journal_pb2.SignalsRequest.FromString,
-            response_serializer=journal_pb2.SignalsResponse.SerializeToString,
+            response_serializer=_serialized,
         ),
         "ListAggregates": grpc.unary_unary_rpc_method_handler(
             service.ListAggregates,

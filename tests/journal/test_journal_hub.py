@@ -6,6 +6,7 @@ from uuid import uuid4
 
 import anyio
 import pytest
+from ulid import ULID
 
 from tailrunner.journal.hub import Hub, Subscriber
 from tailrunner.journal.store import JournalStore
@@ -164,3 +165,107 @@ async def test_closing_the_hub_ends_watchers_and_subscribers(hub: Hub) -> None:
             assert await subscriber.take() is None
     with hub.watch(uuid4()) as late:
         assert late.closed
+
+
+async def test_level_subscribers_share_one_batch(store: JournalStore, hub: Hub) -> None:
+    ref = AggregateRef(type="order", id=uuid4())
+    with hub.subscribe() as one, hub.subscribe() as other, hub.subscribe(["user"]) as users:
+        for subscriber in (one, other, users):
+            await _take_first_resync(subscriber)
+        await store.append(ref, [NewEvent(type="x")], expected_tail=None)
+        with anyio.fail_after(5):
+            first, second = await one.take(), await other.take()
+        # One batch (and so one encoding in the service) for both readers.
+        assert first is second
+        assert users.pending == 0
+
+
+async def test_a_reader_that_keeps_up_never_resyncs_however_many_aggregates_pass(
+    store: JournalStore, hub: Hub
+) -> None:
+    with hub.subscribe() as subscriber:
+        await _take_first_resync(subscriber)
+        seen = 0
+        for _ in range(3 * 10):  # three times the hub's memory (max_pending=10)
+            await store.append(
+                AggregateRef(type="order", id=uuid4()), [NewEvent(type="x")], expected_tail=None
+            )
+            with anyio.fail_after(5):
+                batch = await subscriber.take()
+            assert batch is not None and not batch.resync
+            seen += len(batch.signals)
+    assert seen == 30
+
+
+async def test_a_filtered_reader_resyncs_only_when_a_signal_of_its_types_was_dropped() -> None:
+    hub = Hub(max_pending=3)
+    user = AggregateRef(type="user", id=uuid4())
+    with hub.subscribe(["user"]) as subscriber:
+        await _take_first_resync(subscriber)
+        # Other types overflow the hub's memory; the user signal is the newest: kept.
+        for _ in range(5):
+            hub.notify(AggregateRef(type="order", id=uuid4()), ULID())
+        head = ULID()
+        hub.notify(user, head)
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+        assert batch == SignalBatch(
+            signals=(Signal(aggregate_type="user", aggregate_id=user.id, head=head),)
+        )
+        # Now the user signal is pushed out before the reader took it.
+        hub.notify(user, ULID())
+        for _ in range(3):
+            hub.notify(AggregateRef(type="order", id=uuid4()), ULID())
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+        assert batch == SignalBatch(signals=(), resync=True)
+
+
+async def test_wake_ups_wait_out_the_publish_interval_and_take_every_signal_along() -> None:
+    # An interval no test run reaches: only the first signal is published at once.
+    hub = Hub(publish_interval_per_subscriber=3600, max_publish_interval=3600)
+    a, b = AggregateRef(type="order", id=uuid4()), AggregateRef(type="order", id=uuid4())
+    with hub.subscribe() as subscriber:
+        await _take_first_resync(subscriber)
+        first = ULID()
+        hub.notify(a, first)
+        with anyio.fail_after(5):
+            batch = await subscriber.take()
+        assert batch is not None and [s.head for s in batch.signals] == [first]
+        hub.notify(a, ULID())
+        newest_a, newest_b = ULID(), ULID()
+        hub.notify(a, newest_a)
+        hub.notify(b, newest_b)
+        with anyio.move_on_after(0.2) as waited:
+            await subscriber.take()
+        assert waited.cancelled_caught  # not yet published
+        assert subscriber.pending == 2
+        hub.resync()  # a resync is published at once, and covers the pending signals
+        with anyio.fail_after(5):
+            assert await subscriber.take() == SignalBatch(signals=(), resync=True)
+        hub.close()
+        with anyio.fail_after(5):
+            assert await subscriber.take() is None
+
+
+async def test_a_reader_far_behind_is_told_to_resync_once_not_handed_stale_signals(
+    hub: Hub,
+) -> None:
+    with hub.subscribe() as slow, hub.subscribe() as fast:
+        await _take_first_resync(slow)
+        await _take_first_resync(fast)
+        refs = [AggregateRef(type="order", id=uuid4()) for _ in range(11)]
+        for ref in refs:
+            hub.notify(ref, ULID())
+            with anyio.fail_after(5):
+                batch = await fast.take()
+            assert batch is not None and [s.aggregate for s in batch.signals] == [ref]
+        assert slow.pending == 0
+        with anyio.fail_after(5):
+            assert await slow.take() == SignalBatch(signals=(), resync=True)
+        last = ULID()
+        hub.notify(refs[0], last)
+        with anyio.fail_after(5):
+            assert await slow.take() == SignalBatch(
+                signals=(Signal(aggregate_type="order", aggregate_id=refs[0].id, head=last),)
+            )
