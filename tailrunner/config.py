@@ -530,6 +530,7 @@ _ENGINE_KEYS: Mapping[str, dict[str, Any]] = {
     "interval": _key(lambda p: p.interval, into=("interval", "cron")),
     "discovery_interval": _key(lambda p: p.duration(positive=True)),
     "shutdown_grace": _key(lambda p: p.duration(positive=False)),
+    "loop_lag_warning": _key(lambda p: p.duration(positive=False)),
 }
 assert set(_ENGINE_KEYS) <= {f.name for f in dataclasses.fields(EngineOptions)}, "engine keys"
 

@@ -30,6 +30,7 @@ from tailrunner.model import AggregateRef
 from tailrunner.reconnect import ConnectionWatch
 from tailrunner.scaleout.membership import Membership
 from tailrunner.tails.store import TailRecord, TailStore
+from tailrunner.watchdog import LoopWatchdog
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,10 @@ class Runner:
         self._rediscover = anyio.Event()
         self._membership = membership
         self._shutdown_grace = options.shutdown_grace
+        #: Warns when an activity blocks the event loop (``None``: turned off).
+        self.watchdog = (
+            LoopWatchdog(options.loop_lag_warning) if options.loop_lag_warning > 0 else None
+        )
         self.engine: Engine = build_engine(
             options,
             journal=journal,
@@ -88,6 +93,8 @@ class Runner:
         )
         membership = self._membership
         async with anyio.create_task_group() as tg:
+            if self.watchdog is not None:
+                await tg.start(self.watchdog.run)
             if membership is not None:
                 # The first claim before the first discovery: it finds them.
                 await tg.start(membership.run)

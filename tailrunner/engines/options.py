@@ -49,6 +49,9 @@ class EngineOptions:
     #: Seconds between the runner's listings of the aggregates (it starts a
     #: task for each new one; lazy also hears of new ones by signal).
     discovery_interval: float = 30.0
+    #: Seconds the event loop may make no progress (an activity that blocks
+    #: it) before the runner's watchdog warns, naming the activity; 0: no watchdog.
+    loop_lag_warning: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:
@@ -63,6 +66,8 @@ class EngineOptions:
             raise ValueError(f"interval {self.interval}: must be positive")
         if self.discovery_interval <= 0:
             raise ValueError(f"discovery_interval {self.discovery_interval}: must be positive")
+        if self.loop_lag_warning < 0:
+            raise ValueError(f"loop_lag_warning {self.loop_lag_warning}: must not be negative")
         if self.interval is None and self.cron is None:
             raise ValueError("interval or cron: give one (the cron engine's schedule)")
         for name, limit in self.activity_limits.items():
