@@ -47,6 +47,7 @@ from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.scaleout.balance import DEFAULT_SLACK
 from tailrunner.scaleout.leases import DEFAULT_LEASE, MAX_LEASE
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS
+from tailrunner.sqlite_wal import sqlite_options
 from tailrunner.stores import control_character, parse_store_url, redact
 
 __all__ = [
@@ -1081,6 +1082,11 @@ class _Parser:
             return _Bad(
                 f"{bad}: expected {_STORE_ALLOWED}" if bad else f"expected {_STORE_ALLOWED}"
             )
+        if store.scheme == "sqlite":
+            try:  # the file's options (file_mode, check), judged at load, not at open
+                sqlite_options(store, field="tails.store", names=("file_mode", "check"))
+            except InvalidArgument as exc:
+                return _Bad(exc.reason)
         # Relative to the file that says it; a path from the environment
         # (or without a file) is relative to the working directory.
         came_from_file = self.sources.of(("tails", "store")) == self.sources.file

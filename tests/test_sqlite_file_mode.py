@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tailrunner.errors import InvalidArgument
+from tailrunner.config import load_config
+from tailrunner.errors import ConfigError, InvalidArgument
 from tailrunner.journal.open import open_store
 from tailrunner.journal.sqlite import SQLiteJournalStore
 from tailrunner.model import AggregateRef, NewEvent
@@ -145,3 +146,12 @@ async def test_unknown_options_name_the_ones_a_store_takes(tmp_path: Path) -> No
         await open_tail_store(f"sqlite:///{tmp_path}/x.db?synchronous=FULL")
     with pytest.raises(InvalidArgument, match=r"check='maybe'.*expected on or off"):
         await open_store(f"sqlite:///{tmp_path}/x.db?check=maybe")
+
+
+def test_a_bad_tail_store_option_fails_the_config_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "runner.toml"
+    path.write_text('[tails]\nstore = "sqlite:///tails.db?file_mode=0666"\n')
+    with pytest.raises(ConfigError, match=r"tails\.store = .*file_mode='0666'.*world-writable"):
+        load_config(path)
+    path.write_text('[tails]\nstore = "sqlite:///tails.db?file_mode=0640&check=off"\n')
+    assert load_config(path).tails.store.endswith("tails.db?file_mode=0640&check=off")

@@ -115,7 +115,8 @@ def journal() -> None:
     default=DEFAULT_STORE,
     show_default=True,
     help="Where events are kept: sqlite:///PATH (relative; sqlite:////PATH is absolute,"
-    " ?synchronous=NORMAL trades power-cut durability for speed),"
+    " ?synchronous=NORMAL trades power-cut durability for speed, ?file_mode=0640 sets a new"
+    " file's mode (default 0600), ?check=off skips the O(size) integrity checks at start),"
     " postgresql://USER@HOST/DB (?schema=NAME, default tailrunner; shared by journal servers)"
     " or memory:.",
 )
