@@ -115,8 +115,7 @@ def journal() -> None:
     default=DEFAULT_STORE,
     show_default=True,
     help="Where events are kept: sqlite:///PATH (relative; sqlite:////PATH is absolute,"
-    " ?synchronous=NORMAL trades power-cut durability for speed, ?file_mode=0640 sets a new"
-    " file's mode (default 0600), ?check=off skips the O(size) integrity checks at start),"
+    " ?synchronous=NORMAL trades power-cut durability for speed),"
     " postgresql://USER@HOST/DB (?schema=NAME, default tailrunner; shared by journal servers)"
     " or memory:.",
 )
@@ -134,6 +133,14 @@ def journal() -> None:
     show_default=True,
     metavar="N",
     help="Most events one append may carry; a bigger one is refused (INVALID_ARGUMENT).",
+)
+@click.option(
+    "--max-request-size",
+    type=_SizeParam(),
+    default=None,
+    show_default="4 times --max-event-size plus 1MiB, at least 4MiB; 5MiB",
+    help="Largest request message, any service's; a bigger one is refused by gRPC"
+    " (RESOURCE_EXHAUSTED). At least --max-event-size.",
 )
 @click.option(
     "--no-operations",
@@ -155,6 +162,7 @@ def serve(
     store_url: str,
     max_event_size: int,
     max_events_per_append: int,
+    max_request_size: int | None,
     no_operations: bool,
     max_wait: float,
 ) -> None:
@@ -175,6 +183,11 @@ def serve(
       grpcurl -plaintext 127.0.0.1:7740 list
     """
     _configure_logging("info")
+    if max_request_size is not None and max_request_size < max_event_size:
+        raise click.UsageError(
+            f"--max-request-size ({max_request_size} bytes) is below --max-event-size"
+            f" ({max_event_size} bytes): an event within the event limit could not be sent"
+        )
     with _cli_errors(listen):
         anyio.run(
             functools.partial(
@@ -183,6 +196,7 @@ def serve(
                 store_url=store_url,
                 max_event_size=max_event_size,
                 max_events_per_append=max_events_per_append,
+                max_request_size=max_request_size,
                 operations=not no_operations,
                 max_wait=max_wait,
             )
@@ -195,6 +209,7 @@ async def _serve(
     store_url: str,
     max_event_size: int,
     max_events_per_append: int,
+    max_request_size: int | None,
     operations: bool,
     max_wait: float,
 ) -> None:
@@ -205,6 +220,7 @@ async def _serve(
             listen=listen,
             max_event_size=max_event_size,
             max_events_per_append=max_events_per_append,
+            max_request_size=max_request_size,
             close_store=True,
             services=[operations_service(max_wait=max_wait), workflows_service()]
             if operations

@@ -25,6 +25,7 @@ from uuid import UUID
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.journal.append_checks import AppendLimits
 from tailrunner.journal.hub import Hub
 from tailrunner.journal.service import (
     DEFAULT_BATCH,
@@ -50,11 +51,21 @@ class LocalJournal:
 
     :param hub: must be registered as a listener of ``store`` (as the
         :class:`~tailrunner.journal.server.JournalServer`'s is).
+    :param limits: the appends' limits: the journal service's (the server
+        passes them).
     """
 
-    def __init__(self, store: JournalStore, hub: Hub) -> None:
+    def __init__(
+        self, store: JournalStore, hub: Hub, *, limits: AppendLimits | None = None
+    ) -> None:
         self._store = store
         self._hub = hub
+        self._limits = limits if limits is not None else AppendLimits()
+
+    @property
+    def limits(self) -> AppendLimits:
+        """What an append may carry."""
+        return self._limits
 
     async def append(
         self,
@@ -67,19 +78,18 @@ class LocalJournal:
     ) -> AppendResult:
         """Append events to one aggregate; the checks the journal service makes, then the store's.
 
-        The event size limit of the gRPC service is not applied: the callers
-        are the server's own services.
+        The same limits as the gRPC service's (:attr:`limits`), refused by the
+        same :class:`~tailrunner.errors.InvalidArgument`: a hosted service
+        cannot write what no client could.
         """
         check_expect_new(expect_new=expect_new, expected_tail=expected_tail)
         if request_id is not None:
             check_request_id(request_id)
-        if not aggregate.type:
-            raise InvalidArgument("aggregate_type", "must not be empty")
-        if not events:
-            raise InvalidArgument("events", "an append needs at least one event")
+        limits = self._limits
+        limits.check_aggregate_type(aggregate.type)
+        limits.check_event_count(len(events))
         for index, event in enumerate(events):
-            if not event.type:
-                raise InvalidArgument(f"events[{index}].type", "must not be empty")
+            limits.check_event(index, event.type, event.data, event.metadata)
         return await self._store.append(
             aggregate,
             events,

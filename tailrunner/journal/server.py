@@ -20,6 +20,7 @@ from typing import Protocol
 
 import grpc
 
+from tailrunner.errors import InvalidArgument
 from tailrunner.grpcserve import GrpcServer
 from tailrunner.journal.api import JournalApi
 from tailrunner.journal.hub import DEFAULT_MAX_PENDING, Hub
@@ -37,6 +38,32 @@ from tailrunner.store_health import HealthWatch, ProbedStore
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
 SERVICE_NAME: str = SERVICE
+
+
+def default_max_request_size(max_event_size: int) -> int:
+    """Four times ``max_event_size`` plus 1 MiB, at least 4 MiB (5 MiB by default).
+
+    Room for appends of several maximal events, and for one event over the
+    limit to reach the service and be refused by name, not by gRPC.
+    """
+    return max(4 * MiB, 4 * max_event_size + MiB)
+
+
+def check_max_request_size(max_request_size: int | None, max_event_size: int) -> int:
+    """The request limit to serve with: ``max_request_size``, or its default.
+
+    :raises InvalidArgument: naming ``max_request_size``, when it is below
+        ``max_event_size`` (an event the journal allows could not be sent).
+    """
+    if max_request_size is None:
+        return default_max_request_size(max_event_size)
+    if max_request_size < max_event_size:
+        raise InvalidArgument(
+            "max_request_size",
+            f"{max_request_size} bytes is below max_event_size ({max_event_size} bytes):"
+            " an event within the event limit could not be sent",
+        )
+    return max_request_size
 
 
 class HostedService(Protocol):
@@ -79,6 +106,7 @@ class JournalServer(GrpcServer):
         listen: str = DEFAULT_LISTEN,
         max_event_size: int = DEFAULT_MAX_EVENT_SIZE,
         max_events_per_append: int = DEFAULT_MAX_EVENTS_PER_APPEND,
+        max_request_size: int | None = None,
         max_pending_signals: int = DEFAULT_MAX_PENDING,
         close_store: bool = False,
         services: Sequence[ServiceFactory] = (),
@@ -87,6 +115,9 @@ class JournalServer(GrpcServer):
         :param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
         :param max_event_size: bytes of type, data and metadata allowed per event.
         :param max_events_per_append: events allowed in one append.
+        :param max_request_size: bytes allowed per request message, any
+            service's (gRPC refuses a bigger one: ``RESOURCE_EXHAUSTED``); at
+            least ``max_event_size``. Default :func:`default_max_request_size`.
         :param max_pending_signals: aggregates a slow signal reader may have
             pending before it gets a resync instead.
         :param close_store: close ``store`` when the server stops.
@@ -94,9 +125,7 @@ class JournalServer(GrpcServer):
             here on the server's in-process journal (:attr:`local_journal`).
         :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
         """
-        # Room for appends of several maximal events; one event over the limit
-        # must reach the service to be refused by name, not by gRPC.
-        max_request = max(4 * MiB, 4 * max_event_size + MiB)
+        max_request = check_max_request_size(max_request_size, max_event_size)
         super().__init__(
             listen=listen,
             options=[
@@ -114,7 +143,7 @@ class JournalServer(GrpcServer):
         )
         store.add_listener(self._hub.notify, self._hub.resync)
         self._close_store = close_store
-        self._local = LocalJournal(store, self._hub)
+        self._local = LocalJournal(store, self._hub, limits=self._service.limits)
         self._hosted = [factory(self._local) for factory in services]
         # A store that tells its health takes the server's along: NOT_SERVING while it fails.
         self._health_watch = (

@@ -24,6 +24,8 @@ from tailrunner.errors import (
     TailrunnerError,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
+from tailrunner.journal import append_checks
+from tailrunner.journal.append_checks import AppendLimits
 from tailrunner.journal.hub import Hub
 from tailrunner.journal.store import JournalStore, check_request_id
 from tailrunner.journal.wire_format import encode_event, event_id, events_messages
@@ -31,15 +33,11 @@ from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2
 from tailrunner.rpc_errors import abort
 
-MiB = 1024 * 1024
-#: The largest event (type, data and metadata together) an append may carry.
-DEFAULT_MAX_EVENT_SIZE = MiB
-#: The most events one append may carry: a bigger one would stall the other
-#: callers while it commits, and its reply (an id per event) could pass a
-#: client's message limit although the append committed.
-DEFAULT_MAX_EVENTS_PER_APPEND = 10_000
-#: The longest aggregate type or event type, in characters.
-MAX_TYPE_LENGTH = 256
+# The limits' defaults, importable from here too, where they were first.
+MiB = append_checks.MiB
+DEFAULT_MAX_EVENT_SIZE = append_checks.DEFAULT_MAX_EVENT_SIZE
+DEFAULT_MAX_EVENTS_PER_APPEND = append_checks.DEFAULT_MAX_EVENTS_PER_APPEND
+MAX_TYPE_LENGTH = append_checks.MAX_TYPE_LENGTH
 #: Events per ``Events`` batch when the reader does not say (``max_batch`` = 0).
 DEFAULT_BATCH = 1000
 #: The most events per batch, whatever the reader asks for.
@@ -97,16 +95,13 @@ class JournalService:
         :param max_event_size: bytes of type, data and metadata allowed per event.
         :param max_events_per_append: events allowed in one append.
         """
-        if max_event_size < 1:
-            raise InvalidArgument("max_event_size", "must be at least 1 byte")
-        if max_events_per_append < 1:
-            raise InvalidArgument("max_events_per_append", "must be at least 1 event")
-        self._max_events_per_append = max_events_per_append
+        self._limits = AppendLimits(
+            max_event_size=max_event_size, max_events_per_append=max_events_per_append
+        )
         self._store = store
         # A store that keeps the wire form spares the hot path all work per event.
         self._wire_reader = store if isinstance(store, WireEventReader) else None
         self._hub = hub
-        self._max_event_size = max_event_size
         self._encoded_signals: dict[int, tuple[SignalBatch, list[bytes]]] = {}
 
     async def Append(
@@ -260,51 +255,28 @@ class JournalService:
             )
         return response
 
+    @property
+    def limits(self) -> AppendLimits:
+        """The limits its appends are held to (the server's in-process journal shares them)."""
+        return self._limits
+
     def _parse_append(
         self, request: journal_pb2.AppendRequest
     ) -> tuple[AggregateRef, list[NewEvent], ULID | None]:
-        if not request.aggregate_type:
-            raise InvalidArgument("aggregate_type", "must not be empty")
-        if len(request.aggregate_type) > MAX_TYPE_LENGTH:
-            raise InvalidArgument(
-                "aggregate_type",
-                f"{len(request.aggregate_type)} characters, over the limit of {MAX_TYPE_LENGTH}",
-            )
+        limits = self._limits
+        limits.check_aggregate_type(request.aggregate_type)
         aggregate = AggregateRef(
             type=request.aggregate_type,
             id=uuid_from_bytes(request.aggregate_id, field="aggregate_id"),
         )
         expected_tail = ulid_from_bytes(request.expected_tail, field="expected_tail")
-        if not request.events:
-            raise InvalidArgument("events", "an append needs at least one event")
-        if len(request.events) > self._max_events_per_append:
-            raise InvalidArgument(
-                "events",
-                f"{len(request.events)} events, over the limit of"
-                f" {self._max_events_per_append} per append: split it",
-            )
+        limits.check_event_count(len(request.events))
         events: list[NewEvent] = []
-        limit = self._max_event_size
-        append, no_metadata = events.append, _NO_METADATA
+        append, check, no_metadata = events.append, limits.check_event, _NO_METADATA
         for index, new in enumerate(request.events):
             event_type, data, wire_metadata = new.type, new.data, new.metadata
-            if not event_type:
-                raise InvalidArgument(f"events[{index}].type", "must not be empty")
-            if len(event_type) > MAX_TYPE_LENGTH:
-                raise InvalidArgument(
-                    f"events[{index}].type",
-                    f"{len(event_type)} characters, over the limit of {MAX_TYPE_LENGTH}",
-                )
-            size = len(data) + len(event_type)
             metadata = dict(wire_metadata) if wire_metadata else no_metadata
-            if metadata:
-                size += sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
-            if size > limit:
-                raise InvalidArgument(
-                    f"events[{index}].data",
-                    f"the event is {size} bytes (type, data and metadata), over the limit of"
-                    f" {limit}",
-                )
+            check(index, event_type, data, metadata)
             append(NewEvent(type=event_type, data=data, metadata=metadata))
         return aggregate, events, expected_tail
 

@@ -16,9 +16,11 @@ import pytest
 from ulid import ULID
 
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, TailMismatch
+from tailrunner.journal.append_checks import MAX_TYPE_LENGTH, AppendLimits
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.local import LocalJournal
 from tailrunner.journal.server import JournalServer
+from tailrunner.journal.store import JournalStore
 from tailrunner.model import AggregateRef, EventBatch, NewEvent
 
 
@@ -149,3 +151,47 @@ async def test_the_errors_are_the_clients(server: JournalServer, ref: AggregateR
     # A repeat with a request id appends nothing and gives the first result.
     once = await local.append(ref, [NewEvent(type="paid")], request_id="pay-1")
     assert await local.append(ref, [NewEvent(type="paid")], request_id="pay-1") == once
+
+
+async def test_the_local_path_refuses_what_the_grpc_path_refuses_by_the_same_error(
+    store: JournalStore,
+) -> None:
+    limits = dict(max_event_size=1000, max_events_per_append=5)
+    async with (
+        JournalServer(store, listen="127.0.0.1:0", **limits) as server,
+        JournalClient.connect(server.address, timeout=10) as client,
+    ):
+        local = server.local_journal
+        assert local.limits == AppendLimits(**limits)
+        fits = NewEvent(type="t" * 200, data=b"x" * 800)
+        refusals: list[tuple[str, str, list[NewEvent]]] = [
+            ("empty aggregate type", "", [fits]),
+            ("aggregate type too long", "a" * (MAX_TYPE_LENGTH + 1), [fits]),
+            ("no events", "order", []),
+            ("too many events", "order", [NewEvent(type="t")] * 6),
+            ("empty event type", "order", [fits, NewEvent(type="")]),
+            ("event type too long", "order", [NewEvent(type="t" * (MAX_TYPE_LENGTH + 1))]),
+            (
+                "the type counts toward the size",
+                "order",
+                [NewEvent(type="t" * 201, data=fits.data)],
+            ),
+            (
+                "metadata counts too",
+                "order",
+                [NewEvent(type="t", data=b"x", metadata={"k": "v" * 998})],
+            ),
+        ]
+        for why, aggregate_type, events in refusals:
+            ref = AggregateRef(type=aggregate_type, id=uuid4())
+            with pytest.raises(InvalidArgument) as over_grpc:
+                await client.append(ref, events)
+            with pytest.raises(InvalidArgument) as in_process:
+                await local.append(ref, events)
+            assert (in_process.value.field, str(in_process.value)) == (
+                over_grpc.value.field,
+                str(over_grpc.value),
+            ), why
+        # At the limits both append.
+        for journal in (client, local):
+            await journal.append(AggregateRef(type="order", id=uuid4()), [fits] * 5)
