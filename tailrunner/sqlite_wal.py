@@ -176,14 +176,12 @@ def use_wal(conn: sqlite3.Connection) -> str:
 # --------------------------------------------------------------------------- damage
 
 #: SQLite's primary result codes that mean the file (or the disk under it)
-#: is damaged or gone, as opposed to busy or misused.
+#: cannot be read or is damaged; not busy, full or read-only (reads still
+#: work then, so a read probe could not tell when it recovered).
 _DAMAGE_CODES = frozenset(
     {
-        3,  # SQLITE_PERM
-        8,  # SQLITE_READONLY
         10,  # SQLITE_IOERR
         11,  # SQLITE_CORRUPT
-        13,  # SQLITE_FULL
         14,  # SQLITE_CANTOPEN
         26,  # SQLITE_NOTADB
     }
@@ -191,7 +189,10 @@ _DAMAGE_CODES = frozenset(
 
 
 def is_damage(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store's file or disk is failing (not a busy lock, not a bug)."""
+    """Whether ``exc`` says the store's file or disk is failing: unreadable or damaged.
+
+    Not a busy lock, a full disk, a read-only file, nor a bug.
+    """
     if not isinstance(exc, sqlite3.Error):
         return False
     code = getattr(exc, "sqlite_errorcode", None)
