@@ -408,3 +408,42 @@ def test_a_busy_file_is_not_damage_and_a_malformed_one_is(tmp_path: Path) -> Non
         assert is_damage(broken.value)
     finally:
         conn.close()
+
+
+KILLED_WRITER = """
+import anyio, os, signal, sys, uuid
+from tailrunner.journal.sqlite import SQLiteJournalStore
+from tailrunner.model import AggregateRef, NewEvent
+
+async def main() -> None:
+    store = await SQLiteJournalStore.open(sys.argv[1])
+    for i in range(5):
+        await store.append(
+            AggregateRef(type="order", id=uuid.UUID(int=7)), [NewEvent(type="e")],
+            expected_tail=None,
+        )
+    print("acknowledged", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close, no checkpoint
+
+anyio.run(main)
+"""
+
+
+def test_a_killed_writer_leaves_a_log_that_opens_with_every_acknowledged_append(
+    tmp_path: Path,
+) -> None:
+    import anyio
+
+    path = tmp_path / "journal.db"
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.endswith("acknowledged\n")  # after the debug log lines
+    assert wal(path).stat().st_size > 0  # the commits are in the log only
+    assert check_wal(str(path)).problem is None
+    assert anyio.run(count_events, path) == 5
