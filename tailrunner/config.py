@@ -47,6 +47,7 @@ from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.scaleout.balance import DEFAULT_SLACK
 from tailrunner.scaleout.leases import DEFAULT_LEASE, MAX_LEASE
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS
+from tailrunner.security import ClientTls, Role, ServerSecurity, ServerTls, Tokens
 from tailrunner.sqlite_wal import sqlite_options
 from tailrunner.stores import control_character, parse_store_url, redact
 
@@ -118,6 +119,15 @@ class JournalConfig:
         silent (a black-holed network) is noticed after about twice this,
         and the runs on it are retried.
     :ivar call_timeout: the deadline of every unary call to the journal.
+    :ivar tls: reach the journal over TLS (also on when a ``tls_…`` file is given).
+    :ivar tls_ca: PEM CA bundle the journal's certificate must chain to
+        (unset: the system's roots).
+    :ivar tls_cert: PEM client certificate, when the journal wants mutual TLS.
+    :ivar tls_key: PEM key of ``tls_cert``.
+    :ivar tls_server_name: the name the journal's certificate carries, when
+        it is not the host of ``address``.
+    :ivar token_env: the environment variable that holds the bearer token the
+        journal wants (a token never sits in a config file); unset or empty: none.
     """
 
     address: str = field(default="127.0.0.1:7740", metadata=_key(lambda p: p.address, text=True))
@@ -135,9 +145,45 @@ class JournalConfig:
         default=DEFAULT_CALL_TIMEOUT,
         metadata=_key(lambda p: p.duration(positive=True, maximum=3600)),
     )
+    tls: bool = field(default=False, metadata=_key(lambda p: p.boolean))
+    tls_ca: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("journal", "tls_ca")), text=True)
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("journal", "tls_cert")), text=True)
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("journal", "tls_key")), text=True)
+    )
+    tls_server_name: str = field(default="", metadata=_key(lambda p: p.host_name, text=True))
+    token_env: str = field(
+        default="TAILRUNNER_JOURNAL_TOKEN", metadata=_key(lambda p: p.env_name, text=True)
+    )
 
     def __post_init__(self) -> None:
         self.reconnect  # noqa: B018  # a bad pair fails here, not at first use
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "journal.tls_cert and journal.tls_key go together: a client certificate"
+                " needs its key"
+            )
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """TLS toward the journal; ``None``: plaintext."""
+        if not (self.tls or self.tls_ca or self.tls_cert or self.tls_server_name):
+            return None
+        return ClientTls(
+            ca=self.tls_ca,
+            cert=self.tls_cert,
+            key=self.tls_key,
+            server_name=self.tls_server_name or None,
+            field="journal.tls",
+        )
+
+    def token(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        """The journal token from :attr:`token_env`; ``None`` when it is unset or empty."""
+        return environ.get(self.token_env) or None
 
     @property
     def reconnect(self) -> ReconnectPolicy:
@@ -225,14 +271,58 @@ class AdminConfig:
     """``[admin]``: the runner's operator API (``tailrunner status``, ``tailrunner task …``).
 
     :ivar listen: ``HOST:PORT`` of the admin gRPC service; port 0 picks a free one.
-    :ivar token_env: the environment variable that holds the bearer token
-        (a token never sits in a config file); unset or empty: no auth.
+    :ivar token_env: the environment variable that holds a ``write`` bearer
+        token (a token never sits in a config file); unset or empty: none.
+    :ivar tokens_file: a file of ``ROLE TOKEN`` lines (``read`` or ``write``),
+        mode 600; with no token at all every call is let in.
+    :ivar tls_cert: PEM certificate chain: serve TLS (with ``tls_key``).
+    :ivar tls_key: PEM key of ``tls_cert``.
+    :ivar tls_client_ca: PEM CA bundle: require client certificates it signed.
+    :ivar insecure: allow a non-loopback ``listen`` without TLS or tokens.
     """
 
     listen: str = field(default="127.0.0.1:7741", metadata=_key(lambda p: p.listen, text=True))
     token_env: str = field(
         default="TAILRUNNER_ADMIN_TOKEN", metadata=_key(lambda p: p.env_name, text=True)
     )
+    tokens_file: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("admin", "tokens_file")), text=True)
+    )
+    tls_cert: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("admin", "tls_cert")), text=True)
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("admin", "tls_key")), text=True)
+    )
+    tls_client_ca: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("admin", "tls_client_ca")), text=True)
+    )
+    insecure: bool = field(default=False, metadata=_key(lambda p: p.boolean))
+
+    def __post_init__(self) -> None:
+        _check_server_tls("admin", self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    def tokens(self, environ: Mapping[str, str] = os.environ) -> Tokens | None:
+        """The tokens the admin server (and the metrics endpoint) accept, if any.
+
+        :raises InvalidArgument: the tokens file or the token is unusable (names which).
+        """
+        from_file = (
+            None
+            if self.tokens_file is None
+            else Tokens.from_file(self.tokens_file, field="admin.tokens_file")
+        )
+        token = environ.get(self.token_env) or None
+        written = None if token is None else Tokens({token: Role.WRITE}, field=self.token_env)
+        return Tokens.merged(from_file, written)
+
+    def security(self, tokens: Tokens | None) -> ServerSecurity:
+        """The admin server's TLS and ``tokens``."""
+        return ServerSecurity(
+            tls=_server_tls("admin", self.tls_cert, self.tls_key, self.tls_client_ca),
+            tokens=tokens,
+            insecure=self.insecure,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,12 +332,61 @@ class MetricsConfig:
     :ivar listen: ``HOST:PORT``; empty turns the endpoint off.
     :ivar lag_interval: a scrape recomputes the lag gauges at most this often
         (seconds); lag needs journal calls, scrapes may come often.
+    :ivar tls_cert: PEM certificate chain: serve HTTPS (with ``tls_key``).
+    :ivar tls_key: PEM key of ``tls_cert``.
+    :ivar tls_client_ca: PEM CA bundle: require client certificates it signed.
+    :ivar insecure: allow a non-loopback ``listen`` without TLS or tokens.
+        (A scrape needs a ``read`` token when the admin server has tokens.)
     """
 
     listen: str = field(
         default="127.0.0.1:9740", metadata=_key(lambda p: p.optional_listen, text=True)
     )
     lag_interval: float = field(default=10.0, metadata=_key(lambda p: p.duration(positive=False)))
+    tls_cert: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("metrics", "tls_cert")), text=True)
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("metrics", "tls_key")), text=True)
+    )
+    tls_client_ca: Path | None = field(
+        default=None, metadata=_key(lambda p: p.path(("metrics", "tls_client_ca")), text=True)
+    )
+    insecure: bool = field(default=False, metadata=_key(lambda p: p.boolean))
+
+    def __post_init__(self) -> None:
+        _check_server_tls("metrics", self.tls_cert, self.tls_key, self.tls_client_ca)
+
+    def security(self, tokens: Tokens | None) -> ServerSecurity:
+        """The metrics endpoint's TLS, and the admin server's ``tokens``."""
+        return ServerSecurity(
+            tls=_server_tls("metrics", self.tls_cert, self.tls_key, self.tls_client_ca),
+            tokens=tokens,
+            insecure=self.insecure,
+        )
+
+
+def _check_server_tls(
+    section: str, cert: Path | None, key: Path | None, client_ca: Path | None
+) -> None:
+    if (cert is None) != (key is None):
+        raise ConfigError(
+            f"{section}.tls_cert and {section}.tls_key go together: a server certificate"
+            " needs its key"
+        )
+    if client_ca is not None and cert is None:
+        raise ConfigError(
+            f"{section}.tls_client_ca needs {section}.tls_cert and {section}.tls_key:"
+            " client certificates are checked over TLS"
+        )
+
+
+def _server_tls(
+    section: str, cert: Path | None, key: Path | None, client_ca: Path | None
+) -> ServerTls | None:
+    if cert is None or key is None:
+        return None
+    return ServerTls(cert=cert, key=key, client_ca=client_ca, field=f"{section}.tls")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -1057,6 +1196,28 @@ class _Parser:
     @classmethod
     def optional_listen(cls, value: Any) -> str | _Bad:
         return "" if value == "" else cls.listen(value)
+
+    def path(self, key: Key) -> _Convert[Path | None]:
+        """A file's path; relative to the config file that says it (else to the working
+        directory); empty: none."""
+
+        def convert(value: Any) -> Path | _Bad | None:
+            if value == "":
+                return None
+            if not isinstance(value, str) or not value.isprintable():
+                return _Bad("expected the path of a file")
+            came_from_file = self.sources.of(key) == self.sources.file
+            return (self.base_dir if came_from_file else Path.cwd()) / Path(value).expanduser()
+
+        return convert
+
+    @staticmethod
+    def host_name(value: Any) -> str | _Bad:
+        if isinstance(value, str) and (
+            value == "" or re.fullmatch(r"[A-Za-z0-9.:*_-]+", value, re.ASCII)
+        ):
+            return value
+        return _Bad("expected a host name, e.g. journal.example.com")
 
     @staticmethod
     def env_name(value: Any) -> str | _Bad:

@@ -14,6 +14,9 @@
     │   ├── JournalUnavailable the journal cannot be reached (retryable)
     │   └── StreamCancelled    a call ended with gRPC CANCELLED
     ├── StoreError             a journal or tail store cannot be opened or failed
+    ├── AccessDenied           a server refused the caller (any server: journal, admin, operations)
+    │   ├── NotAuthenticated   UNAUTHENTICATED: no token, or one the server does not know
+    │   └── PermissionDenied   PERMISSION_DENIED: a read token on a call that changes something
     ├── WorkflowError          an aggregate (tailrunner.workflows) refused a command
     │   ├── VersionConflict    the caller's version is not the aggregate's head (names both)
     │   ├── RetryLimit         RETRY_NO_VC still conflicted after its bounded retries
@@ -26,7 +29,6 @@
         ├── TaskNotFound       NOT_FOUND: no such task here
         ├── TaskNotControllable FAILED_PRECONDITION: not in this state
         ├── ControlNotStored   UNAVAILABLE: applied in memory, its save failed
-        ├── NotAuthenticated   UNAUTHENTICATED: no token, or the wrong one
         └── AdminUnavailable   the admin address cannot be reached (retryable)
 
 gRPC and database errors are mapped to these where they enter tailrunner
@@ -153,8 +155,16 @@ class ControlNotStored(AdminError):
     """
 
 
-class NotAuthenticated(AdminError):
-    """The runner wants a bearer token, and the call had none or another one."""
+class AccessDenied(TailrunnerError):
+    """A server refused the caller: its token (or lack of one) does not let it in."""
+
+
+class NotAuthenticated(AccessDenied):
+    """The server wants a bearer token, and the call had none or one it does not know."""
+
+
+class PermissionDenied(AccessDenied):
+    """The token is known, but its role may not make this call (a read token appending)."""
 
 
 class AdminUnavailable(AdminError):

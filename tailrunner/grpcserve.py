@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from tailrunner.address import HostPort, format_host_port, parse_host_port
 from tailrunner.errors import InvalidArgument
 from tailrunner.parse_guard import ParseGuard
+from tailrunner.security import OPEN, ServerSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -70,18 +71,28 @@ class GrpcServer:
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         log_details: Mapping[str, object] | None = None,
+        security: ServerSecurity = OPEN,
     ) -> None:
         """:param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
         :param options: gRPC channel options (``("grpc.so_reuseport", 0)`` is always set,
             so that two servers never share a port).
         :param interceptors: server interceptors, outermost first.
         :param log_details: more fields for the ``listening`` log line.
-        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
+        :param security: TLS and tokens; a non-loopback ``listen`` needs both
+            unless ``security.insecure``.
+        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``),
+            or it is open to other machines without TLS and tokens (field ``insecure``).
         """
         self._listen: HostPort = parse_host_port(listen, field="listen")
+        security.check_bind(self._listen, kind=self.kind)
+        self._security = security
         self._options = [("grpc.so_reuseport", 0), *_KEEPALIVE, *options]
         self._interceptors = list(interceptors)
-        self._log_details = dict(log_details or {})
+        self._log_details = {
+            **(log_details or {}),
+            "tls": security.tls is not None,
+            "auth": security.tokens is not None,
+        }
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._port: int | None = None
@@ -125,10 +136,15 @@ class GrpcServer:
         if self._server is not None:
             raise RuntimeError(f"the {self.kind} server was already started")
         # The parse guard outermost: every handler, the others' included,
-        # gets its request parsed by it.
-        server = grpc.aio.server(
-            interceptors=[ParseGuard(), *self._interceptors], options=self._options
-        )
+        # gets its request parsed by it. The token check next: a refused
+        # call's request is never parsed.
+        interceptors = [
+            ParseGuard(),
+            *self._security.interceptors(kind=self.kind),
+            *self._interceptors,
+        ]
+        credentials = self._security.credentials()
+        server = grpc.aio.server(interceptors=interceptors, options=self._options)
         self._add_services(server)
         health_servicer = health.aio.HealthServicer()
         self._health = health_servicer
@@ -138,7 +154,12 @@ class GrpcServer:
             (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(str(self._listen))
+            address = str(self._listen)
+            port = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
         except RuntimeError as exc:
             raise InvalidArgument(
                 "listen", f"cannot listen on {self._listen}: the address is in use or not local"

@@ -14,6 +14,7 @@ error                          code                     detail
 ``TaskNotFound``               ``NOT_FOUND``
 ``TaskNotControllable``        ``FAILED_PRECONDITION``
 ``NotAuthenticated``           ``UNAUTHENTICATED``
+``PermissionDenied``           ``PERMISSION_DENIED``
 ``ControlNotStored``           ``UNAVAILABLE``          ``google.rpc.ErrorInfo``
 ``LeaseLost``                  ``ABORTED``
 ``StoreError``                 ``UNAVAILABLE``
@@ -57,6 +58,7 @@ from tailrunner.errors import (
     OperationFinished,
     OperationNotDone,
     OperationNotFound,
+    PermissionDenied,
     RetryLimit,
     StoreError,
     TailMismatch,
@@ -96,6 +98,7 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (VersionConflict, code_pb2.ABORTED),
     (TaskNotControllable, code_pb2.FAILED_PRECONDITION),
     (NotAuthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (ControlNotStored, code_pb2.UNAVAILABLE),
     # Before StoreError, its base: the task moved to another runner, which
     # is not an outage of this one.
@@ -104,6 +107,11 @@ _CODES: tuple[tuple[type[TailrunnerError], int], ...] = (
     (JournalUnavailable, code_pb2.UNAVAILABLE),
     (EngineStopped, code_pb2.UNAVAILABLE),
 )
+#: The refusals of tailrunner.security.auth, the same from every server.
+_ACCESS: dict[grpc.StatusCode, Callable[[str], TailrunnerError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: NotAuthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
 #: Codes that say the server failed (not the request): logged where they are sent.
 _LOGGED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 
@@ -228,6 +236,9 @@ def from_rpc_error(exc: grpc.RpcError, errors: ClientErrors) -> TailrunnerError:
                 return ControlNotStored(message)
     if code in errors.by_code:
         return errors.by_code[code](message)
+    if code in _ACCESS:
+        # Every server refuses alike (tailrunner.security.auth).
+        return _ACCESS[code](message)
     if code in errors.retryable:
         return errors.unavailable(code, message)
     return errors.other(f"{code.name}: {message}")

@@ -203,9 +203,9 @@ def test_the_client_wait_is_pushed_not_at_a_poll(journal: Journal) -> None:
             calls: list[str] = []
             original = ops_client._wait  # type: ignore[attr-defined]
 
-            async def counting(request: Any) -> Any:
+            async def counting(request: Any, **options: Any) -> Any:
                 calls.append(request.name)
-                return await original(request)
+                return await original(request, **options)
 
             ops_client._wait = counting  # type: ignore[attr-defined]
             async with anyio.create_task_group() as tg:

@@ -46,6 +46,8 @@ from tailrunner.errors import (
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
+from tailrunner.security.channels import bearer, sync_channel
+from tailrunner.security.tls import ClientTls
 from tailrunner.states import OutcomeKind, TaskState, WaitReason
 from tailrunner.tails.store import RunRecord
 
@@ -170,20 +172,28 @@ class AdminClient:
         self._channel = channel
         self._stub = runner_pb2_grpc.RunnerStub(channel)
         self._address = address
-        self._metadata = () if not token else (("authorization", f"Bearer {token}"),)
+        self._metadata = bearer(token)
         self._timeout = timeout
         self._close_channel = close_channel
 
     @classmethod
     def connect(
-        cls, address: str, *, token: str | None = None, timeout: float | None = 30.0
+        cls,
+        address: str,
+        *,
+        token: str | None = None,
+        timeout: float | None = 30.0,
+        tls: ClientTls | None = None,
     ) -> AdminClient:
         """A client of the runner whose admin address is ``address`` (``HOST:PORT``).
 
         The connection is made by the first call, which raises
         :class:`AdminUnavailable` when nothing answers.
+
+        :param tls: TLS toward the admin server (``None``: plaintext).
+        :raises InvalidArgument: a TLS file cannot be read (names its option).
         """
-        channel = grpc.insecure_channel(address)
+        channel = sync_channel(address, tls=tls)
         return cls(channel, address=address, token=token, timeout=timeout, close_channel=True)
 
     def __enter__(self) -> Self:

@@ -56,12 +56,13 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import anyio.to_thread
@@ -80,6 +81,8 @@ from tailrunner.engines.execute import RunResult
 from tailrunner.engines.task import Task
 from tailrunner.errors import InvalidArgument, TailrunnerError
 from tailrunner.journal.api import JournalApi
+from tailrunner.security import OPEN, ServerSecurity
+from tailrunner.security.auth import bearer_token
 from tailrunner.states import OutcomeKind, TaskState
 
 if TYPE_CHECKING:
@@ -88,6 +91,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 NAMESPACE = "tailrunner"
+#: Seconds a scrape's connection may take for its TLS handshake and its request.
+_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_METRICS_LISTEN = "127.0.0.1:9740"
 #: Runs last from milliseconds (lazy, cron) to hours (an eager watch stream).
 RUN_DURATION_BUCKETS = (
@@ -320,6 +325,7 @@ async def serve_metrics(
     metrics: Metrics,
     listen: str = DEFAULT_METRICS_LISTEN,
     *,
+    security: ServerSecurity = OPEN,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``GET /metrics`` over HTTP on ``listen`` until cancelled.
@@ -334,13 +340,18 @@ async def serve_metrics(
     engine and the journal are only ever read from the loop.
 
     :param listen: ``HOST:PORT``; port 0 picks a free port.
+    :param security: HTTPS (``security.tls``), and the tokens a scrape must
+        carry as ``Authorization: Bearer <token>`` (any role: a scrape reads).
     :returns: through ``task_status``, the bound port.
     :raises InvalidArgument: naming ``listen`` when it is not ``HOST:PORT`` or
-        cannot be bound.
+        cannot be bound; naming ``insecure`` when it is open to other machines
+        without TLS and tokens.
     """
     address = parse_host_port(listen, field="listen")
+    security.check_bind(address, kind="metrics")
+    context = None if security.tls is None else security.tls.ssl_context()
     try:
-        server = _MetricsServer(address, _handler(metrics))
+        server = _MetricsServer(address, _handler(metrics, security), context)
     except OSError as exc:
         raise InvalidArgument("listen", f"cannot listen on {listen}: {exc.strerror}") from exc
     try:
@@ -368,7 +379,12 @@ async def serve_metrics(
 class _MetricsServer(ThreadingHTTPServer):
     """An HTTP server on ``address``, IPv4 or IPv6 as its host says."""
 
-    def __init__(self, address: HostPort, handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: HostPort,
+        handler: type[BaseHTTPRequestHandler],
+        context: ssl.SSLContext | None = None,
+    ) -> None:
         family, *_ = socket.getaddrinfo(
             address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
@@ -376,6 +392,22 @@ class _MetricsServer(ThreadingHTTPServer):
         #: The event loop's portal, once serving: scrapes refresh through it.
         self.portal: BlockingPortal | None = None
         super().__init__((address.host, address.port), handler)
+        if context is not None:
+            # The handshake happens in the request's own thread (finish_request):
+            # a client that stalls it must not stall the accepting thread.
+            self.socket = context.wrap_socket(
+                self.socket, server_side=True, do_handshake_on_connect=False
+            )
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            request.settimeout(_HANDSHAKE_TIMEOUT)
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("tls handshake failed", service="metrics", error=type(exc).__name__)
+                return
+        super().finish_request(request, client_address)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's full name (a reverse DNS
@@ -384,15 +416,27 @@ class _MetricsServer(ThreadingHTTPServer):
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
 
-def _handler(metrics: Metrics) -> type[BaseHTTPRequestHandler]:
+def _handler(metrics: Metrics, security: ServerSecurity) -> type[BaseHTTPRequestHandler]:
     """prometheus_client's handler for ``metrics``, refreshing them on the loop first."""
+    tokens = security.tokens
 
     class Handler(MetricsHandler):
         registry = metrics.registry
         # One request per connection, closed after the answer.
         protocol_version = "HTTP/1.1"
+        # A client that sends nothing frees its thread after this long.
+        timeout = _HANDSHAKE_TIMEOUT
 
         def do_GET(self) -> None:
+            if tokens is not None:
+                given = bearer_token([("authorization", self.headers.get("Authorization", ""))])
+                if given is None or tokens.role_of(given) is None:
+                    log.warning("refused", service="metrics", code=401)
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Bearer realm="metrics"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             if urllib.parse.urlsplit(self.path).path not in ("/metrics", "/"):
                 self.send_error(404, explain="see /metrics")
                 return

@@ -35,7 +35,14 @@ from tailrunner.admin.client import (
     TaskInfo,
 )
 from tailrunner.admin.server import DEFAULT_ADMIN_LISTEN
-from tailrunner.cli.params import ULIDParam, UUIDParam, json_option, option_error
+from tailrunner.cli.params import (
+    ULIDParam,
+    UUIDParam,
+    client_tls,
+    json_option,
+    option_error,
+    tls_options,
+)
 from tailrunner.cli.terminal import cell, last_line, printable
 from tailrunner.errors import (
     AdminError,
@@ -43,6 +50,7 @@ from tailrunner.errors import (
     ControlNotStored,
     InvalidArgument,
     NotAuthenticated,
+    PermissionDenied,
     TaskNotControllable,
     TaskNotFound,
 )
@@ -50,6 +58,7 @@ from tailrunner.states import TaskState, WaitReason
 from tailrunner.tails.store import RunRecord
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The service's field names as the options and arguments of these commands.
 _OPTION_FOR_FIELD = {
@@ -87,7 +96,7 @@ _SHOW_INDENT = 12
 _SHORT_ID = 8
 
 
-_admin_option = click.option(
+_admin_address = click.option(
     "--admin",
     "address",
     metavar="HOST:PORT",
@@ -96,6 +105,14 @@ _admin_option = click.option(
     envvar="TAILRUNNER_ADMIN",
     help="The runner's admin address (also $TAILRUNNER_ADMIN).",
 )
+_admin_tls = tls_options("the runner's admin service")
+
+
+def _admin_option(f: F) -> F:
+    """``--admin HOST:PORT`` and the TLS options toward it."""
+    return _admin_address(_admin_tls(f))
+
+
 _token_option = click.option(
     "--token-env",
     metavar="VAR",
@@ -385,7 +402,7 @@ def _with_client(address: str, token_env: str, run: Callable[[AdminClient], T]) 
     token = os.environ.get(token_env) or None
     with (
         _cli_errors(address, token_env, token is not None),
-        AdminClient.connect(address, token=token) as client,
+        AdminClient.connect(address, token=token, tls=client_tls()) as client,
     ):
         return run(client)
 
@@ -397,6 +414,10 @@ def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]
         yield
     except InvalidArgument as exc:
         raise option_error(exc, _OPTION_FOR_FIELD) from exc
+    except PermissionDenied as exc:
+        raise click.ClickException(
+            f"{address} refused the call: the token in ${token_env} may only read"
+        ) from exc
     except NotAuthenticated as exc:
         hint = (
             f"the token in ${token_env} is not the runner's"

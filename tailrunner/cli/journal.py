@@ -26,9 +26,22 @@ import click
 import structlog
 from ulid import ULID
 
-from tailrunner.cli.params import ULIDParam, UUIDParam, journal_option, json_option, option_error
+from tailrunner.cli.params import (
+    JOURNAL_TOKEN_ENV,
+    ULIDParam,
+    UUIDParam,
+    access_error,
+    client_tls,
+    journal_option,
+    journal_token,
+    json_option,
+    option_error,
+    server_security,
+    server_security_options,
+)
 from tailrunner.cli.terminal import printable
 from tailrunner.errors import (
+    AccessDenied,
     InvalidArgument,
     JournalError,
     JournalUnavailable,
@@ -42,6 +55,7 @@ from tailrunner.journal.service import DEFAULT_MAX_EVENT_SIZE, DEFAULT_MAX_EVENT
 from tailrunner.model import AggregateInfo, AggregateRef, Event, NewEvent
 from tailrunner.operations.pingregistry import workflows_service
 from tailrunner.operations.service import DEFAULT_MAX_WAIT, operations_service
+from tailrunner.security import ServerSecurity
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +73,9 @@ _OPTION_FOR_FIELD = {
     "after": "--after",
     "listen": "--listen",
     "--store": "--store",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_client_ca": "--tls-client-ca",
 }
 _SIZE_UNITS = {
     "": 1,
@@ -115,7 +132,8 @@ def journal() -> None:
     default=DEFAULT_STORE,
     show_default=True,
     help="Where events are kept: sqlite:///PATH (relative; sqlite:////PATH is absolute,"
-    " ?synchronous=NORMAL trades power-cut durability for speed),"
+    " ?synchronous=NORMAL trades power-cut durability for speed, ?file_mode=0640 sets a new"
+    " file's mode (default 0600), ?check=off skips the O(size) integrity checks at start),"
     " postgresql://USER@HOST/DB (?schema=NAME, default tailrunner; shared by journal servers)"
     " or memory:.",
 )
@@ -156,6 +174,7 @@ def journal() -> None:
     metavar="SECONDS",
     help="The longest WaitOperation; a longer (or no) timeout is capped to it.",
 )
+@server_security_options()
 def serve(
     *,
     listen: str,
@@ -174,6 +193,11 @@ def serve(
     operations and the ping-registry workflows) and tailrunner.v1.Workflows
     (BeginPingRegistry), unless --no-operations.
 
+    With --tokens-file every call but health's needs a bearer token: read
+    tokens may read events, signals, lists and operations; write tokens may
+    also append, cancel and delete. Listening on an address other machines
+    reach needs TLS and tokens (or --insecure). See SECURITY.md.
+
     \b
     Examples:
       tailrunner journal serve
@@ -181,6 +205,8 @@ def serve(
       tailrunner journal serve --listen 127.0.0.1:0 --store memory:
       tailrunner journal serve --store 'postgresql://tailrunner@db/events?schema=journal'
       grpcurl -plaintext 127.0.0.1:7740 list
+      tailrunner journal serve --listen 0.0.0.0:7740 --tls-cert server.pem \\
+          --tls-key server.key --tokens-file journal.tokens
     """
     _configure_logging("info")
     if max_request_size is not None and max_request_size < max_event_size:
@@ -188,6 +214,7 @@ def serve(
             f"--max-request-size ({max_request_size} bytes) is below --max-event-size"
             f" ({max_event_size} bytes): an event within the event limit could not be sent"
         )
+    security = server_security()
     with _cli_errors(listen):
         anyio.run(
             functools.partial(
@@ -199,6 +226,7 @@ def serve(
                 max_request_size=max_request_size,
                 operations=not no_operations,
                 max_wait=max_wait,
+                security=security,
             )
         )
 
@@ -212,6 +240,7 @@ async def _serve(
     max_request_size: int | None,
     operations: bool,
     max_wait: float,
+    security: ServerSecurity,
 ) -> None:
     store = await open_store(store_url)
     try:
@@ -225,6 +254,7 @@ async def _serve(
             services=[operations_service(max_wait=max_wait), workflows_service()]
             if operations
             else [],
+            security=security,
         )
     except BaseException:
         await store.aclose()
@@ -407,8 +437,10 @@ COMMANDS: list[click.Command] = [journal, append, events, aggregates]
 
 
 def _with_client(address: str, run: Callable[[JournalClient], Awaitable[T]]) -> T:
+    tls = client_tls()
+
     async def main() -> T:
-        async with JournalClient.connect(address) as client:
+        async with JournalClient.connect(address, tls=tls, token=journal_token()) as client:
             return await run(client)
 
     with _cli_errors(address):
@@ -431,6 +463,8 @@ def _cli_errors(address: str) -> Iterator[None]:
         raise click.ClickException(
             f"--expect-tail {exc.expected} is not the aggregate's tail, which is {actual}"
         ) from exc
+    except AccessDenied as exc:
+        raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
             printable(f"cannot reach the journal at {address}: {exc}")

@@ -28,9 +28,18 @@ from google.protobuf import (  # noqa: F401  (registered, so that JSON shows the
 )
 from google.protobuf.any_pb2 import Any as AnyMessage
 
-from tailrunner.cli.params import journal_option, json_option
+from tailrunner.cli.params import (
+    JOURNAL_TOKEN_ENV,
+    access_error,
+    client_tls,
+    journal_option,
+    journal_token,
+    json_option,
+    server_security,
+    server_security_options,
+)
 from tailrunner.cli.terminal import printable
-from tailrunner.errors import InvalidArgument, JournalUnavailable, TailrunnerError
+from tailrunner.errors import AccessDenied, InvalidArgument, JournalUnavailable, TailrunnerError
 from tailrunner.journal.client import JournalClient
 from tailrunner.operations.client import OperationsClient
 from tailrunner.operations.server import DEFAULT_LISTEN as OPS_LISTEN
@@ -38,6 +47,7 @@ from tailrunner.operations.server import OperationsServer
 from tailrunner.operations.service import DEFAULT_MAX_WAIT
 from tailrunner.operations.state import Operation
 from tailrunner.proto.v1 import operations_pb2, workflows_pb2  # noqa: F401  (registered, likewise)
+from tailrunner.security import ClientTls, ServerSecurity
 
 T = TypeVar("T")
 
@@ -190,6 +200,7 @@ def tree(address: str, max_depth: int | None, name: str) -> None:
     metavar="SECONDS",
     help="The longest WaitOperation; a longer (or no) timeout is capped to it.",
 )
+@server_security_options(prefix="serve-")
 def serve(address: str, listen: str, max_wait: float) -> None:
     """Serve google.longrunning.Operations and tailrunner.v1.Workflows in this process.
 
@@ -197,6 +208,9 @@ def serve(address: str, listen: str, max_wait: float) -> None:
     --no-operations); this runs them apart, over a client of the journal at
     --journal. Waits stay pushed: they watch the journal. Prints
     "listening on HOST:PORT" once it accepts calls; stops on SIGINT or SIGTERM.
+
+    --tls-ca, --tls-cert and --tls-key (and $TAILRUNNER_JOURNAL_TOKEN) are
+    toward the journal; --serve-tls-… and --tokens-file guard this server.
 
     \b
     Examples:
@@ -206,13 +220,16 @@ def serve(address: str, listen: str, max_wait: float) -> None:
     from tailrunner.logs import configure_logging
 
     configure_logging("auto", "info")
+    security, tls = server_security(), client_tls()
     with _cli_errors(address):
-        anyio.run(_serve, address, listen, max_wait)
+        anyio.run(_serve, address, listen, max_wait, security, tls)
 
 
-async def _serve(address: str, listen: str, max_wait: float) -> None:
-    async with JournalClient.connect(address) as journal:
-        server = OperationsServer(journal, listen=listen, max_wait=max_wait)
+async def _serve(
+    address: str, listen: str, max_wait: float, security: ServerSecurity, tls: ClientTls | None
+) -> None:
+    async with JournalClient.connect(address, tls=tls, token=journal_token()) as journal:
+        server = OperationsServer(journal, listen=listen, max_wait=max_wait, security=security)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with server:
                 click.echo(f"listening on {server.address}")
@@ -226,8 +243,10 @@ COMMANDS: list[click.Command] = [ops]
 
 
 def _with_client(address: str, run: Callable[[OperationsClient], Awaitable[T]]) -> T:
+    tls = client_tls()
+
     async def main() -> T:
-        async with OperationsClient.connect(address) as client:
+        async with OperationsClient.connect(address, tls=tls, token=journal_token()) as client:
             return await run(client)
 
     with _cli_errors(address):
@@ -240,6 +259,8 @@ def _cli_errors(address: str) -> Iterator[None]:
         yield
     except InvalidArgument as exc:
         raise click.ClickException(printable(f"{exc.field}: {exc.reason}")) from exc
+    except AccessDenied as exc:
+        raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
             printable(f"cannot reach the journal at {address}: {exc}")

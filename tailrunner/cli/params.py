@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -10,9 +12,14 @@ import click
 from ulid import ULID
 
 from tailrunner.cli.terminal import printable
-from tailrunner.errors import InvalidArgument
+from tailrunner.errors import AccessDenied, InvalidArgument, PermissionDenied
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.server import DEFAULT_LISTEN
+from tailrunner.security import ClientTls, ServerSecurity, ServerTls, Tokens
+
+#: Where the journal commands find the journal's bearer token.
+JOURNAL_TOKEN_ENV = "TAILRUNNER_JOURNAL_TOKEN"
+_TLS_META = "tailrunner.tls"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -61,18 +68,191 @@ def option_error(exc: InvalidArgument, option_for_field: Mapping[str, str]) -> c
 
 
 def journal_option(what: str = "The journal to talk to") -> Callable[[F], F]:
-    """``--journal HOST:PORT`` (also ``$TAILRUNNER_JOURNAL``), into the parameter ``address``."""
-    return click.option(
+    """``--journal HOST:PORT`` (also ``$TAILRUNNER_JOURNAL``), into the parameter ``address``,
+    with the TLS options (:func:`tls_options`) toward it."""
+    address = click.option(
         "--journal",
         "address",
         metavar="HOST:PORT",
         default=DEFAULT_LISTEN,
         show_default=True,
         envvar="TAILRUNNER_JOURNAL",
-        help=f"{what} (also $TAILRUNNER_JOURNAL).",
+        help=f"{what} (also $TAILRUNNER_JOURNAL; its token, if it wants one, in"
+        f" ${JOURNAL_TOKEN_ENV}).",
     )
+    tls = tls_options("the journal")
+    return lambda f: address(tls(f))
+
+
+def tls_options(server: str) -> Callable[[F], F]:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key``: TLS toward ``server``.
+
+    They are not parameters of the command: :func:`client_tls` reads them.
+    """
+    options = [
+        click.option(
+            f"--tls-{name}",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=f"TAILRUNNER_TLS_{name.upper()}",
+            expose_value=False,
+            callback=_remember_tls,
+            metavar="PEM",
+            help=text.format(server=server) + f" (also $TAILRUNNER_TLS_{name.upper()}).",
+        )
+        for name, text in (
+            ("ca", "Talk TLS to {server}, trusting this CA bundle (else the system's roots)"),
+            ("cert", "Client certificate, when {server} wants mutual TLS"),
+            ("key", "Key of the client certificate"),
+        )
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_TLS_META, {})[param.name.removeprefix("tls_")] = value
+
+
+def client_tls() -> ClientTls | None:
+    """TLS as the current command's ``--tls-…`` options say; ``None``: plaintext.
+
+    :raises click.BadParameter: ``--tls-cert`` without ``--tls-key``, or the reverse.
+    """
+    given: dict[str, Path] = click.get_current_context().meta.get(_TLS_META, {})
+    if not given:
+        return None
+    try:
+        return ClientTls(ca=given.get("ca"), cert=given.get("cert"), key=given.get("key"))
+    except InvalidArgument as exc:
+        raise click.BadParameter(
+            exc.reason, param_hint=f"'--{exc.field.replace('_', '-')}'"
+        ) from None
+
+
+def access_error(exc: AccessDenied, address: str, token_env: str) -> click.ClickException:
+    """The CLI's line for a refused call: what to set, never the token."""
+    has_token = bool(os.environ.get(token_env))
+    if isinstance(exc, PermissionDenied):
+        hint = f"the token in ${token_env} may only read"
+    elif has_token:
+        hint = f"the server does not know the token in ${token_env}"
+    else:
+        hint = f"the server wants a bearer token: set ${token_env}"
+    return click.ClickException(printable(f"{address} refused the call: {hint}"))
+
+
+def journal_token() -> str | None:
+    """The journal's bearer token from ``$TAILRUNNER_JOURNAL_TOKEN``, if it is set."""
+    return os.environ.get(JOURNAL_TOKEN_ENV) or None
 
 
 def json_option(help: str = "One JSON object per line instead of text.") -> Callable[[F], F]:
     """``--json``, into the parameter ``as_json``."""
     return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+_SERVE_META = "tailrunner.serve"
+
+
+def server_security_options(prefix: str = "") -> Callable[[F], F]:
+    """``--{prefix}tls-cert``, ``--{prefix}tls-key``, ``--{prefix}tls-client-ca``,
+    ``--tokens-file`` and ``--insecure``: how a server guards itself.
+
+    They are not parameters of the command: :func:`server_security` reads them.
+    """
+    path = click.Path(dir_okay=False, path_type=Path)
+    specs: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            f"--{prefix}tls-cert",
+            "tls_cert",
+            {"type": path, "metavar": "PEM", "help": "Serve TLS with this certificate chain."},
+        ),
+        (
+            f"--{prefix}tls-key",
+            "tls_key",
+            {"type": path, "metavar": "PEM", "help": "Key of that certificate."},
+        ),
+        (
+            f"--{prefix}tls-client-ca",
+            "tls_client_ca",
+            {
+                "type": path,
+                "metavar": "PEM",
+                "help": "Require client certificates signed by this CA (mutual TLS).",
+            },
+        ),
+        (
+            "--tokens-file",
+            "tokens_file",
+            {
+                "type": path,
+                "metavar": "FILE",
+                "help": "Bearer tokens, one 'ROLE TOKEN' line each (read or write), mode 600;"
+                " without it every call is let in.",
+            },
+        ),
+        (
+            "--insecure",
+            "insecure",
+            {
+                "is_flag": True,
+                "help": "Allow a non-loopback --listen without TLS or without tokens"
+                " (only on a network you trust).",
+            },
+        ),
+    ]
+    options = [
+        click.option(flag, name, expose_value=False, callback=_remember_serve, **kwargs)
+        for flag, name, kwargs in specs
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def _remember_serve(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(_SERVE_META, {})[param.name] = (value, param.opts[0])
+
+
+def server_security() -> ServerSecurity:
+    """The server's TLS and tokens as the current command's options say.
+
+    :raises click.BadParameter: naming the option: a file that cannot be used,
+        or a certificate without its key.
+    """
+    given: dict[str, tuple[Any, str]] = click.get_current_context().meta.get(_SERVE_META, {})
+
+    def value(name: str) -> Any:
+        return given.get(name, (None, ""))[0]
+
+    def flag(name: str, default: str) -> str:
+        return given.get(name, (None, default))[1]
+
+    cert, key, client_ca = value("tls_cert"), value("tls_key"), value("tls_client_ca")
+    if (cert is None) != (key is None) or (client_ca is not None and cert is None):
+        raise click.UsageError(
+            f"{flag('tls_cert', '--tls-cert')} and {flag('tls_key', '--tls-key')} go together,"
+            f" and {flag('tls_client_ca', '--tls-client-ca')} needs both"
+        )
+    try:
+        tokens_file = value("tokens_file")
+        return ServerSecurity(
+            tls=None if cert is None else ServerTls(cert=cert, key=key, client_ca=client_ca),
+            tokens=None
+            if tokens_file is None
+            else Tokens.from_file(tokens_file, field="--tokens-file"),
+            insecure=bool(value("insecure")),
+        )
+    except InvalidArgument as exc:
+        raise click.BadParameter(printable(exc.reason), param_hint=f"'{exc.field}'") from None

@@ -21,10 +21,20 @@ from uuid import UUID
 import anyio
 import click
 
-from tailrunner.cli.params import UUIDParam, journal_option, json_option, option_error
+from tailrunner.cli.params import (
+    JOURNAL_TOKEN_ENV,
+    UUIDParam,
+    access_error,
+    client_tls,
+    journal_option,
+    journal_token,
+    json_option,
+    option_error,
+)
 from tailrunner.cli.terminal import printable
 from tailrunner.config import parse_duration
 from tailrunner.errors import (
+    AccessDenied,
     CommandRefused,
     ConfigError,
     InvalidArgument,
@@ -176,8 +186,10 @@ COMMANDS: list[click.Command] = [ping_registry]
 
 
 def _with_registry(address: str, run: Callable[[PingRegistry], Awaitable[T]]) -> T:
+    tls = client_tls()
+
     async def main() -> T:
-        async with JournalClient.connect(address) as client:
+        async with JournalClient.connect(address, tls=tls, token=journal_token()) as client:
             return await run(PingRegistry(client))
 
     with _cli_errors(address):
@@ -195,6 +207,8 @@ def _cli_errors(address: str) -> Iterator[None]:
         raise click.ClickException(printable(f"no such workflow ({exc})")) from exc
     except CommandRefused as exc:
         raise click.ClickException(printable(str(exc))) from exc
+    except AccessDenied as exc:
+        raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
             printable(f"cannot reach the journal at {address}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -18,7 +19,13 @@ from tailrunner.admin.metrics import Metrics, serve_metrics
 from tailrunner.admin.server import AdminServer
 from tailrunner.cli.terminal import printable
 from tailrunner.config import Config, load_config
-from tailrunner.errors import ConfigError, PluginError, StoreError, TailrunnerError
+from tailrunner.errors import (
+    ConfigError,
+    InvalidArgument,
+    PluginError,
+    StoreError,
+    TailrunnerError,
+)
 from tailrunner.journal.client import JournalClient
 from tailrunner.runner import Runner
 from tailrunner.tails.open import open_tail_store
@@ -64,7 +71,7 @@ def run(config_path: Path | None) -> None:
     configure_logging(config.log.format, config.log.level)
     try:
         anyio.run(_run, config)
-    except (ConfigError, PluginError, StoreError) as exc:
+    except (ConfigError, InvalidArgument, PluginError, StoreError) as exc:
         # What a plugin or a store says is escaped: it may hold anything.
         raise click.ClickException(printable(str(exc))) from None
     except TailrunnerError as exc:
@@ -84,7 +91,10 @@ async def _run(config: Config) -> None:
         run_retention=config.tails.run_retention,
         postgres_schema=config.tails.postgres_schema,
     )
-    token = os.environ.get(config.admin.token_env) or None
+    # Read (and refused) before anything starts; the tokens are never logged.
+    admin_tokens = config.admin.tokens()
+    admin_security = config.admin.security(admin_tokens)
+    metrics_security = config.metrics.security(admin_tokens)
     runner: Runner | None = None
     try:
         async with AsyncExitStack() as stack:
@@ -94,6 +104,8 @@ async def _run(config: Config) -> None:
                     reconnect=config.journal.reconnect,
                     keepalive=config.journal.keepalive,
                     timeout=config.journal.call_timeout,
+                    tls=config.journal.client_tls,
+                    token=config.journal.token(),
                 )
             )
             membership = None
@@ -131,15 +143,22 @@ async def _run(config: Config) -> None:
                 tails=writes,
                 journal=journal,
                 listen=config.admin.listen,
-                token=token,
                 membership=membership,
+                security=admin_security,
             )
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with admin, anyio.create_task_group() as tg:
                     await tg.start(runner.run)
                     metrics_port = None
                     if config.metrics.listen:
-                        metrics_port = await tg.start(serve_metrics, metrics, config.metrics.listen)
+                        metrics_port = await tg.start(
+                            functools.partial(
+                                serve_metrics,
+                                metrics,
+                                config.metrics.listen,
+                                security=metrics_security,
+                            )
+                        )
                     # Operators and tests read the bound addresses (port 0 picks one).
                     click.echo(f"admin on {admin.address}")
                     if membership is not None:
@@ -148,7 +167,8 @@ async def _run(config: Config) -> None:
                     if metrics_port is not None:
                         host = parse_host_port(config.metrics.listen, field="metrics.listen").host
                         metrics_at = format_host_port(host, metrics_port)
-                        click.echo(f"metrics on http://{metrics_at}/metrics")
+                        scheme = "http" if metrics_security.tls is None else "https"
+                        click.echo(f"metrics on {scheme}://{metrics_at}/metrics")
                     sys.stdout.flush()
                     log.info(
                         "running",
@@ -156,7 +176,7 @@ async def _run(config: Config) -> None:
                         incarnation=None if membership is None else membership.incarnation,
                         journal=config.journal.address,
                         admin=admin.address,
-                        auth=token is not None,
+                        auth=admin_tokens is not None,
                         activities=[a.name for a in activities],
                     )
                     async for signum in signals:

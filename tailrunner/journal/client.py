@@ -48,6 +48,8 @@ from tailrunner.model import (
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
+from tailrunner.security.channels import aio_channel, bearer
+from tailrunner.security.tls import ClientTls
 
 log = structlog.get_logger(__name__)
 
@@ -116,16 +118,19 @@ class JournalClient:
         *,
         timeout: float | None = None,
         close_channel: bool = False,
+        token: str | None = None,
     ) -> None:
         """Use a channel the caller made; :meth:`connect` makes one.
 
         :param timeout: seconds for unary calls (``None``: no deadline).
         :param close_channel: :meth:`aclose` closes ``channel`` too.
+        :param token: sent as ``authorization: Bearer <token>`` with every call.
         """
         self._channel = channel
         self._stub = journal_pb2_grpc.JournalStub(channel)
         self._timeout = timeout
         self._close_channel = close_channel
+        self._metadata = bearer(token) or None
 
     @classmethod
     def connect(
@@ -135,6 +140,8 @@ class JournalClient:
         timeout: float | None = None,
         reconnect: ReconnectPolicy = DEFAULT_RECONNECT,
         keepalive: float | None = DEFAULT_KEEPALIVE,
+        tls: ClientTls | None = None,
+        token: str | None = None,
     ) -> JournalClient:
         """A client of the journal at ``address`` (``HOST:PORT``).
 
@@ -149,6 +156,9 @@ class JournalClient:
             would go unnoticed for up to two minutes.
         :param keepalive: seconds between keepalive pings (:data:`DEFAULT_KEEPALIVE`);
             ``None``: no pings, and a silent partition goes unnoticed.
+        :param tls: TLS toward the journal (``None``: plaintext).
+        :param token: the bearer token the journal wants, if it wants one.
+        :raises InvalidArgument: a TLS file cannot be read (names its option).
         """
         options = (
             *_CHANNEL_OPTIONS,
@@ -156,8 +166,8 @@ class JournalClient:
             ("grpc.initial_reconnect_backoff_ms", max(1, round(reconnect.initial * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(1, round(reconnect.max_delay * 1000))),
         )
-        channel = grpc.aio.insecure_channel(address, options=options)
-        return cls(channel, timeout=timeout, close_channel=True)
+        channel = aio_channel(address, tls=tls, options=options)
+        return cls(channel, timeout=timeout, close_channel=True, token=token)
 
     async def __aenter__(self) -> Self:
         return self
@@ -220,7 +230,9 @@ class JournalClient:
             if event.metadata:
                 message.metadata.update(event.metadata)
         try:
-            response = await self._stub.Append(request, timeout=self._timeout)
+            response = await self._stub.Append(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         return AppendResult(
@@ -251,7 +263,7 @@ class JournalClient:
             watch=watch,
             max_batch=max_batch,
         )
-        call = self._stub.Events(request)
+        call = self._stub.Events(request, metadata=self._metadata)
         try:
             async for response in call:
                 yield received_batch(response, aggregate_id)
@@ -275,7 +287,8 @@ class JournalClient:
         :raises JournalUnavailable: the journal cannot be reached or went away.
         """
         call = self._stub.AggregateSignals(
-            journal_pb2.SignalsRequest(aggregate_types=list(aggregate_types))
+            journal_pb2.SignalsRequest(aggregate_types=list(aggregate_types)),
+            metadata=self._metadata,
         )
         try:
             async for response in call:
@@ -312,7 +325,9 @@ class JournalClient:
             aggregate_type=aggregate_type or "", page_size=page_size, page_token=page_token
         )
         try:
-            response = await self._stub.ListAggregates(request, timeout=self._timeout)
+            response = await self._stub.ListAggregates(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         infos = [

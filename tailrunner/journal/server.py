@@ -34,6 +34,7 @@ from tailrunner.journal.service import (
     add_to_server,
 )
 from tailrunner.journal.store import JournalStore
+from tailrunner.security import OPEN, ServerSecurity
 from tailrunner.store_health import HealthWatch, ProbedStore
 
 DEFAULT_LISTEN = "127.0.0.1:7740"
@@ -110,6 +111,7 @@ class JournalServer(GrpcServer):
         max_pending_signals: int = DEFAULT_MAX_PENDING,
         close_store: bool = False,
         services: Sequence[ServiceFactory] = (),
+        security: ServerSecurity = OPEN,
     ) -> None:
         """:param store: where the events are kept.
         :param listen: ``HOST:PORT`` to bind; port 0 picks a free port (see :attr:`port`).
@@ -123,7 +125,9 @@ class JournalServer(GrpcServer):
         :param close_store: close ``store`` when the server stops.
         :param services: the services to carry beside the journal, each made
             here on the server's in-process journal (:attr:`local_journal`).
-        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
+        :param security: TLS and tokens for every service it carries (health stays open).
+        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``),
+            or it is open to other machines without TLS and tokens (field ``insecure``).
         """
         max_request = check_max_request_size(max_request_size, max_event_size)
         super().__init__(
@@ -132,6 +136,7 @@ class JournalServer(GrpcServer):
                 ("grpc.max_receive_message_length", max_request),
                 ("grpc.max_send_message_length", -1),
             ],
+            security=security,
         )
         self._store = store
         self._hub = Hub(max_pending=max_pending_signals)

@@ -32,6 +32,8 @@ from tailrunner.errors import (
 )
 from tailrunner.operations.state import Operation
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
+from tailrunner.security.channels import aio_channel, bearer
+from tailrunner.security.tls import ClientTls
 
 _SERVICE = "google.longrunning.Operations"
 _UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -42,9 +44,13 @@ PAGE_SIZE = 100
 class OperationsClient:
     """The ``google.longrunning.Operations`` service at one address (the journal's, by default)."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, close_channel: bool = False) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, *, close_channel: bool = False, token: str | None = None
+    ) -> None:
+        """:param token: sent as ``authorization: Bearer <token>`` with every call."""
         self._channel = channel
         self._close_channel = close_channel
+        self._metadata = bearer(token) or None
         self._get = channel.unary_unary(
             f"/{_SERVICE}/GetOperation",
             request_serializer=lro.GetOperationRequest.SerializeToString,
@@ -72,9 +78,15 @@ class OperationsClient:
         )
 
     @classmethod
-    def connect(cls, address: str) -> OperationsClient:
-        """A client of the service at ``address`` (``HOST:PORT``); use it as a context manager."""
-        return cls(grpc.aio.insecure_channel(address), close_channel=True)
+    def connect(
+        cls, address: str, *, tls: ClientTls | None = None, token: str | None = None
+    ) -> OperationsClient:
+        """A client of the service at ``address`` (``HOST:PORT``); use it as a context manager.
+
+        :param tls: TLS toward the server (``None``: plaintext).
+        :param token: the bearer token the server wants, if it wants one.
+        """
+        return cls(aio_channel(address, tls=tls), close_channel=True, token=token)
 
     async def __aenter__(self) -> Self:
         return self
@@ -152,7 +164,7 @@ class OperationsClient:
 
     async def _call(self, name: str, method: Any, request: Any) -> Any:
         try:
-            return await method(request)
+            return await method(request, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise _error(name, exc) from exc
 

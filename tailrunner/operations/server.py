@@ -17,6 +17,7 @@ from tailrunner.journal.api import JournalApi
 from tailrunner.journal.server import HostedService, ServiceFactory
 from tailrunner.operations.pingregistry import workflows_service
 from tailrunner.operations.service import DEFAULT_MAX_WAIT, SERVICE_NAME, operations_service
+from tailrunner.security import OPEN, ServerSecurity
 
 #: Where ``tailrunner ops serve`` listens by default (the journal's port + 2).
 DEFAULT_LISTEN = "127.0.0.1:7742"
@@ -35,13 +36,16 @@ class OperationsServer(GrpcServer):
         listen: str = DEFAULT_LISTEN,
         services: Sequence[ServiceFactory] | None = None,
         max_wait: float = DEFAULT_MAX_WAIT,
+        security: ServerSecurity = OPEN,
     ) -> None:
         """:param journal: where the operations are (a client of the journal server).
         :param services: what to serve; by default Operations and Workflows.
         :param max_wait: the longest ``WaitOperation`` of the default Operations service.
-        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``).
+        :param security: TLS and tokens (health stays open).
+        :raises InvalidArgument: ``listen`` is not ``HOST:PORT`` (field ``listen``),
+            or it is open to other machines without TLS and tokens (field ``insecure``).
         """
-        super().__init__(listen=listen)
+        super().__init__(listen=listen, security=security)
         factories = [operations_service(), workflows_service()] if services is None else services
         self._hosted: list[HostedService] = [factory(journal) for factory in factories]
 

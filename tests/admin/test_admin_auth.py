@@ -46,7 +46,9 @@ async def test_the_right_token_is_let_in(journal: LoopbackJournal) -> None:
     assert response.tasks == []
 
 
-async def test_health_and_reflection_need_no_token(journal: LoopbackJournal) -> None:
+async def test_health_needs_no_token_and_reflection_takes_the_token(
+    journal: LoopbackJournal,
+) -> None:
     async with (
         serve_runner(journal, [Behaviour().activity()], token=TOKEN) as served,
         grpc.aio.insecure_channel(served.admin.address) as channel,
@@ -55,12 +57,17 @@ async def test_health_and_reflection_need_no_token(journal: LoopbackJournal) -> 
         overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
         runner = await health.Check(health_pb2.HealthCheckRequest(service="tailrunner.v1.Runner"))
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        without = reflection.ServerReflectionInfo(iter([request]))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            [r async for r in without]
         call = reflection.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+            iter([request]), metadata=(("authorization", f"Bearer {TOKEN}"),)
         )
         services = [s.name async for r in call for s in r.list_services_response.service]
 
     assert overall.status == runner.status == health_pb2.HealthCheckResponse.SERVING
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "tailrunner.v1.Runner" in services
 
 

@@ -22,7 +22,7 @@ from .conftest import TAILRUNNER, Journal, Runner
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-operator-token"
 
 
 def cli(*args: str, admin: str, token: str | None = TOKEN, check: bool = True) -> str:
@@ -48,7 +48,9 @@ def task(admin: str, aggregate: uuid.UUID) -> dict[str, Any]:
 
 
 def lag_metric(url: str) -> float:
-    with urllib.request.urlopen(url, timeout=5) as response:
+    # The runner has a token: a scrape carries it too (any role reads).
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     match = re.search(r'^tailrunner_lag_events\{activity="recorder"\} (\S+)$', text, re.M)
     assert match, "no lag metric for the recorder"
