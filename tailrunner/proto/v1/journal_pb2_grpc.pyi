@@ -7,6 +7,12 @@ Identifiers on the wire are raw bytes: an aggregate id is a 16-byte UUID,
 an event id (and so a tail or a head) is a 16-byte ULID. An empty bytes
 field means "none" wherever the comment says so; any other length is
 INVALID_ARGUMENT naming the field.
+
+When the journal server has tokens (`journal serve --tokens-file`), every
+call needs the metadata `authorization: Bearer <token>`, else
+UNAUTHENTICATED. A read token may call Events, AggregateSignals and
+ListAggregates; Append needs a write token (else PERMISSION_DENIED).
+Health needs no token.
 """
 
 from collections import abc as _abc

@@ -12,9 +12,11 @@ form (7c9e6679-7425-40de-944b-e07fc1f90ae7), an event id (a tail, a head)
 a 26-character ULID. An empty string means "none" where the comment says
 so.
 
-When the runner is configured with a token, every call needs the metadata
+When the runner is configured with tokens, every call needs the metadata
 `authorization: Bearer <token>`; without it (or with another token) the
-call fails with UNAUTHENTICATED. Health and reflection need no token.
+call fails with UNAUTHENTICATED. A read token may list and get; the task
+controls need a write token (else PERMISSION_DENIED). Health needs no
+token; reflection takes a read one.
 
 A task named by activity and aggregate_id that neither this runner nor its
 tail store knows is NOT_FOUND; an id that is not a UUID (or a tail that is
