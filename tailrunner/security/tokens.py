@@ -61,7 +61,7 @@ class Tokens:
             raise InvalidArgument(field, "no token given (leave tokens unset for no auth)")
         digests: dict[bytes, Role] = {}
         for n, (token, role) in enumerate(roles.items(), start=1):
-            _check_token(token, field=field, where=f"token {n}")
+            _check_token(token, field=field, where="the token" if len(roles) == 1 else f"token {n}")
             digests[_digest(token)] = role
         self._roles = digests
 
