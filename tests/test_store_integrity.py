@@ -118,7 +118,8 @@ async def test_a_scrambled_log_header_is_refused_and_left_as_it_is(tmp_path: Pat
     assert str(wal(path)) in message
     assert "damaged header: its magic number" in message
     assert "commits in it would be lost" in message
-    assert "move" in message  # what the operator can do
+    assert "discard the whole log" in message
+    assert "move it and the -shm file aside" in message  # what the operator can do
     assert digest(path, wal(path)) == before  # nothing deleted or truncated
     # Not even with ?check=off: the header check costs nothing.
     with pytest.raises(StoreError, match="damaged header"):
@@ -170,6 +171,8 @@ async def test_commits_after_a_damaged_frame_are_not_dropped_silently(tmp_path: 
         await SQLiteJournalStore.open(path)
     assert "damaged frame (1 of" in str(caught.value)
     assert "committed transactions of its own" in str(caught.value)
+    assert "discard the log from that frame on" in str(caught.value)
+    assert "?check=off" in str(caught.value)  # the way to accept the loss
     assert digest(path, wal(path)) == before
     # The operator's way out: ?check=off skips the frame scan (SQLite then drops them).
     assert await count_events(path, check=False) == 0
