@@ -450,3 +450,20 @@ def test_a_killed_writer_leaves_a_log_that_opens_with_every_acknowledged_append(
     assert wal(path).stat().st_size > 0  # the commits are in the log only
     assert check_wal(str(path)).problem is None
     assert anyio.run(count_events, path) == 5
+
+
+async def test_a_server_whose_store_fails_stops_cleanly_while_it_probes(tmp_path: Path) -> None:
+    path = await damaged_journal(tmp_path)
+    store = await open_store(f"sqlite:///{path}?check=off")  # served although damaged
+    async with (
+        JournalServer(store, listen="127.0.0.1:0", close_store=True) as server,
+        grpc.aio.insecure_channel(server.address) as channel,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await read_all(channel)
+        await wait_for_health(channel, NOT_SERVING)
+        # The probe reads the whole file even with ?check=off (that is about starting).
+        await anyio.sleep(2.5)
+        assert await health_of(channel) == {NOT_SERVING}
+        with anyio.fail_after(30):  # bounds a hang only: the probe loop must not hold it
+            await server.stop()

@@ -145,7 +145,6 @@ class SQLiteJournalStore:
         *,
         read_connections: int = 4,
         request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
-        check: bool = True,
     ) -> None:
         """Use :meth:`open` instead: it creates the file and the schema."""
         self._path = path
@@ -153,7 +152,6 @@ class SQLiteJournalStore:
         self._writer = writer
         self._write_lock = anyio.Lock()
         self._group = GroupCommit(self._write_lock, self._commit_group, self._check_open)
-        self._check = check
         #: Whether the file works, as calls find it; :meth:`probe` clears a failure.
         self.health = StoreHealth()
         self._readers = _ReadPool(path, read_connections, self._read_failed)
@@ -218,7 +216,6 @@ class SQLiteJournalStore:
             writer,
             read_connections=read_connections,
             request_ids_kept=request_ids_kept,
-            check=check,
         )
 
     @property
@@ -292,15 +289,16 @@ class SQLiteJournalStore:
     async def probe(self) -> None:
         """Check that the file works, on a connection of its own; :attr:`health` follows.
 
-        ``PRAGMA quick_check`` (a cheap read instead with ``check=False``, or
-        when the check runs out of time): O(size), so it is for a store
-        that failed, not for every call.
+        ``PRAGMA quick_check``, even with ``check=False`` (which is about the
+        time to start; a cheap read would pass on a file whose other pages
+        fail, and health would flap), or a cheap read when it runs out of
+        time: O(size), so it is for a store that failed, not for every call.
 
         :raises StoreError: the file cannot be read, or is damaged.
         """
         self._check_open()
         try:
-            found = await anyio.to_thread.run_sync(_probe, self._path, self._check)
+            found = await anyio.to_thread.run_sync(_probe, self._path)
         except sqlite3.Error as exc:
             raise StoreError(f"journal store {self._path}: probe failed: {exc}") from exc
         if found is not None:
@@ -443,16 +441,15 @@ def _connect(path: str) -> sqlite3.Connection:
     return connect(path)
 
 
-def _probe(path: str, check: bool) -> str | None:
+def _probe(path: str) -> str | None:
     """What is wrong with the file at ``path`` (``None``: nothing), read afresh, read-only."""
     # Read-only and without creating: a file that vanished is a failure, not a new journal.
     conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        if check:
-            found = quick_check(conn, budget=QUICK_CHECK_BUDGET, quiet=True)
-            if found is not None:
-                return found
+        found = quick_check(conn, budget=QUICK_CHECK_BUDGET, quiet=True)
+        if found is not None:
+            return found
         for table in ("aggregates", "events"):
             conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchall()
         return None
