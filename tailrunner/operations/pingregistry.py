@@ -231,11 +231,13 @@ def workflows_service() -> ServiceFactory:
 def _deadline(request: pb.BeginPingRegistryRequest) -> timedelta:
     if not request.HasField("deadline"):
         return DEFAULT_DEADLINE
-    deadline = request.deadline.ToTimedelta()
+    expected = f"expected 0 to {MAX_DEADLINE.days} days"
+    try:
+        deadline = request.deadline.ToTimedelta()
+    except (OverflowError, ValueError) as exc:  # seconds beyond what a timedelta holds
+        raise InvalidArgument("deadline", f"{request.deadline.seconds}s: {expected}") from exc
     if deadline < timedelta(0) or deadline > MAX_DEADLINE:
-        raise InvalidArgument(
-            "deadline", f"{deadline.total_seconds():g}s: expected 0 to {MAX_DEADLINE.days} days"
-        )
+        raise InvalidArgument("deadline", f"{deadline.total_seconds():g}s: {expected}")
     return deadline
 
 

@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,10 @@ def seeded(env_var: str) -> tuple[int, random.Random]:
 class KillableJournal(Journal):
     """The e2e journal process, which can also be SIGKILLed and started again on its file."""
 
+    def __init__(self, db: Path, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(db)
+        self.extra_args = tuple(extra_args)
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.kill()
@@ -62,17 +66,29 @@ class KillableJournal(Journal):
     def start(self) -> None:
         # A port just freed by a killed journal may still be taken for a moment.
         for attempt in range(50):
-            try:
-                super().start()
+            self.proc = subprocess.Popen(
+                [
+                    TAILRUNNER,
+                    "journal",
+                    "serve",
+                    "--listen",
+                    self.address,
+                    "--store",
+                    f"sqlite:///{self.db}",
+                    *self.extra_args,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            assert self.proc.stdout is not None
+            if self.proc.stdout.readline().startswith("listening on"):
                 return
-            except AssertionError:
-                if self.proc is not None:
-                    self.proc.kill()
-                    self.proc.communicate(timeout=15)
-                    self.proc = None
-                if attempt == 49:
-                    raise
-                time.sleep(0.1)
+            self.proc.kill()
+            self.proc.communicate(timeout=15)
+            self.proc = None
+            assert attempt < 49, "the journal did not start"
+            time.sleep(0.1)
 
 
 def runner_config(
