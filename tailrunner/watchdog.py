@@ -24,6 +24,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
 
@@ -78,9 +79,14 @@ class LoopWatchdog:
         self._tick = threshold / 4
         self._beat = time.monotonic()
         self._stop = threading.Event()
-        #: Stalls seen so far (a counter for metrics), and the longest.
+        #: Stalls seen so far, and the longest.
         self.stalls = 0
         self.longest = 0.0
+        self._observers: list[Callable[[float], None]] = []
+
+    def add_observer(self, observer: Callable[[float], None]) -> None:
+        """Call ``observer(seconds)`` when a stall ends, from the watchdog's thread."""
+        self._observers.append(observer)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch the loop this runs on until cancelled."""
@@ -118,6 +124,11 @@ class LoopWatchdog:
                 log.warning(
                     "event loop was blocked", seconds=round(stall.seconds, 3), **stall.fields
                 )
+                for observer in list(self._observers):
+                    try:
+                        observer(stall.seconds)
+                    except Exception as exc:  # the watchdog must outlive a bad observer
+                        log.error("watchdog observer failed", error=str(exc))
                 stall = None
 
 

@@ -23,6 +23,7 @@ from ulid import ULID
 
 from tailrunner import EOF, ActivityContext, EventStream, activity
 from tailrunner.activities.outcomes import Outcome
+from tailrunner.admin.metrics import Metrics
 from tailrunner.config import load_config
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.model import AggregateRef, NewEvent
@@ -49,7 +50,7 @@ async def run_until(
     act: Any,
     threshold: float,
     until: Callable[[list[dict[str, Any]]], bool],
-) -> tuple[Runner, list[dict[str, Any]]]:
+) -> tuple[Runner, Metrics, list[dict[str, Any]]]:
     """Run ``act`` on one aggregate in a lazy runner until ``until(logs)``; the logs."""
     await journal.client.append(AGGREGATE, [NewEvent(type="e")])
     runner = Runner(
@@ -58,6 +59,7 @@ async def run_until(
         activities=[act],
         options=EngineOptions(kind="lazy", loop_lag_warning=threshold),
     )
+    metrics = Metrics(engine=runner.engine, journal=journal.client, watchdog=runner.watchdog)
     with structlog.testing.capture_logs() as logs:
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)
@@ -66,7 +68,7 @@ async def run_until(
                 while not until(logs):  # noqa: ASYNC110
                     await anyio.sleep(0.05)
             tg.cancel_scope.cancel()
-    return runner, logs
+    return runner, metrics, logs
 
 
 async def test_an_activity_that_blocks_the_loop_is_named_with_its_line(
@@ -89,7 +91,7 @@ async def test_an_activity_that_blocks_the_loop_is_named_with_its_line(
     source, first = inspect.getsourcelines(sleepy.func)
     blocking_line = first + next(i for i, s in enumerate(source) if "time.sleep(1.5)" in s)
 
-    runner, logs = await run_until(
+    runner, metrics, logs = await run_until(
         journal, sleepy, 0.2, lambda logs: bool(warnings_about(logs, "event loop was blocked"))
     )
     [blocked] = warnings_about(logs, "event loop blocked")
@@ -105,6 +107,7 @@ async def test_an_activity_that_blocks_the_loop_is_named_with_its_line(
     assert ended_line["seconds"] > 0.2
     assert runner.watchdog is not None
     assert runner.watchdog.stalls == 1
+    assert metrics.registry.get_sample_value("tailrunner_event_loop_stalls_total") == 1.0
 
 
 async def test_an_activity_that_awaits_is_never_named(journal: LoopbackJournal) -> None:
@@ -122,9 +125,10 @@ async def test_an_activity_that_awaits_is_never_named(journal: LoopbackJournal) 
         done.set()
         return EOF(tail)
 
-    _, logs = await run_until(journal, polite, 0.2, lambda _: done.is_set())
+    _, metrics, logs = await run_until(journal, polite, 0.2, lambda _: done.is_set())
     named = [e for e in logs if e.get("activity") == "polite" and "event loop" in e["event"]]
     assert named == []
+    assert metrics.registry.get_sample_value("tailrunner_event_loop_stalls_total") is not None
 
 
 async def test_the_watchdog_is_off_at_zero_and_its_key_is_read_from_config(

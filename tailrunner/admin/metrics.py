@@ -25,6 +25,9 @@ metric                                          meaning
 ``tailrunner_open_streams``                      runs (journal streams) open now
 ``tailrunner_lag_events{activity}``              events after the tails, summed (not
                                                  counting ``COMPLETE`` tasks)
+``tailrunner_event_loop_stalls_total``           stalls of the event loop longer than
+                                                 ``engine.loop_lag_warning`` (an activity
+                                                 that blocks it; the log names it)
 ==============================================  ======================================
 
 A runner that shares the work (``scaleout.enabled``, given a
@@ -87,6 +90,7 @@ from tailrunner.states import OutcomeKind, TaskState
 
 if TYPE_CHECKING:
     from tailrunner.scaleout.membership import Membership
+    from tailrunner.watchdog import LoopWatchdog
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +118,8 @@ class Metrics:
         scraper's timeout (Prometheus: 10 s by default).
     :param membership: the runner's part in a cluster: its leases' metrics
         (see the module's docstring); ``None`` when it does not share work.
+    :param watchdog: the runner's loop-lag watchdog (``runner.watchdog``), whose
+        stalls are counted.
     """
 
     def __init__(
@@ -125,6 +131,7 @@ class Metrics:
         lag_interval: float = 10.0,
         lag_timeout: float = 5.0,
         membership: Membership | None = None,
+        watchdog: LoopWatchdog | None = None,
     ) -> None:
         self._engine = engine
         self._membership = membership
@@ -165,6 +172,13 @@ class Metrics:
             "lag_events", "Events after the tasks' tails (head minus tail), summed.", ["activity"],
             namespace=NAMESPACE, registry=r,
         )  # fmt: skip
+        self.loop_stalls = Counter(
+            "event_loop_stalls", "Stalls of the event loop past engine.loop_lag_warning.",
+            namespace=NAMESPACE, registry=r,
+        )  # fmt: skip
+        if watchdog is not None:
+            # Told from the watchdog's thread; a counter takes that.
+            watchdog.add_observer(lambda seconds: self.loop_stalls.inc())
         # An int read is safe from any thread, so this one is always current.
         self.open_streams.set_function(lambda: engine.running)
         # Every series exists from the start (at 0), so rates and alerts see them.

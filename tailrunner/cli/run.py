@@ -137,6 +137,7 @@ async def _run(config: Config) -> None:
                 journal=journal,
                 lag_interval=config.metrics.lag_interval,
                 membership=membership,
+                watchdog=runner.watchdog,
             )
             admin = AdminServer(
                 engine=runner.engine,
