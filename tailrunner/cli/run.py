@@ -7,7 +7,8 @@ import os
 import signal
 import socket
 import sys
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -20,8 +21,10 @@ from tailrunner.admin.server import AdminServer
 from tailrunner.cli.terminal import printable
 from tailrunner.config import Config, load_config
 from tailrunner.errors import (
+    AccessDenied,
     ConfigError,
     InvalidArgument,
+    JournalUnavailable,
     PluginError,
     StoreError,
     TailrunnerError,
@@ -98,16 +101,7 @@ async def _run(config: Config) -> None:
     runner: Runner | None = None
     try:
         async with AsyncExitStack() as stack:
-            journal = await stack.enter_async_context(
-                JournalClient.connect(
-                    config.journal.address,
-                    reconnect=config.journal.reconnect,
-                    keepalive=config.journal.keepalive,
-                    timeout=config.journal.call_timeout,
-                    tls=config.journal.client_tls,
-                    token=config.journal.token(),
-                )
-            )
+            journal = await stack.enter_async_context(_journal(config))
             membership = None
             writes: TailStore = tails
             if config.scaleout.enabled:
@@ -195,6 +189,38 @@ async def _run(config: Config) -> None:
         sys.stderr.flush()
         os._exit(1)
     log.info("stopped")
+
+
+@asynccontextmanager
+async def _journal(config: Config) -> AsyncIterator[JournalClient]:
+    """The runner's client of the journal, its token checked (:func:`_check_journal_access`)."""
+    async with JournalClient.connect(
+        config.journal.address,
+        reconnect=config.journal.reconnect,
+        keepalive=config.journal.keepalive,
+        timeout=config.journal.call_timeout,
+        tls=config.journal.client_tls,
+        token=config.journal.token(),
+    ) as journal:
+        await _check_journal_access(journal, config)
+        yield journal
+
+
+async def _check_journal_access(journal: JournalClient, config: Config) -> None:
+    """A journal that refuses the runner's token is a setup error: say so before starting.
+
+    A journal that cannot be reached yet is not: the runner waits for it as always.
+    """
+    try:
+        with anyio.move_on_after(config.journal.call_timeout):
+            await journal.list_aggregates(page_size=1)
+    except AccessDenied as exc:
+        raise ConfigError(
+            f"the journal at {config.journal.address} refused the runner ({exc});"
+            f" its token is read from ${config.journal.token_env}"
+        ) from None
+    except JournalUnavailable:
+        pass
 
 
 COMMANDS: list[click.Command] = [run]

@@ -15,6 +15,8 @@ from tailrunner.errors import (
     InvalidArgument,
     JournalError,
     JournalUnavailable,
+    NotAuthenticated,
+    PermissionDenied,
     StreamCancelled,
     TailMismatch,
     TailrunnerError,
@@ -113,7 +115,8 @@ def test_a_status_detail_that_contradicts_the_call_is_ignored() -> None:
         (grpc.StatusCode.DEADLINE_EXCEEDED, JournalUnavailable),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, JournalUnavailable),
         (grpc.StatusCode.FAILED_PRECONDITION, AggregateTypeMismatch),
-        (grpc.StatusCode.PERMISSION_DENIED, JournalError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, NotAuthenticated),
         (grpc.StatusCode.UNIMPLEMENTED, JournalError),
     ],
 )

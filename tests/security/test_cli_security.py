@@ -201,3 +201,34 @@ listen = ""
     refused = run_cli("run", "--config", str(config), env={"TAILRUNNER_ADMIN_TOKEN": ""})
     assert refused.returncode != 0
     assert "admin server would listen on 0.0.0.0:0" in refused.stderr + refused.stdout
+
+
+@pytest.mark.parametrize("token", ["", "not-the-journals-token-at-all"], ids=["none", "unknown"])
+def test_a_runner_the_journal_refuses_stops_at_start_and_says_which_variable(
+    journal: str, certs: Certs, tmp_path: Path, token: str
+) -> None:
+    config = tmp_path / "runner.toml"
+    config.write_text(
+        f"""
+[journal]
+address = "{journal}"
+tls_ca = "{certs.ca}"
+[activities]
+enabled = ["counter"]
+[tails]
+store = "sqlite:///{tmp_path / "tails.db"}"
+[admin]
+listen = "127.0.0.1:0"
+[metrics]
+listen = ""
+"""
+    )
+    refused = run_cli(
+        "run", "--config", str(config),
+        env={"TAILRUNNER_JOURNAL_TOKEN": token, "TAILRUNNER_ADMIN_TOKEN": ""},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"the journal at {journal} refused the runner" in refused.stderr
+    assert "$TAILRUNNER_JOURNAL_TOKEN" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not token or token not in refused.stderr
