@@ -36,6 +36,7 @@ import collections
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from typing import Any
 import grpc
 import hypothesis
 import pytest
-from google.longrunning import operations_proto_pb2
+from google.longrunning import operations_pb2_grpc, operations_proto_pb2
 from google.protobuf import duration_pb2, message_factory
 from google.protobuf.descriptor import (
     Descriptor,
@@ -64,6 +65,7 @@ from tailrunner.proto.v1 import (
     journal_pb2,
     journal_pb2_grpc,
     runner_pb2,
+    runner_pb2_grpc,
     workflows_pb2,
     workflows_pb2_grpc,
 )
@@ -108,6 +110,8 @@ class Known:
     event_ids: list[ULID] = field(default_factory=list)
     operation_names: list[str] = field(default_factory=list)
     activities: list[str] = field(default_factory=lambda: ["recorder"])
+    #: Real next-page tokens of the list methods.
+    page_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -147,13 +151,36 @@ def servers(plugin_site: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     timeout=30,
                 )
                 known.event_ids.extend(ULID.from_bytes(e) for e in response.event_ids)
-            operation = workflows_pb2_grpc.WorkflowsStub(channel).BeginPingRegistry(
-                workflows_pb2.BeginPingRegistryRequest(registry="fuzz"), timeout=30
+            for _ in range(2):
+                operation = workflows_pb2_grpc.WorkflowsStub(channel).BeginPingRegistry(
+                    workflows_pb2.BeginPingRegistryRequest(registry="fuzz"), timeout=30
+                )
+                known.operation_names.append(operation.name)
+            known.page_tokens.append(
+                stub.ListAggregates(
+                    journal_pb2.ListAggregatesRequest(page_size=1), timeout=30
+                ).next_page_token
             )
-            known.operation_names.append(operation.name)
+            operations = operations_pb2_grpc.OperationsStub(channel)  # type: ignore[no-untyped-call]
+            known.page_tokens.append(
+                operations.ListOperations(
+                    operations_proto_pb2.ListOperationsRequest(page_size=1), timeout=30
+                ).next_page_token
+            )
         config = runner_config(tmp / "runner.toml", journal=journal.address)
         runner = RunnerProcess(config, "lazy", plugin_site, {})
         admin = runner.wait_started()
+        deadline = time.monotonic() + 60
+        while len(list_tasks(admin)) < len(known.aggregate_ids):
+            assert time.monotonic() < deadline, "the runner did not find the aggregates"
+            time.sleep(0.1)
+        with grpc.insecure_channel(admin) as channel:
+            known.page_tokens.append(
+                runner_pb2_grpc.RunnerStub(channel)
+                .ListTasks(runner_pb2.ListTasksRequest(page_size=1), timeout=30)
+                .next_page_token
+            )
+        assert all(known.page_tokens), f"a list method gave no next page: {known.page_tokens}"
         channels = {
             address: grpc.insecure_channel(
                 address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
@@ -257,8 +284,52 @@ HOSTILE_BYTES = [
 ]
 
 
-def _text(known: Known) -> st.SearchStrategy[str]:
-    real = (
+#: Filters that parse, for the fields named ``filter``.
+FILTERS = ["", "done = true", "done = false", "done=true"]
+BASE64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_="
+
+
+def real_text(known: Known) -> dict[str, list[str]]:
+    """The real values a text field of this name takes, so that requests get past the checks."""
+    return {
+        "name": known.operation_names,
+        "activity": known.activities,
+        "aggregate_id": [str(a) for a in known.aggregate_ids],
+        "aggregate_type": [AGGREGATE_TYPE],
+        "type": ["tick"],
+        "tail": [str(e) for e in known.event_ids],
+        "from_tail": [str(e) for e in known.event_ids],
+        "registry": ["fuzz"],
+        "filter": FILTERS,
+        "page_token": known.page_tokens or [""],
+    }
+
+
+def plausible(fd: FieldDescriptor, known: Known) -> st.SearchStrategy[Any] | None:
+    """A valid value for a scalar field, where one is known."""
+    if fd.is_repeated or fd.message_type is not None:
+        return None
+    if fd.type == FieldDescriptor.TYPE_STRING:
+        values = real_text(known).get(fd.name)
+        return st.sampled_from(values) if values else None
+    if fd.type == FieldDescriptor.TYPE_BYTES:
+        if fd.name == "aggregate_id":
+            return st.sampled_from([a.bytes for a in known.aggregate_ids])
+        if fd.name in ("after", "expected_tail", "tail"):
+            return st.sampled_from([b""] + [e.bytes for e in known.event_ids])
+        return st.binary(max_size=20)
+    if fd.type == FieldDescriptor.TYPE_ENUM:
+        assert fd.enum_type is not None
+        return st.sampled_from([v.number for v in fd.enum_type.values])
+    if fd.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if fd.type in INT_RANGES:
+        return st.integers(0, 50)
+    return None
+
+
+def _text(known: Known, field_name: str) -> st.SearchStrategy[str]:
+    every = (
         [str(a) for a in known.aggregate_ids]
         + [a.hex for a in known.aggregate_ids]
         + [str(e) for e in known.event_ids]
@@ -266,14 +337,26 @@ def _text(known: Known) -> st.SearchStrategy[str]:
         + known.activities
         + [AGGREGATE_TYPE, "tick", ""]
     )
-    # Real values half the time, so that requests get past the first check to the deeper ones.
-    return st.one_of(
-        st.sampled_from(real),
-        st.sampled_from(real),
-        st.sampled_from(HOSTILE_TEXT),
+    by_name = real_text(known)
+    real = st.sampled_from(by_name.get(field_name) or every)
+    strategies = [real, real, st.sampled_from(every), st.sampled_from(HOSTILE_TEXT)]
+    if field_name == "page_token" and known.page_tokens:
+        # A real token with one character changed: the right shape around a wrong cursor.
+        strategies.append(
+            st.builds(
+                lambda token, at, char: (
+                    token[: at % len(token)] + char + token[at % len(token) + 1 :]
+                ),
+                st.sampled_from(known.page_tokens),
+                st.integers(0, 10_000),
+                st.sampled_from(BASE64_CHARS),
+            )
+        )
+    strategies += [
         st.text(max_size=40),
         st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=140),
-    )
+    ]
+    return st.one_of(strategies)
 
 
 def _bytes(known: Known) -> st.SearchStrategy[bytes]:
@@ -313,7 +396,7 @@ def _scalar(fd: FieldDescriptor, known: Known) -> st.SearchStrategy[Any]:
     if fd.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return st.floats(allow_nan=True, allow_infinity=True, width=32)
     if fd.type == FieldDescriptor.TYPE_STRING:
-        return _text(known)
+        return _text(known, fd.name)
     if fd.type == FieldDescriptor.TYPE_BYTES:
         return _bytes(known)
     raise AssertionError(f"no strategy for field {fd.full_name} of type {fd.type}")
@@ -346,12 +429,27 @@ def hostile_message(desc: Descriptor, known: Known, depth: int = 0) -> st.Search
         if fd.is_repeated:
             values[fd.name] = st.one_of(
                 st.lists(one, max_size=3),
-                # Many of one value: limits on list lengths.
-                st.builds(lambda v: [v] * 2000, one),
+                # Many of one small value: limits on list lengths (a big one would
+                # make a request of gigabytes, refused before any handler runs).
+                one.filter(lambda v: _size(v) <= 64).map(lambda v: [v] * 2000),
             )
         else:
             values[fd.name] = one
-    return st.fixed_dictionaries({}, optional=values).map(lambda fields: _build(cls, fields))
+    hostile = st.fixed_dictionaries({}, optional=values)
+    # Half the time every field with a known valid value has one, and the others are
+    # hostile: requests that get past the first checks to the deeper ones.
+    valid = {fd.name: v for fd in desc.fields if (v := plausible(fd, known)) is not None}
+    rest = {name: v for name, v in values.items() if name not in valid}
+    mostly_valid = st.fixed_dictionaries(valid, optional=rest)
+    return st.one_of(hostile, mostly_valid).map(lambda fields: _build(cls, fields))
+
+
+def _size(value: object) -> int:
+    if isinstance(value, Message):
+        return value.ByteSize()
+    if isinstance(value, str | bytes):
+        return len(value)
+    return 8
 
 
 def _build(cls: type[Message], fields: dict[str, Any]) -> Message:
@@ -494,6 +592,8 @@ KINDS: dict[str, Callable[[Descriptor, Known], st.SearchStrategy[bytes]]] = {
 }
 
 
+# Hypothesis warns when it renders a huge request for its report; huge requests are the point.
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")
 @pytest.mark.parametrize("kind", sorted(KINDS))
 @pytest.mark.parametrize("service", SERVICES, ids=[s.full_name for s in SERVICES])
 def test_every_method_answers_with_a_proper_status(
