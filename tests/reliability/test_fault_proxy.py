@@ -90,6 +90,11 @@ def inject_faults(proxy: TcpProxy, rng: random.Random, seconds: float) -> collec
 def test_after_the_faults_heal_every_task_reaches_its_head(
     engine: str, plugin_site: Path, tmp_path: Path
 ) -> None:
+    """CI: 6 s of faults, then the heal (about 12 s per engine).
+
+    On demand: ``TAILRUNNER_SOAK=long`` (120 s of faults);
+    ``TAILRUNNER_FAULT_SEED=N`` repeats the printed seed's run.
+    """
     seed, rng = seeded("TAILRUNNER_FAULT_SEED")
     journal = KillableJournal(tmp_path / "journal.db")
     record = tmp_path / "handled.txt"

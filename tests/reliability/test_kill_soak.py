@@ -70,6 +70,11 @@ def recorder_tails(admin: str) -> dict[str, str]:
 def test_kills_lose_no_append_and_skip_no_event(
     engine: str, plugin_site: Path, tmp_path: Path
 ) -> None:
+    """CI: 30 runner and 10 journal kills, runner lives up to 0.6 s (about 30 s per engine).
+
+    On demand: ``TAILRUNNER_SOAK=long`` (300 and 100 kills, lives up to 3 s);
+    ``TAILRUNNER_SOAK_SEED=N`` repeats the printed seed's run.
+    """
     seed, rng = seeded("TAILRUNNER_SOAK_SEED")
     journal = KillableJournal(tmp_path / "journal.db")
     record = tmp_path / "handled.txt"
