@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import itertools
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import nullcontext
 from types import MappingProxyType
@@ -48,6 +50,11 @@ MAX_PAGE_SIZE = 1000
 #: A batch is cut into messages of about this many bytes, well below the
 #: 4 MiB that gRPC clients accept by default.
 _MESSAGE_BUDGET = 2 * MiB
+#: Bytes of events one ``Events`` read keeps (and one event more): a batch
+#: of big events is cut there. The batch is held until the reader takes it,
+#: so this bounds what a reader that stopped reading pins in the server,
+#: whatever batch size it asked for (1,000 events of 1 MiB would be 1 GiB).
+_READ_BUDGET = 256 * 1024
 #: Signals per ``SignalsResponse`` message.
 _SIGNALS_PER_MESSAGE = 1000
 #: Encoded signal batches kept for the subscribers that take the same batch.
@@ -63,8 +70,8 @@ SERVICE = _DESCRIPTOR.full_name
 _CAUGHT_UP = journal_pb2.EventsResponse(will_block=True).SerializeToString()
 
 #: A batch ready to send: its messages (serialized ``EventsResponse``), the
-#: cursor after it, whether more follow.
-_Batch = tuple[list[bytes], bytes, bool]
+#: cursor after it, whether more follow, its events if the byte budget cut it.
+_Batch = tuple[list[bytes], bytes, bool, int]
 
 
 @runtime_checkable
@@ -135,17 +142,22 @@ class JournalService:
             await abort(context, exc, rpc="Events")
         cursor: bytes = request.after
         limit = min(request.max_batch or DEFAULT_BATCH, MAX_BATCH)
+        # Events per read: the batch size, unless the events are big (see _READ_BUDGET).
+        read_limit = limit
         # Watch before the first read: an append committing after that read
         # still wakes the watcher, so no event falls between read and wait.
         with self._hub.watch(aggregate_id) if request.watch else nullcontext() as watcher:
             caught_up = False
             while True:
                 try:
-                    messages, cursor, more = await self._read(
-                        aggregate_id, request.aggregate_id, cursor, limit
+                    messages, cursor, more, cut_at = await self._read(
+                        aggregate_id, request.aggregate_id, cursor, read_limit
                     )
                 except TailrunnerError as exc:
                     await abort(context, exc, rpc="Events")
+                # A read cut short by its byte budget asks for as many events
+                # next time; one that was not grows back towards the batch size.
+                read_limit = cut_at or min(limit, 2 * read_limit)
                 if messages:
                     for message in messages:
                         yield message
@@ -160,7 +172,12 @@ class JournalService:
                     return
 
     async def _read(self, aggregate_id: UUID, raw_id: bytes, after: bytes, limit: int) -> _Batch:
-        """The next batch as messages, the new cursor, and whether more events follow."""
+        """The next batch as messages, the new cursor, whether more events follow, and
+        how many events it holds if the byte budget cut it (else 0).
+
+        The batch ends after ``limit`` events or after :data:`_READ_BUDGET`
+        bytes of them, whichever comes first (at least one event).
+        """
         # One event more than the batch tells whether this batch catches the reader up.
         if self._wire_reader is not None:
             aggregate_type, rows = await self._wire_reader.read_wire(
@@ -181,11 +198,19 @@ class JournalService:
         if more:
             rows = rows[:limit]
         if not rows:
-            return [], after, False
+            return [], after, False, 0
+        cut_at = 0
+        if sum(map(len, rows)) > _READ_BUDGET:
+            # Big events: keep what fits the budget; the rest is for the next read.
+            kept = bisect.bisect_left(list(itertools.accumulate(map(len, rows))), _READ_BUDGET)
+            if kept + 1 < len(rows):
+                cut_at = kept + 1
+                rows = rows[:cut_at]
+                more = True
         messages = events_messages(
             rows, aggregate_type, raw_id, will_block=not more, budget=_MESSAGE_BUDGET
         )
-        return messages, event_id(rows[-1]), more
+        return messages, event_id(rows[-1]), more, cut_at
 
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext[Any, Any]

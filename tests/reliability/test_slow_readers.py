@@ -241,3 +241,56 @@ async def test_every_reading_subscriber_gets_every_aggregates_newest_head(
     assert len(newest) == len(aggregates)
     # The first batch of each stream is its resync; none was dropped after it.
     assert resyncs == [1] * subscribers
+
+
+@pytest.mark.slow
+async def test_readers_that_stop_on_a_long_aggregate_of_big_events_pin_little(
+    journal_process: tuple[str, psutil.Process],
+) -> None:
+    # 12.5 MiB of events: each stalled reader would pin its whole first
+    # batch (1,000 events) if a batch were not cut at its byte budget.
+    address, process = journal_process
+    aggregate = uuid.uuid4()
+    big = os.urandom(64 * 1024)
+    async with (
+        grpc.aio.insecure_channel(address) as channel,
+        grpc.aio.insecure_channel(address, options=SMALL_WINDOW) as stalled_channel,
+    ):
+        stub = journal_pb2_grpc.JournalStub(channel)
+        for _ in range(10):
+            await stub.Append(
+                journal_pb2.AppendRequest(
+                    aggregate_type="slow",
+                    aggregate_id=aggregate.bytes,
+                    events=[journal_pb2.NewEvent(type="big", data=big)] * 20,
+                ),
+                timeout=60,
+            )
+        await served_meanwhile(stub)
+        before = rss(process)
+        stalled = journal_pb2_grpc.JournalStub(stalled_channel)
+        calls = [
+            stalled.Events(journal_pb2.EventsRequest(aggregate_id=aggregate.bytes, watch=True))
+            for _ in range(STALLED)
+        ]
+        try:
+            # Every call reads its first batch, and is then stuck on sending it.
+            await anyio.sleep(2)
+            with anyio.fail_after(120):
+                await served_meanwhile(stub)
+            after = rss(process)
+            print(f"journal RSS: {before / MiB:.1f} MiB, {after / MiB:.1f} MiB with the stalled")
+            assert after - before < 200 * MiB
+            # A reader that reads gets every event, in order, in batches cut by bytes.
+            messages = [
+                m
+                async for m in stub.Events(
+                    journal_pb2.EventsRequest(aggregate_id=aggregate.bytes), timeout=60
+                )
+            ]
+            assert sum(len(m.events) for m in messages) == 200
+            assert len(messages) > 1 and [m.will_block for m in messages][-1]
+            assert not any(m.will_block for m in messages[:-1])
+        finally:
+            for call in calls:
+                call.cancel()
