@@ -29,6 +29,7 @@ first append after a quiet interval is published at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from uuid import UUID
@@ -134,6 +135,8 @@ class Subscriber:
         hub = self._hub
         while True:
             while not hub._closed and not self._resync and hub._published <= self._cursor:
+                if hub._wakeup is None:
+                    hub._wakeup = anyio.Event()
                 await hub._wakeup.wait()
             if hub._closed:
                 return None
@@ -195,7 +198,8 @@ class Hub:
         #: The newest sequence number dropped from the entries, overall and per type.
         self._dropped = 0
         self._dropped_of_type: dict[str, int] = {}
-        self._wakeup = anyio.Event()
+        # Set at the next publish; made by the first subscriber to wait for it.
+        self._wakeup: anyio.Event | None = None
         self._last_publish = -float("inf")
         self._publish_timer: asyncio.TimerHandle | None = None
         # The batch last made for each (cursor, types): shared by subscribers alike.
@@ -253,6 +257,8 @@ class Hub:
                 watcher._nudge()
         for subscriber in self._subscribers:
             subscriber._resync = True
+        if self._publish_timer is not None:
+            self._publish_timer.cancel()
         self._publish()
 
     @contextmanager
@@ -307,29 +313,37 @@ class Hub:
         if self._publish_timer is not None:
             self._publish_timer.cancel()
             self._publish_timer = None
-        self._wakeup.set()
+        self._wake_subscribers()
 
     # -- the subscribers' side --------------------------------------------------
 
     def _schedule_publish(self) -> None:
         if self._publish_timer is not None:
             return  # the next wake-up is due already and takes this append along
-        loop = asyncio.get_running_loop()
         interval = min(self._max_interval, self._interval_per_subscriber * len(self._subscribers))
-        due = self._last_publish + interval
-        if loop.time() >= due:
+        wait = self._last_publish + interval - time.monotonic()
+        if wait <= 0:
             self._publish()
-        else:
-            self._publish_timer = loop.call_at(due, self._publish)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the loop (a test): nothing to wait on
+            self._publish()
+            return
+        self._publish_timer = loop.call_later(wait, self._publish)
 
     def _publish(self) -> None:
         self._publish_timer = None
         if self._closed:
             return
-        self._last_publish = asyncio.get_running_loop().time()
+        self._last_publish = time.monotonic()
         self._published = self._sequence
-        wakeup, self._wakeup = self._wakeup, anyio.Event()
-        wakeup.set()
+        self._wake_subscribers()
+
+    def _wake_subscribers(self) -> None:
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None:
+            wakeup.set()
 
     def _entries_after(self, cursor: int, types: frozenset[str]) -> list[Signal]:
         """The signals after ``cursor`` of the given types (all when empty), oldest first."""
