@@ -48,8 +48,10 @@ DEFAULT_MAX_PENDING = 10_000
 #: subscriber. A signal message costs the server about 40 µs of loop time
 #: per subscriber (grpc.aio's send and the task's wake-up), so the fan-out
 #: takes at most about a fifth of the loop under a stream of appends.
-#: Measured (bench/signal_fanout.py, 100 reading subscribers): 50 µs kept
-#: 0.34 of the append rate without subscribers, 100 µs 0.47, 200 µs 0.55.
+#: Measured (bench/signal_fanout.py --quick, 100 reading subscribers): 50 µs
+#: kept 0.34 of the append rate without subscribers, 100 µs 0.47, 200 µs
+#: 0.55 (0.70 in the full run); it costs a signal up to 20 ms of delay at
+#: 100 subscribers under load, nothing after a quiet spell.
 DEFAULT_PUBLISH_INTERVAL_PER_SUBSCRIBER = 200e-6
 #: The longest a signal waits for its wake-up, however many subscribers.
 DEFAULT_MAX_PUBLISH_INTERVAL = 0.05
