@@ -68,6 +68,7 @@ from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, N
 from tailrunner.sql.dialect import POSTGRESQL
 from tailrunner.sql.migrate import migrate
 from tailrunner.sql.postgres import (
+    DEFAULT_CALL_TIMEOUT,
     PooledConnections,
     PostgresMigration,
     libpq_timeout,
@@ -75,6 +76,7 @@ from tailrunner.sql.postgres import (
     reason,
 )
 from tailrunner.sql.schema import JOURNAL_MIGRATIONS, JOURNAL_VERSION_TABLE
+from tailrunner.store_health import StoreHealth
 from tailrunner.stores import redact
 
 log = structlog.get_logger(__name__)
@@ -215,12 +217,15 @@ class PostgresJournalStore:
         *,
         schema: str = DEFAULT_SCHEMA,
         request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> None:
         """Use :meth:`open` instead: it migrates the schema and opens the pool."""
         check_request_ids_kept(request_ids_kept)
         self._name = _store_name(url, schema)
         self._pool = pool
-        self._connections = PooledConnections(pool, label=f"journal store {self._name}")
+        self._connections = PooledConnections(
+            pool, label=f"journal store {self._name}", timeout=call_timeout
+        )
         self._schema = schema
         ident = sql.Identifier(schema)
         self._sql = {key: sql.SQL(text).format(schema=ident) for key, text in _STATEMENTS.items()}
@@ -232,6 +237,8 @@ class PostgresJournalStore:
         self._channel = channel_name(schema)
         self._notify_sql = sql.SQL("SELECT pg_notify(%s, %s)")
         self._notify_listener: NotifyListener | None = None
+        #: Whether the database answers, as the calls find it (the server's health follows).
+        self.health = StoreHealth()
 
     @classmethod
     async def open(
@@ -242,6 +249,7 @@ class PostgresJournalStore:
         request_ids_kept: int = DEFAULT_REQUEST_IDS_KEPT,
         pool_size: int = 8,
         connect_timeout: float = 10.0,
+        call_timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> PostgresJournalStore:
         """Connect to ``url``, create or migrate the tables in ``schema``, open the pool.
 
@@ -252,6 +260,8 @@ class PostgresJournalStore:
         :param pool_size: at most this many connections, so this many
             appends and reads at once.
         :param connect_timeout: seconds to wait for the server.
+        :param call_timeout: seconds a call may wait for the database before
+            it fails (a black-holed network must not stall calls forever).
         :raises InvalidArgument: a bad schema name, ``request_ids_kept`` or
             ``pool_size`` below 1.
         :raises StoreError: see :func:`migrate_schema`.
@@ -273,7 +283,9 @@ class PostgresJournalStore:
             connect_timeout=connect_timeout,
             what=f"the journal store {name}",
         )
-        store = cls(url, pool, schema=schema, request_ids_kept=request_ids_kept)
+        store = cls(
+            url, pool, schema=schema, request_ids_kept=request_ids_kept, call_timeout=call_timeout
+        )
         try:
             await store._start_listening(url, connect_timeout)
         except BaseException:
@@ -488,7 +500,26 @@ class PostgresJournalStore:
         self, what: str, func: Callable[[Connection], Awaitable[T]], *, retry: bool
     ) -> T:
         self._check_open()
-        return await self._connections.run(what, func, retry=retry)
+        try:
+            return await self._connections.run(what, func, retry=retry)
+        except StoreError as exc:
+            # The database is down or cut off, not a refused statement.
+            if isinstance(exc.__cause__, psycopg.OperationalError | TimeoutError):
+                self.health.failed(str(exc))
+            raise
+
+    async def probe(self) -> None:
+        """Check that the database answers (``SELECT 1``); :attr:`health` follows.
+
+        :raises StoreError: it does not.
+        """
+
+        async def ping(conn: Connection) -> None:
+            await conn.execute("SELECT 1")
+
+        self._check_open()
+        await self._connections.run("probe", ping, retry=True)
+        self.health.works()
 
     def _check_open(self) -> None:
         if self._closed:

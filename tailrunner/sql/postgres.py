@@ -27,6 +27,21 @@ Connection = psycopg.AsyncConnection[TupleRow]
 SCHEMA_LOCK_CLASS = 0x7363686D
 
 
+#: Seconds a store call may wait for the database before it fails: a database
+#: behind a black-holed network must not stall a journal call or a run forever.
+DEFAULT_CALL_TIMEOUT = 30.0
+
+#: libpq's TCP settings: a peer that stops answering is noticed by the kernel
+#: within about 30 s (keepalive probes while idle, unacknowledged data while busy).
+_TCP_KEEPALIVE: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+    "tcp_user_timeout": 30_000,
+}
+
+
 def libpq_timeout(seconds: float) -> int:
     """``connect_timeout`` as libpq takes it: whole seconds, at least 2."""
     return max(2, round(seconds))
@@ -50,7 +65,11 @@ async def open_pool(
         session state).
     :raises StoreError: ``"cannot open {what}: {reason}"``; the pool is closed.
     """
-    kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": libpq_timeout(connect_timeout)}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "connect_timeout": libpq_timeout(connect_timeout),
+        **_TCP_KEEPALIVE,
+    }
     if not prepare:
         kwargs["prepare_threshold"] = None
     pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
@@ -78,9 +97,17 @@ class PooledConnections:
     :param label: the store in messages, e.g. ``"tail store postgresql://… (schema x)"``.
     """
 
-    def __init__(self, pool: AsyncConnectionPool[Connection], *, label: str) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Connection],
+        *,
+        label: str,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> None:
+        """:param timeout: seconds a call may take (:data:`DEFAULT_CALL_TIMEOUT`)."""
         self.pool = pool
         self._label = label
+        self._timeout = timeout
 
     def error(self, what: str, exc: BaseException) -> StoreError:
         """The error of a failed ``what``."""
@@ -104,12 +131,12 @@ class PooledConnections:
 
         :param retry: ``func`` may be repeated safely (a read, an idempotent
             write): a dropped connection is then tried once more.
-        :raises StoreError: psycopg failed.
+        :raises StoreError: psycopg failed, or the database did not answer in
+            time (then not retried: a second wait would double the stall).
         """
         try:
             try:
-                async with self.connection(what) as conn:
-                    return await func(conn)
+                return await self._deadline(what, func)
             except psycopg.OperationalError as exc:
                 if not retry or isinstance(exc, PoolTimeout):
                     raise
@@ -117,12 +144,25 @@ class PooledConnections:
                 # A cut network breaks every pooled connection at once: drop
                 # the broken idle ones first, or the retry gets one of them.
                 await self.pool.check()
-                async with self.connection(what) as conn:
-                    return await func(conn)
+                return await self._deadline(what, func)
         except StoreError:
             raise
         except psycopg.Error as exc:
             raise self.error(what, exc) from exc
+
+    async def _deadline(self, what: str, func: Callable[[Connection], Awaitable[T]]) -> T:
+        """``func`` on a pooled connection, within the call's time."""
+        try:
+            with anyio.fail_after(self._timeout):
+                async with self.connection(what) as conn:
+                    # Cancelled in time, psycopg cancels the query on the
+                    # server, or closes a connection that does not answer:
+                    # the pool then drops it.
+                    return await func(conn)
+        except TimeoutError as exc:
+            raise StoreError(
+                f"{self._label}: {what} failed: no answer from the database in {self._timeout:g} s"
+            ) from exc
 
 
 class PostgresMigration:
