@@ -238,6 +238,7 @@ class Appender:
         pause: float = 0.01,
         call_timeout: float = 2.0,
     ) -> None:
+        self._address = address
         self._channel = grpc.insecure_channel(address, options=FAST_RECONNECT)
         self._stub = journal_pb2_grpc.JournalStub(self._channel)
         self._aggregates = aggregates
@@ -291,6 +292,28 @@ class Appender:
                 return
             self.acked[request_id] = (aggregate, str(ULID.from_bytes(response.tail)))
             return
+
+    def repeat(self, request_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Send acknowledged appends again (after the thread stopped); the answers that differ.
+
+        Request id → (the event id first acknowledged, the one the repeat got).
+        """
+        differ: dict[str, tuple[str, str]] = {}
+        with grpc.insecure_channel(self._address, options=FAST_RECONNECT) as channel:
+            stub = journal_pb2_grpc.JournalStub(channel)
+            for request_id in request_ids:
+                aggregate, event_id = self.acked[request_id]
+                request = journal_pb2.AppendRequest(
+                    aggregate_type=AGGREGATE_TYPE,
+                    aggregate_id=aggregate.bytes,
+                    request_id=request_id,
+                    events=[journal_pb2.NewEvent(type="tick", data=b'{"repeat": true}')],
+                )
+                response = stub.Append(request, timeout=30, wait_for_ready=True)
+                again = str(ULID.from_bytes(response.tail))
+                if again != event_id:
+                    differ[request_id] = (event_id, again)
+        return differ
 
     @property
     def running(self) -> bool:

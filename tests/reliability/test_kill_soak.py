@@ -11,7 +11,9 @@ random moments; each comes back on the same files. After a last clean run
 has caught up:
 
 - every acknowledged append is in the journal exactly once (one event per
-  request id: retries created no duplicate), with the id it was acknowledged with;
+  request id: retries created no duplicate), with the id it was acknowledged
+  with, and 100 of them sent again at the end (after the journal restarts)
+  answer that id and append nothing;
 - every journal event was handled at least once (none skipped);
 - repeats of handling (printed) are at most one per task per runner kill:
   the recorder checkpoints after each event, so a kill interrupts at most
@@ -52,6 +54,8 @@ MAX_LIFE = 3.0 if LONG else 0.6
 #: The longest a killed journal stays down.
 MAX_DOWN = 1.0 if LONG else 0.4
 AGGREGATES = 6
+#: Acknowledged appends sent again at the end, with their request ids.
+REPEATS = 100
 #: Only bounds a hang: the last clean run catching up.
 CATCH_UP_TIMEOUT = 180.0
 
@@ -87,6 +91,7 @@ def test_kills_lose_no_append_and_skip_no_event(
 
     journal.start()
     appender = Appender(journal.address, aggregates, rng).start()
+    runner: RunnerProcess | None = None
     try:
         for cycle in range(RUNNER_KILLS):
             runner = RunnerProcess(config, engine, plugin_site, env)
@@ -114,6 +119,9 @@ def test_kills_lose_no_append_and_skip_no_event(
             runner_kills += 1
         appender.stop()
         handled_under_kills = len(handled_ids(record))
+        # Appends repeated after the journal restarts: each answers its first result.
+        repeated = rng.sample(sorted(appender.acked), min(REPEATS, len(appender.acked)))
+        differ = appender.repeat(repeated)
 
         # The clean last run: it catches up with every event, then stops on SIGTERM.
         runner = RunnerProcess(config, engine, plugin_site, env)
@@ -134,6 +142,8 @@ def test_kills_lose_no_append_and_skip_no_event(
             time.sleep(0.2)
         assert runner.stop() == 0, f"the last run did not stop cleanly: {runner.errors()[-5:]}"
     finally:
+        if runner is not None and runner.proc.poll() is None:
+            runner.kill()  # a failed assertion leaves no runner behind
         if appender.running:
             appender.stop()
         if journal.proc is not None:
@@ -145,7 +155,8 @@ def test_kills_lose_no_append_and_skip_no_event(
     per_request = collections.Counter(event.request_id for event in stored)
     print(
         f"{engine}: seed {seed}, {runner_kills} runner kills, {journal_kills} journal kills,"
-        f" {len(appender.acked)} appends acknowledged ({appender.retries} retried tries),"
+        f" {len(appender.acked)} appends acknowledged ({appender.retries} retried tries,"
+        f" {len(repeated)} repeated at the end),"
         f" {len(stored)} events in the journal, {len(handled)} handled"
         f" ({handled_under_kills} of them before the last run),"
         f" {repeats} handled again, {elapsed:.1f} s"
@@ -155,6 +166,7 @@ def test_kills_lose_no_append_and_skip_no_event(
     assert not appender.failures, f"appends refused: {appender.failures[:5]}"
     assert appender.acked, "no append was acknowledged"
     # The journal: each acknowledged append once, under the id it was acknowledged with.
+    assert not differ, f"repeated appends answered another event: {list(differ.items())[:5]}"
     doubled = {rid: n for rid, n in per_request.items() if n != 1}
     assert not doubled, f"request ids with more than one event: {list(doubled.items())[:5]}"
     by_request = {event.request_id: event.event_id for event in stored}
