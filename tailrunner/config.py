@@ -48,6 +48,7 @@ from tailrunner.scaleout.balance import DEFAULT_SLACK
 from tailrunner.scaleout.leases import DEFAULT_LEASE, MAX_LEASE
 from tailrunner.scaleout.segments import DEFAULT_SEGMENTS, MAX_SEGMENTS
 from tailrunner.security import ClientTls, Role, ServerSecurity, ServerTls, Tokens
+from tailrunner.security.channels import read_token
 from tailrunner.sqlite_wal import sqlite_options
 from tailrunner.stores import control_character, parse_store_url, redact
 
@@ -182,8 +183,12 @@ class JournalConfig:
         )
 
     def token(self, environ: Mapping[str, str] = os.environ) -> str | None:
-        """The journal token from :attr:`token_env`; ``None`` when it is unset or empty."""
-        return environ.get(self.token_env) or None
+        """The journal token from :attr:`token_env`; ``None`` when it is unset or empty.
+
+        :raises InvalidArgument: naming the variable: the token has characters a
+            header cannot carry.
+        """
+        return read_token(environ, self.token_env)
 
     @property
     def reconnect(self) -> ReconnectPolicy:
@@ -312,7 +317,7 @@ class AdminConfig:
             if self.tokens_file is None
             else Tokens.from_file(self.tokens_file, field="admin.tokens_file")
         )
-        token = environ.get(self.token_env) or None
+        token = read_token(environ, self.token_env)
         written = None if token is None else Tokens({token: Role.WRITE}, field=self.token_env)
         return Tokens.merged(from_file, written)
 
@@ -322,6 +327,7 @@ class AdminConfig:
             tls=_server_tls("admin", self.tls_cert, self.tls_key, self.tls_client_ca),
             tokens=tokens,
             insecure=self.insecure,
+            field="admin.insecure",
         )
 
 
@@ -363,6 +369,7 @@ class MetricsConfig:
             tls=_server_tls("metrics", self.tls_cert, self.tls_key, self.tls_client_ca),
             tokens=tokens,
             insecure=self.insecure,
+            field="metrics.insecure",
         )
 
 
@@ -570,13 +577,13 @@ def _settings_values(
     """The fields of settings type ``kind`` that ``table`` sets, converted by their types."""
     fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
     hints = get_type_hints(kind)
-    for name, value in table.items():
+    for name in table:
         if name not in fields:
             key = _dotted((*at, name))
             hint = _did_you_mean(name, fields, prefix=_dotted(at) + ".")
+            # The value is not shown: a key we do not know may hold a secret.
             raise ConfigError(
-                f"{key} = {_show(value, (*at, name))} in {origin(key)}: unknown key{hint}"
-                f" ({_known('keys', fields)})"
+                f"{key} = {_HIDDEN} in {origin(key)}: unknown key{hint} ({_known('keys', fields)})"
             )
     values: dict[str, Any] = {}
     for name, f in fields.items():
@@ -706,7 +713,9 @@ _TEXT_KEYS = {
     if meta.get("text")
 }
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+#: An environment variable's name, upper case as the convention has it (a
+#: lower-case or mixed one is more likely a token put where its name belongs).
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*\Z")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 _CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _STORE_ALLOWED = "memory:, sqlite:///PATH (relative to the config file's folder) or postgresql://…"
@@ -1070,13 +1079,19 @@ class _Parser:
             if name not in allowed:
                 key = (*at, name)
                 hint = _did_you_mean(name, allowed, prefix=_dotted(at) + ".")
-                self.fail(key, value, f"unknown key{hint} ({_known('keys', allowed)})")
+                # The value is not shown: a key we do not know may hold a secret.
+                self.fail(key, value, f"unknown key{hint} ({_known('keys', allowed)})", hide=True)
 
     def _unknown_top(self, name: str, value: object) -> NoReturn:
         everything = [f"{section}.{key}" for section in _SECTIONS for key in _KEYS[section]]
         if isinstance(value, dict):
             hint = _did_you_mean(name, _SECTIONS, prefix="[", suffix="]")
-            self.fail((name,), value, f"unknown section{hint} ({_known('sections', _SECTIONS)})")
+            self.fail(
+                (name,),
+                value,
+                f"unknown section{hint} ({_known('sections', _SECTIONS)})",
+                hide=True,
+            )
         # A key outside any section, e.g. `kind = "eager"` for engine.kind.
         owners = [k for k in everything if k.endswith("." + name)]
         hint = (
@@ -1084,7 +1099,7 @@ class _Parser:
             if owners
             else _did_you_mean(name, everything, match_on=lambda k: k.partition(".")[2])
         )
-        self.fail((name,), value, f"unknown key{hint} (keys belong in a section)")
+        self.fail((name,), value, f"unknown key{hint} (keys belong in a section)", hide=True)
 
     def get(self, table: Mapping[str, Any], key: Key, convert: _Convert[T], default: T) -> T:
         if key[-1] not in table:
@@ -1098,8 +1113,8 @@ class _Parser:
             self.fail(key, value, result.expected)
         return result
 
-    def fail(self, key: Key, value: object, expected: str) -> NoReturn:
-        shown = _show(value, key)
+    def fail(self, key: Key, value: object, expected: str, *, hide: bool = False) -> NoReturn:
+        shown = _HIDDEN if hide else _show(value, key)
         raise ConfigError(f"{_dotted(key)} = {shown} in {self.sources.of(key)}: {expected}")
 
     # -- converters: the value, or _Bad saying what is allowed

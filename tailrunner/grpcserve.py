@@ -44,6 +44,34 @@ _KEEPALIVE: tuple[tuple[str, int], ...] = (
 )
 
 
+class _Health(health.aio.HealthServicer):
+    """gRPC health, with ``List`` (grpcio-health-checking leaves it unimplemented:
+    every call would be ``UNKNOWN`` and a traceback in the log, from anyone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
+
+    async def set(self, service: str, status: int) -> None:
+        self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        for service in self._statuses:
+            self._statuses[service] = health_pb2.HealthCheckResponse.NOT_SERVING
+        await super().enter_graceful_shutdown()
+
+    async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        # The stubs of grpcio-health-checking do not know List's messages yet.
+        messages: Any = health_pb2
+        return messages.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._statuses.items()
+            }
+        )
+
+
 class GrpcServer:
     """One gRPC service on one address, with health and reflection.
 
@@ -94,7 +122,7 @@ class GrpcServer:
             "auth": security.tokens is not None,
         }
         self._server: grpc.aio.Server | None = None
-        self._health: health.aio.HealthServicer | None = None
+        self._health: _Health | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -146,7 +174,7 @@ class GrpcServer:
         credentials = self._security.credentials()
         server = grpc.aio.server(interceptors=interceptors, options=self._options)
         self._add_services(server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = _Health()
         self._health = health_servicer
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = self._service_names()

@@ -24,7 +24,7 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.base import Engine
 from tailrunner.engines.factory import EngineOptions, build_engine
 from tailrunner.engines.task import Task
-from tailrunner.errors import JournalError
+from tailrunner.errors import AccessDenied, JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.reconnect import ConnectionWatch
@@ -170,7 +170,7 @@ class Runner:
                 journal.reachable()
                 other.reachable()
                 delay = self._discovery_interval
-            except JournalError as exc:
+            except (JournalError, AccessDenied) as exc:  # a revoked token too
                 delay = journal.unreachable(exc)
             except Exception as exc:
                 delay = other.unreachable(exc)

@@ -94,7 +94,8 @@ def test_keys_not_set_keep_their_defaults(tmp_path: Path) -> None:
         ('name = "x"\npause = 1e20', r"greet\.pause = 1e\+20 in .*: expected a duration"),
         (
             'name = "x"\ntimez = 2',
-            r"greet\.timez = 2 in .*: unknown key; did you mean activities\.settings\.greet\.times",
+            r"greet\.timez = \(value hidden\) in .*: unknown key;"
+            r" did you mean activities\.settings\.greet\.times",
         ),
         ('name = "x"\ntimes = 0', r"\[activities\.settings\.greet\] in .*: times = 0: must be at"),
     ],

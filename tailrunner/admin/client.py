@@ -46,7 +46,7 @@ from tailrunner.errors import (
 from tailrunner.model import AggregateRef
 from tailrunner.proto.v1 import runner_pb2, runner_pb2_grpc
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
-from tailrunner.security.channels import bearer, sync_channel
+from tailrunner.security.channels import bearer, sync_channel, warn_cleartext_token
 from tailrunner.security.tls import ClientTls
 from tailrunner.states import OutcomeKind, TaskState, WaitReason
 from tailrunner.tails.store import RunRecord
@@ -193,6 +193,7 @@ class AdminClient:
         :param tls: TLS toward the admin server (``None``: plaintext).
         :raises InvalidArgument: a TLS file cannot be read (names its option).
         """
+        warn_cleartext_token(address, tls=tls, token=token, server="admin")
         channel = sync_channel(address, tls=tls)
         return cls(channel, address=address, token=token, timeout=timeout, close_channel=True)
 

@@ -58,6 +58,7 @@ from tailrunner.admin.lag import Lag, count_after
 from tailrunner.engines.base import Engine
 from tailrunner.engines.task import Task, Waiting
 from tailrunner.errors import (
+    AccessDenied,
     ControlNotStored,
     InvalidArgument,
     JournalError,
@@ -521,7 +522,7 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 async with limiter:
                     try:
                         lags[index] = await count_after(self._journal, row.aggregate.id, row.tail)
-                    except JournalError as exc:
+                    except (JournalError, AccessDenied) as exc:  # a revoked token too
                         lag_failures.append(str(exc))
 
         async with anyio.create_task_group() as tg:

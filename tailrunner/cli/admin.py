@@ -13,7 +13,6 @@ Text that comes from the runner (names, errors, tracebacks) is escaped
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,8 +38,10 @@ from tailrunner.cli.params import (
     ULIDParam,
     UUIDParam,
     client_tls,
+    client_token,
     json_option,
     option_error,
+    tls_hint,
     tls_options,
 )
 from tailrunner.cli.terminal import cell, last_line, printable
@@ -399,7 +400,7 @@ COMMANDS: list[click.Command] = [status, task, runs]
 
 
 def _with_client(address: str, token_env: str, run: Callable[[AdminClient], T]) -> T:
-    token = os.environ.get(token_env) or None
+    token = client_token(token_env)
     with (
         _cli_errors(address, token_env, token is not None),
         AdminClient.connect(address, token=token, tls=client_tls()) as client,
@@ -428,7 +429,7 @@ def _cli_errors(address: str, token_env: str, has_token: bool) -> Iterator[None]
         raise click.ClickException(f"{address} refused the call: {hint}") from exc
     except AdminUnavailable as exc:
         raise click.ClickException(
-            printable(f"{exc} (is {address} the runner's admin address? see --admin)")
+            printable(f"{exc} (is {address} the runner's admin address? see --admin){tls_hint()}")
         ) from exc
     except ControlNotStored as exc:
         raise click.ClickException(

@@ -38,6 +38,7 @@ from tailrunner.cli.params import (
     option_error,
     server_security,
     server_security_options,
+    tls_hint,
 )
 from tailrunner.cli.terminal import printable
 from tailrunner.errors import (
@@ -467,7 +468,7 @@ def _cli_errors(address: str) -> Iterator[None]:
         raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
-            printable(f"cannot reach the journal at {address}: {exc}")
+            printable(f"cannot reach the journal at {address}: {exc}{tls_hint()}")
         ) from exc
     except (JournalError, StoreError) as exc:
         raise click.ClickException(printable(str(exc))) from exc

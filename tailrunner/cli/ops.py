@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import anyio
 import click
+import structlog
 from google.protobuf import (  # noqa: F401  (registered, so that JSON shows them unpacked)
     duration_pb2,
     empty_pb2,
@@ -37,6 +38,7 @@ from tailrunner.cli.params import (
     json_option,
     server_security,
     server_security_options,
+    tls_hint,
 )
 from tailrunner.cli.terminal import printable
 from tailrunner.errors import AccessDenied, InvalidArgument, JournalUnavailable, TailrunnerError
@@ -51,6 +53,7 @@ from tailrunner.security import ClientTls, ServerSecurity
 
 T = TypeVar("T")
 
+log = structlog.get_logger(__name__)
 _journal_option = journal_option("The journal server that serves the operations")
 _json_option = json_option("Print JSON, for scripts.")
 _name_argument = click.argument("name", metavar="NAME")
@@ -220,7 +223,7 @@ def serve(address: str, listen: str, max_wait: float) -> None:
     from tailrunner.logs import configure_logging
 
     configure_logging("auto", "info")
-    security, tls = server_security(), client_tls()
+    security, tls = server_security(prefix="serve-"), client_tls()
     with _cli_errors(address):
         anyio.run(_serve, address, listen, max_wait, security, tls)
 
@@ -228,7 +231,14 @@ def serve(address: str, listen: str, max_wait: float) -> None:
 async def _serve(
     address: str, listen: str, max_wait: float, security: ServerSecurity, tls: ClientTls | None
 ) -> None:
-    async with JournalClient.connect(address, tls=tls, token=journal_token()) as journal:
+    token = journal_token()
+    if token is not None and security.tokens is None:
+        # It calls the journal with this token for whoever calls it.
+        log.warning(
+            "serving without tokens while holding the journal's",
+            hint="give --tokens-file, or every caller who reaches it acts with that token",
+        )
+    async with JournalClient.connect(address, tls=tls, token=token) as journal:
         server = OperationsServer(journal, listen=listen, max_wait=max_wait, security=security)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with server:
@@ -263,7 +273,7 @@ def _cli_errors(address: str) -> Iterator[None]:
         raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
-            printable(f"cannot reach the journal at {address}: {exc}")
+            printable(f"cannot reach the journal at {address}: {exc}{tls_hint()}")
         ) from exc
     except TailrunnerError as exc:
         raise click.ClickException(printable(str(exc))) from exc

@@ -16,6 +16,7 @@ from tailrunner.errors import AccessDenied, InvalidArgument, PermissionDenied
 from tailrunner.ids import parse_ulid, parse_uuid
 from tailrunner.journal.server import DEFAULT_LISTEN
 from tailrunner.security import ClientTls, ServerSecurity, ServerTls, Tokens
+from tailrunner.security.channels import read_token
 
 #: Where the journal commands find the journal's bearer token.
 JOURNAL_TOKEN_ENV = "TAILRUNNER_JOURNAL_TOKEN"
@@ -85,26 +86,39 @@ def journal_option(what: str = "The journal to talk to") -> Callable[[F], F]:
 
 
 def tls_options(server: str) -> Callable[[F], F]:
-    """``--tls-ca``, ``--tls-cert``, ``--tls-key``: TLS toward ``server``.
+    """``--tls``, ``--tls-ca``, ``--tls-cert``, ``--tls-key``, ``--tls-server-name``:
+    TLS toward ``server``.
 
     They are not parameters of the command: :func:`client_tls` reads them.
     """
-    options = [
-        click.option(
-            f"--tls-{name}",
-            type=click.Path(dir_okay=False, path_type=Path),
-            envvar=f"TAILRUNNER_TLS_{name.upper()}",
-            expose_value=False,
-            callback=_remember_tls,
-            metavar="PEM",
-            help=text.format(server=server) + f" (also $TAILRUNNER_TLS_{name.upper()}).",
+    path = click.Path(dir_okay=False, path_type=Path)
+    specs: list[tuple[str, dict[str, Any]]] = [
+        ("tls", {"is_flag": True, "default": None, "help": "Talk TLS to {server}, trusting"
+                 " gRPC's default roots (--tls-ca: a CA bundle of your own)"}),
+        ("tls-ca", {"type": path, "metavar": "PEM",
+                    "help": "Talk TLS to {server}, trusting this CA bundle"}),
+        ("tls-cert", {"type": path, "metavar": "PEM",
+                      "help": "Client certificate (TLS), when {server} wants mutual TLS"}),
+        ("tls-key", {"type": path, "metavar": "PEM", "help": "Key of the client certificate"}),
+        ("tls-server-name", {"metavar": "NAME",
+                             "help": "The name {server}'s certificate carries, when it is not"
+                             " the host dialled"}),
+    ]  # fmt: skip
+    options = []
+    for name, kwargs in specs:
+        env = "TAILRUNNER_" + name.upper().replace("-", "_")
+        text = kwargs.pop("help").format(server=server)
+        options.append(
+            click.option(
+                f"--{name}",
+                f"client_{name.replace('-', '_')}",
+                envvar=env,
+                expose_value=False,
+                callback=_remember_tls,
+                help=f"{text} (also ${env}).",
+                **kwargs,
+            )
         )
-        for name, text in (
-            ("ca", "Talk TLS to {server}, trusting this CA bundle (else the system's roots)"),
-            ("cert", "Client certificate, when {server} wants mutual TLS"),
-            ("key", "Key of the client certificate"),
-        )
-    ]
 
     def decorate(f: F) -> F:
         for option in reversed(options):
@@ -114,25 +128,51 @@ def tls_options(server: str) -> Callable[[F], F]:
     return decorate
 
 
-def _remember_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
-    if value is not None and param.name is not None:
-        ctx.meta.setdefault(_TLS_META, {})[param.name.removeprefix("tls_")] = value
+def _remember_tls(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value not in (None, False, "") and param.name is not None:
+        ctx.meta.setdefault(_TLS_META, {})[param.name.removeprefix("client_")] = value
 
 
 def client_tls() -> ClientTls | None:
-    """TLS as the current command's ``--tls-…`` options say; ``None``: plaintext.
+    """TLS as the current command's ``--tls…`` options say; ``None``: plaintext.
 
     :raises click.BadParameter: ``--tls-cert`` without ``--tls-key``, or the reverse.
     """
-    given: dict[str, Path] = click.get_current_context().meta.get(_TLS_META, {})
+    given: dict[str, Any] = click.get_current_context().meta.get(_TLS_META, {})
     if not given:
         return None
     try:
-        return ClientTls(ca=given.get("ca"), cert=given.get("cert"), key=given.get("key"))
+        return ClientTls(
+            ca=given.get("tls_ca"),
+            cert=given.get("tls_cert"),
+            key=given.get("tls_key"),
+            server_name=given.get("tls_server_name"),
+            field="--tls",
+        )
     except InvalidArgument as exc:
-        raise click.BadParameter(
-            exc.reason, param_hint=f"'--{exc.field.replace('_', '-')}'"
-        ) from None
+        raise click.BadParameter(exc.reason, param_hint=f"'{exc.field}'") from None
+
+
+def tls_hint() -> str:
+    """What to check when a server cannot be reached: TLS looks like an outage too."""
+    if click.get_current_context().meta.get(_TLS_META):
+        return (
+            "; if it is up, check that its certificate chains to --tls-ca and, for mutual"
+            " TLS, --tls-cert and --tls-key"
+        )
+    return "; if it serves TLS, give --tls-ca (or --tls)"
+
+
+def client_token(env: str) -> str | None:
+    """The bearer token in the variable ``env``, without the line end an env file leaves.
+
+    :raises click.UsageError: naming ``env`` (never the token): it holds
+        characters a header cannot carry.
+    """
+    try:
+        return read_token(os.environ, env)
+    except InvalidArgument as exc:
+        raise click.UsageError(exc.reason) from None
 
 
 def access_error(exc: AccessDenied, address: str, token_env: str) -> click.ClickException:
@@ -149,7 +189,7 @@ def access_error(exc: AccessDenied, address: str, token_env: str) -> click.Click
 
 def journal_token() -> str | None:
     """The journal's bearer token from ``$TAILRUNNER_JOURNAL_TOKEN``, if it is set."""
-    return os.environ.get(JOURNAL_TOKEN_ENV) or None
+    return client_token(JOURNAL_TOKEN_ENV)
 
 
 def json_option(help: str = "One JSON object per line instead of text.") -> Callable[[F], F]:
@@ -167,20 +207,22 @@ def server_security_options(prefix: str = "") -> Callable[[F], F]:
     They are not parameters of the command: :func:`server_security` reads them.
     """
     path = click.Path(dir_okay=False, path_type=Path)
+    # Their own parameter names: click keys values by name, and a client's
+    # --tls-cert beside a server's --serve-tls-cert must not share one.
     specs: list[tuple[str, str, dict[str, Any]]] = [
         (
             f"--{prefix}tls-cert",
-            "tls_cert",
+            "serve_tls_cert",
             {"type": path, "metavar": "PEM", "help": "Serve TLS with this certificate chain."},
         ),
         (
             f"--{prefix}tls-key",
-            "tls_key",
+            "serve_tls_key",
             {"type": path, "metavar": "PEM", "help": "Key of that certificate."},
         ),
         (
             f"--{prefix}tls-client-ca",
-            "tls_client_ca",
+            "serve_tls_client_ca",
             {
                 "type": path,
                 "metavar": "PEM",
@@ -189,7 +231,7 @@ def server_security_options(prefix: str = "") -> Callable[[F], F]:
         ),
         (
             "--tokens-file",
-            "tokens_file",
+            "serve_tokens_file",
             {
                 "type": path,
                 "metavar": "FILE",
@@ -199,7 +241,7 @@ def server_security_options(prefix: str = "") -> Callable[[F], F]:
         ),
         (
             "--insecure",
-            "insecure",
+            "serve_insecure",
             {
                 "is_flag": True,
                 "help": "Allow a non-loopback --listen without TLS or without tokens"
@@ -222,11 +264,16 @@ def server_security_options(prefix: str = "") -> Callable[[F], F]:
 
 def _remember_serve(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value is not None and param.name is not None:
-        ctx.meta.setdefault(_SERVE_META, {})[param.name] = (value, param.opts[0])
+        ctx.meta.setdefault(_SERVE_META, {})[param.name.removeprefix("serve_")] = (
+            value,
+            param.opts[0],
+        )
 
 
-def server_security() -> ServerSecurity:
+def server_security(prefix: str = "") -> ServerSecurity:
     """The server's TLS and tokens as the current command's options say.
+
+    :param prefix: the options' prefix, as given to :func:`server_security_options`.
 
     :raises click.BadParameter: naming the option: a file that cannot be used,
         or a certificate without its key.
@@ -242,17 +289,21 @@ def server_security() -> ServerSecurity:
     cert, key, client_ca = value("tls_cert"), value("tls_key"), value("tls_client_ca")
     if (cert is None) != (key is None) or (client_ca is not None and cert is None):
         raise click.UsageError(
-            f"{flag('tls_cert', '--tls-cert')} and {flag('tls_key', '--tls-key')} go together,"
-            f" and {flag('tls_client_ca', '--tls-client-ca')} needs both"
+            f"{flag('tls_cert', f'--{prefix}tls-cert')} and"
+            f" {flag('tls_key', f'--{prefix}tls-key')} go together, and"
+            f" {flag('tls_client_ca', f'--{prefix}tls-client-ca')} needs both"
         )
     try:
         tokens_file = value("tokens_file")
         return ServerSecurity(
-            tls=None if cert is None else ServerTls(cert=cert, key=key, client_ca=client_ca),
+            tls=None
+            if cert is None
+            else ServerTls(cert=cert, key=key, client_ca=client_ca, field=f"--{prefix}tls"),
             tokens=None
             if tokens_file is None
             else Tokens.from_file(tokens_file, field="--tokens-file"),
             insecure=bool(value("insecure")),
+            field="--insecure",
         )
     except InvalidArgument as exc:
         raise click.BadParameter(printable(exc.reason), param_hint=f"'{exc.field}'") from None

@@ -30,6 +30,7 @@ from tailrunner.cli.params import (
     journal_token,
     json_option,
     option_error,
+    tls_hint,
 )
 from tailrunner.cli.terminal import printable
 from tailrunner.config import parse_duration
@@ -211,7 +212,7 @@ def _cli_errors(address: str) -> Iterator[None]:
         raise access_error(exc, address, JOURNAL_TOKEN_ENV) from exc
     except JournalUnavailable as exc:
         raise click.ClickException(
-            printable(f"cannot reach the journal at {address}: {exc}")
+            printable(f"cannot reach the journal at {address}: {exc}{tls_hint()}")
         ) from exc
     except (JournalError, WorkflowError) as exc:
         raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from exc

@@ -31,6 +31,7 @@ from tailrunner.errors import (
 )
 from tailrunner.journal.client import JournalClient
 from tailrunner.runner import Runner
+from tailrunner.security import ServerSecurity
 from tailrunner.tails.open import open_tail_store
 from tailrunner.tails.store import TailStore
 
@@ -73,12 +74,33 @@ def run(config_path: Path | None) -> None:
 
     configure_logging(config.log.format, config.log.level)
     try:
-        anyio.run(_run, config)
+        try:
+            anyio.run(_run, config)
+        except BaseExceptionGroup as group:
+            # A server that failed to start inside the runner's task group:
+            # its error alone, not the group's traceback.
+            raise _only_error(group) from None
     except (ConfigError, InvalidArgument, PluginError, StoreError) as exc:
         # What a plugin or a store says is escaped: it may hold anything.
         raise click.ClickException(printable(str(exc))) from None
     except TailrunnerError as exc:
         raise click.ClickException(printable(f"{type(exc).__name__}: {exc}")) from None
+
+
+def _only_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one tailrunner error in ``group`` (nested groups too), else ``group`` itself."""
+    errors = group.subgroup(lambda e: isinstance(e, TailrunnerError))
+    if errors is None:
+        return group
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [errors]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        else:
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 async def _run(config: Config) -> None:
@@ -94,10 +116,7 @@ async def _run(config: Config) -> None:
         run_retention=config.tails.run_retention,
         postgres_schema=config.tails.postgres_schema,
     )
-    # Read (and refused) before anything starts; the tokens are never logged.
-    admin_tokens = config.admin.tokens()
-    admin_security = config.admin.security(admin_tokens)
-    metrics_security = config.metrics.security(admin_tokens)
+    admin_security, metrics_security = _security(config)
     runner: Runner | None = None
     try:
         async with AsyncExitStack() as stack:
@@ -171,7 +190,7 @@ async def _run(config: Config) -> None:
                         incarnation=None if membership is None else membership.incarnation,
                         journal=config.journal.address,
                         admin=admin.address,
-                        auth=admin_tokens is not None,
+                        auth=admin_security.tokens is not None,
                         activities=[a.name for a in activities],
                     )
                     async for signum in signals:
@@ -189,6 +208,19 @@ async def _run(config: Config) -> None:
         sys.stderr.flush()
         os._exit(1)
     log.info("stopped")
+
+
+def _security(config: Config) -> tuple[ServerSecurity, ServerSecurity]:
+    """The admin server's and the metrics endpoint's TLS and tokens, checked before
+    anything starts (a refused bind, an unreadable file); the tokens are never logged."""
+    tokens = config.admin.tokens()
+    admin, metrics = config.admin.security(tokens), config.metrics.security(tokens)
+    if config.metrics.listen:
+        listen = parse_host_port(config.metrics.listen, field="metrics.listen")
+        metrics.check_bind(listen, kind="metrics")
+        if metrics.tls is not None:
+            metrics.tls.ssl_context()
+    return admin, metrics
 
 
 @asynccontextmanager

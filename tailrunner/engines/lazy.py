@@ -29,7 +29,7 @@ from tailrunner.engines.execute import RunResult
 from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.ownership import TaskOwnership
 from tailrunner.engines.task import Task, Waiting
-from tailrunner.errors import JournalError
+from tailrunner.errors import AccessDenied, JournalError
 from tailrunner.journal.api import JournalApi
 from tailrunner.model import AggregateRef, Signal
 from tailrunner.reconnect import ConnectionWatch
@@ -98,7 +98,7 @@ class LazyEngine(Engine):
                             await self._signal(signal)
                 log.info("signal stream ended", types=self._types)
                 delay = watch.ended()
-            except JournalError as exc:
+            except (JournalError, AccessDenied) as exc:  # a revoked token too
                 delay = watch.unreachable(exc)
             except Exception as exc:
                 # Not the journal: handling a signal failed (the runner's

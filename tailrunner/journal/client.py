@@ -48,7 +48,7 @@ from tailrunner.model import (
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
-from tailrunner.security.channels import aio_channel, bearer
+from tailrunner.security.channels import aio_channel, bearer, warn_cleartext_token
 from tailrunner.security.tls import ClientTls
 
 log = structlog.get_logger(__name__)
@@ -166,6 +166,7 @@ class JournalClient:
             ("grpc.initial_reconnect_backoff_ms", max(1, round(reconnect.initial * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(1, round(reconnect.max_delay * 1000))),
         )
+        warn_cleartext_token(address, tls=tls, token=token, server="journal")
         channel = aio_channel(address, tls=tls, options=options)
         return cls(channel, timeout=timeout, close_channel=True, token=token)
 

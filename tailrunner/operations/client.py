@@ -32,7 +32,7 @@ from tailrunner.errors import (
 )
 from tailrunner.operations.state import Operation
 from tailrunner.rpc_errors import ClientErrors, from_rpc_error
-from tailrunner.security.channels import aio_channel, bearer
+from tailrunner.security.channels import aio_channel, bearer, warn_cleartext_token
 from tailrunner.security.tls import ClientTls
 
 _SERVICE = "google.longrunning.Operations"
@@ -86,6 +86,7 @@ class OperationsClient:
         :param tls: TLS toward the server (``None``: plaintext).
         :param token: the bearer token the server wants, if it wants one.
         """
+        warn_cleartext_token(address, tls=tls, token=token, server="operations")
         return cls(aio_channel(address, tls=tls), close_channel=True, token=token)
 
     async def __aenter__(self) -> Self:

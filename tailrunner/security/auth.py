@@ -9,11 +9,13 @@ metadata with a token of :class:`~tailrunner.security.tokens.Tokens`:
 Which calls read is one table, :data:`READ_METHODS`; every other method
 needs ``write``, so that a method added later is closed until it is listed.
 Health stays open (probes carry no token); reflection is a read. A refusal
-is logged with the method and the reason, never with the token.
+is logged with the method, the code and the caller's address, never with the
+token, and at most once per 10 seconds (the line counts the others).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +48,8 @@ READ_METHODS: frozenset[str] = frozenset(
 )
 
 _BEARER = "bearer "
+#: Seconds between two log lines of refused calls (those between are counted).
+REFUSAL_LOG_INTERVAL = 10.0
 _HOW = "calls need metadata 'authorization: Bearer <token>'"
 
 
@@ -81,10 +85,41 @@ def refusal(tokens: Tokens, method: str, token: str | None) -> tuple[grpc.Status
     if not role.allows(needed):
         return (
             grpc.StatusCode.PERMISSION_DENIED,
-            f"{method.rsplit('/', 1)[-1]} needs a {needed.value} token; this one may only"
-            f" {role.value}",
+            f"{method.rsplit('/', 1)[-1] or method} needs a {needed.value} token; this one"
+            f" may only {role.value}",
         )
     return None
+
+
+class RefusalLog:
+    """Logs refused calls, at most one line per :data:`REFUSAL_LOG_INTERVAL` seconds.
+
+    Refusals need no credentials: a flood of them must not flood the log.
+    A line counts the refusals it stood for since the last one.
+    """
+
+    def __init__(self, server: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._server = server
+        self._clock = clock
+        self._next = 0.0
+        self._unlogged = 0
+
+    def refused(self, method: str, code: grpc.StatusCode, peer: str) -> bool:
+        """Note one refusal; returns whether it was logged."""
+        self._unlogged += 1
+        now = self._clock()
+        if now < self._next:
+            return False
+        log.warning(
+            "refused",
+            service=self._server,
+            method=method[:200],
+            code=code.name,
+            peer=peer[:100],
+            refusals=self._unlogged,
+        )
+        self._next, self._unlogged = now + REFUSAL_LOG_INTERVAL, 0
+        return True
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):
@@ -93,7 +128,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: Tokens, *, server: str) -> None:
         """:param server: what the server is (``journal``, ``admin`` …), for the log."""
         self._tokens = tokens
-        self._server = server
+        self._log = RefusalLog(server)
 
     async def intercept_service(
         self,
@@ -109,22 +144,31 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         if refused is None:
             return handler
         code, details = refused
-        log.warning("refused", service=self._server, method=method[:200], code=code.name)
-        return refusing(handler, code, details)
+        return refusing(
+            handler, code, details, noted=lambda peer: self._log.refused(method, code, peer)
+        )
 
 
 def refusing(
-    handler: grpc.RpcMethodHandler[Any, Any] | None, code: grpc.StatusCode, details: str
+    handler: grpc.RpcMethodHandler[Any, Any] | None,
+    code: grpc.StatusCode,
+    details: str,
+    *,
+    noted: Callable[[str], object] = lambda peer: None,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that fails with ``code`` at once.
 
     It takes the request as raw bytes: a refused call's request is never parsed.
+
+    :param noted: told the caller's address (``context.peer()``) first.
     """
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        noted(context.peer())
         await context.abort(code, details)
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        noted(context.peer())
         await context.abort(code, details)
         yield  # pragma: no cover  # makes it an async generator, as a stream handler is
 

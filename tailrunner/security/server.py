@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 import grpc
+import structlog
 
 from tailrunner.address import HostPort
 from tailrunner.errors import InvalidArgument
@@ -19,13 +20,15 @@ from tailrunner.security.auth import BearerAuth
 from tailrunner.security.tls import ServerTls
 from tailrunner.security.tokens import Tokens
 
+log = structlog.get_logger(__name__)
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an IP address or ``localhost``) is reachable only from this machine.
 
     A name other than ``localhost`` may resolve to anything: it counts as open.
     """
-    if host.lower() in ("localhost", "localhost."):
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -40,35 +43,48 @@ class ServerSecurity:
     :ivar tls: the server's certificate (``None``: plaintext).
     :ivar tokens: the bearer tokens it accepts (``None``: every call is let in).
     :ivar insecure: allow a non-loopback bind without TLS or without tokens.
-    :ivar field: the config key or option prefix errors name (``admin`` …).
+    :ivar field: the config key or option that sets :attr:`insecure`, for the
+        error (``admin.insecure``, ``--insecure``).
     """
 
     tls: ServerTls | None = None
     tokens: Tokens | None = None
     insecure: bool = False
-    field: str = "listen"
+    field: str = "insecure"
 
     def check_bind(self, listen: HostPort, *, kind: str) -> None:
         """Refuse an open bind without TLS and tokens (unless :attr:`insecure`).
 
-        :raises InvalidArgument: naming ``insecure``, with what is missing and how to fix it.
+        :raises InvalidArgument: naming :attr:`field`, with what is missing and how to fix it.
         """
-        if self.insecure or is_loopback(listen.host):
+        if is_loopback(listen.host):
             return
         missing = [
             what
             for what, given in (("TLS", self.tls is not None), ("tokens", self.tokens is not None))
             if not given
         ]
-        if missing:
-            raise InvalidArgument(
-                "insecure",
-                f"the {kind} server would listen on {listen}, reachable from other machines,"
-                f" without {' and without '.join(missing)}: anyone who reaches it could"
-                f" {'read and change' if self.tokens is None else 'read the traffic of'} it."
-                " Give a certificate and a tokens file, listen on a loopback address,"
-                " or set insecure = true (--insecure) if the network is trusted",
+        if not missing:
+            return
+        if self.insecure:
+            log.warning(
+                "listening without protection",
+                service=kind,
+                address=str(listen),
+                tls=self.tls is not None,
+                auth=self.tokens is not None,
+                reason=f"{self.field} is set",
             )
+            return
+        exposed = "read the traffic to" if self.tokens is not None else "call"
+        setting = self.field if self.field.startswith("--") else f"{self.field} = true"
+        message = (
+            f"the {kind} server would listen on {listen}, reachable from other machines,"
+            f" without {' and without '.join(missing)}: anyone who reaches it could {exposed}"
+            f" it. Give a certificate and a tokens file, listen on a loopback address, or set"
+            f" {setting} if the network is trusted"
+        )
+        raise InvalidArgument(self.field, message, text=message)
 
     def interceptors(self, *, kind: str) -> list[grpc.aio.ServerInterceptor]:
         """The server interceptors these settings need (the token check)."""

@@ -49,16 +49,19 @@ class ServerTls:
     cert: Path
     key: Path
     client_ca: Path | None = None
-    #: The option or key prefix errors name (``tls`` → ``tls_cert``, ``tls_key`` …).
+    #: The option or key prefix errors name (``tls`` → ``tls_cert``, ``--tls`` →
+    #: ``--tls-cert`` …).
     field: str = "tls"
 
     def _files(self) -> tuple[bytes, bytes, bytes | None]:
-        cert = read_pem(self.cert, field=f"{self.field}_cert", what="a certificate")
-        key = read_pem(self.key, field=f"{self.field}_key", what="a private key")
+        cert = read_pem(self.cert, field=_named(self.field, "cert"), what="a certificate")
+        key = read_pem(self.key, field=_named(self.field, "key"), what="a private key")
         ca = (
             None
             if self.client_ca is None
-            else read_pem(self.client_ca, field=f"{self.field}_client_ca", what="certificates")
+            else read_pem(
+                self.client_ca, field=_named(self.field, "client_ca"), what="certificates"
+            )
         )
         return cert, key, ca
 
@@ -120,22 +123,35 @@ class ClientTls:
         if (self.cert is None) != (self.key is None):
             given, missing = ("cert", "key") if self.key is None else ("key", "cert")
             raise InvalidArgument(
-                f"{self.field}_{missing}",
-                f"a client certificate needs both {self.field}_cert and {self.field}_key"
-                f" ({self.field}_{given} is set)",
+                _named(self.field, missing),
+                f"a client certificate needs both {_named(self.field, 'cert')} and"
+                f" {_named(self.field, 'key')} ({_named(self.field, given)} is set)",
             )
 
     def credentials(self) -> grpc.ChannelCredentials:
-        """gRPC channel credentials."""
+        """gRPC channel credentials.
+
+        :raises InvalidArgument: a file cannot be read, is not PEM, or the key
+            does not go with the certificate (checked here: gRPC would only
+            fail each handshake, which looks like a server that is down).
+        """
         ca = (
             None
             if self.ca is None
-            else read_pem(self.ca, field=f"{self.field}_ca", what="certificates")
+            else read_pem(self.ca, field=_named(self.field, "ca"), what="certificates")
         )
         cert = key = None
         if self.cert is not None and self.key is not None:
-            cert = read_pem(self.cert, field=f"{self.field}_cert", what="a certificate")
-            key = read_pem(self.key, field=f"{self.field}_key", what="a private key")
+            cert = read_pem(self.cert, field=_named(self.field, "cert"), what="a certificate")
+            key = read_pem(self.key, field=_named(self.field, "key"), what="a private key")
+            try:
+                ssl.create_default_context().load_cert_chain(self.cert, self.key)
+            except (ssl.SSLError, ValueError) as exc:
+                raise InvalidArgument(
+                    _named(self.field, "key"),
+                    f"{self.key} does not go with the certificate {self.cert}"
+                    f" ({type(exc).__name__})",
+                ) from None
         return grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=key, certificate_chain=cert
         )
@@ -145,3 +161,10 @@ class ClientTls:
         if self.server_name is None:
             return ()
         return (("grpc.ssl_target_name_override", self.server_name),)
+
+
+def _named(prefix: str, part: str) -> str:
+    """The name of one file's option or key: ``tls_key``, ``journal.tls_key``, ``--tls-key``."""
+    if prefix.startswith("--"):
+        return f"{prefix}-{part.replace('_', '-')}"
+    return f"{prefix}_{part}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -29,6 +30,8 @@ from tailrunner.errors import InvalidArgument
 
 #: Shortest token accepted: a guessable one protects nothing.
 MIN_TOKEN_LENGTH = 16
+#: A comment: from a '#' at the start of a line or after a space, to the end.
+_COMMENT = re.compile(r"(?:^|\s)#.*$")
 
 
 class Role(enum.Enum):
@@ -85,7 +88,8 @@ class Tokens:
             )
         roles: dict[str, Role] = {}
         for number, line in enumerate(text.splitlines(), start=1):
-            words = line.split("#", 1)[0].split()
+            # A comment starts a line or follows a space: a '#' inside a token is the token's.
+            words = _COMMENT.sub("", line).split()
             if not words:
                 continue
             where = f"{path} line {number}"
@@ -97,11 +101,13 @@ class Tokens:
             try:
                 role = Role(role_name.lower())
             except ValueError:
+                # Not quoted: with the columns swapped, the first word is the token.
                 raise InvalidArgument(
-                    field, f"{where}: the role must be read or write, not {role_name[:20]!r}"
+                    field, f"{where}: the first word must be the role, read or write"
                 ) from None
             if token in roles:
                 raise InvalidArgument(field, f"{where}: the token is given twice")
+            _check_token(token, field=field, where=f"the token on {where}")
             roles[token] = role
         if not roles:
             raise InvalidArgument(field, f"{path} holds no token")

@@ -232,3 +232,95 @@ listen = ""
     assert "$TAILRUNNER_JOURNAL_TOKEN" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not token or token not in refused.stderr
+
+
+def _runner_config(tmp_path: Path, metrics_listen: str) -> Path:
+    config = tmp_path / "runner.toml"
+    config.write_text(
+        f"""
+[activities]
+enabled = ["counter"]
+[tails]
+store = "sqlite:///{tmp_path / "tails.db"}"
+[admin]
+listen = "127.0.0.1:0"
+[metrics]
+listen = "{metrics_listen}"
+"""
+    )
+    return config
+
+
+def test_a_runner_refuses_open_metrics_before_it_starts_in_one_line(tmp_path: Path) -> None:
+    refused = run_cli(
+        "run", "--config", str(_runner_config(tmp_path, "0.0.0.0:0")),
+        env={"TAILRUNNER_ADMIN_TOKEN": ""},
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "metrics server would listen on 0.0.0.0:0" in refused.stderr
+    assert "metrics.insecure = true" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+    assert "runner starting" not in refused.stderr + refused.stdout
+
+
+def test_metrics_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        refused = run_cli(
+            "run", "--config", str(_runner_config(tmp_path, f"127.0.0.1:{port}")),
+            env={"TAILRUNNER_ADMIN_TOKEN": ""},
+        )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
+    assert "Traceback" not in refused.stderr + refused.stdout
+
+
+def test_ops_serve_keeps_its_own_tls_apart_from_the_journals(
+    journal: str, certs: Certs, tokens_file: Path
+) -> None:
+    """--tls-* reach the journal, --serve-tls-* guard the operations server: both at once."""
+    proc = subprocess.Popen(
+        [
+            TAILRUNNER, "ops", "serve", "--journal", journal, "--listen", "127.0.0.1:0",
+            "--tls-ca", str(certs.ca),
+            "--serve-tls-cert", str(certs.server_cert), "--serve-tls-key", str(certs.server_key),
+            "--tokens-file", str(tokens_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TAILRUNNER_JOURNAL_TOKEN": WRITE_TOKEN},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), proc.stderr.read() if proc.stderr else line
+        ops = line.removeprefix("listening on ").strip()
+        listed = run_cli(
+            "ops", "list", "--journal", ops, "--tls-ca", str(certs.ca),
+            env={"TAILRUNNER_JOURNAL_TOKEN": READ_TOKEN},
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+        plain = run_cli(
+            "ops", "list", "--journal", ops, env={"TAILRUNNER_JOURNAL_TOKEN": READ_TOKEN}
+        )
+        assert plain.returncode != 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+
+
+def test_a_token_with_a_line_end_works_and_one_with_bad_characters_is_named(
+    journal: str, certs: Certs
+) -> None:
+    tls = ["--journal", journal, "--tls-ca", str(certs.ca)]
+    ok = run_cli("aggregates", *tls, env={"TAILRUNNER_JOURNAL_TOKEN": READ_TOKEN + "\n"})
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli("aggregates", *tls, env={"TAILRUNNER_JOURNAL_TOKEN": READ_TOKEN + "\u00e9"})
+    assert bad.returncode != 0
+    assert "$TAILRUNNER_JOURNAL_TOKEN holds characters" in bad.stderr
+    assert READ_TOKEN not in bad.stderr and "Traceback" not in bad.stderr

@@ -31,7 +31,7 @@ from tailrunner.operations.service import operations_service
 from tailrunner.proto.v1 import journal_pb2, runner_pb2, workflows_pb2
 from tailrunner.runner import Runner
 from tailrunner.security import Role, ServerSecurity, Tokens
-from tailrunner.security.auth import READ_METHODS, needed_role
+from tailrunner.security.auth import READ_METHODS, REFUSAL_LOG_INTERVAL, RefusalLog, needed_role
 from tailrunner.tails.memory import MemoryTailStore
 from tailrunner.testing import loopback_journal
 
@@ -220,3 +220,33 @@ async def test_health_needs_no_token(served: Served) -> None:
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
     assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_refusals_are_logged_at_most_once_per_interval_and_counted() -> None:
+    now = [100.0]
+    refusals = RefusalLog("journal", clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        logged = [
+            refusals.refused("/m", grpc.StatusCode.UNAUTHENTICATED, "ipv4:1.2.3.4:5")
+            for _ in range(50)
+        ]
+        now[0] += REFUSAL_LOG_INTERVAL
+        logged.append(refusals.refused("/m", grpc.StatusCode.PERMISSION_DENIED, "ipv4:1.2.3.4:6"))
+
+    assert logged == [True] + [False] * 49 + [True]
+    assert [(e["refusals"], e["code"], e["peer"]) for e in logs] == [
+        (1, "UNAUTHENTICATED", "ipv4:1.2.3.4:5"),
+        (50, "PERMISSION_DENIED", "ipv4:1.2.3.4:6"),
+    ]
+
+
+async def test_health_list_answers_without_a_token(served: Served) -> None:
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        listed = await channel.unary_unary(
+            "/grpc.health.v1.Health/List",
+            request_serializer=health_pb2.HealthListRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthListResponse.FromString,
+        )(health_pb2.HealthListRequest(), timeout=5)
+    statuses = {name: s.status for name, s in listed.statuses.items()}
+    assert statuses[""] == health_pb2.HealthCheckResponse.SERVING
+    assert len(statuses) >= 2

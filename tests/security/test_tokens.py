@@ -34,7 +34,8 @@ def test_each_token_has_its_role_and_write_includes_read(tokens_file: Path) -> N
 @pytest.mark.parametrize(
     ("text", "words"),
     [
-        (f"admin {READ_TOKEN}\n", "line 1: the role must be read or write"),
+        (f"admin {READ_TOKEN}\n", "line 1: the first word must be the role, read or write"),
+        (f"{READ_TOKEN} read\n", "line 1: the first word must be the role"),
         ("read\n", "line 1: expected ROLE TOKEN"),
         (f"# c\nread {READ_TOKEN} extra\n", "line 2: expected ROLE TOKEN"),
         (f"read {READ_TOKEN}\nwrite {READ_TOKEN}\n", "line 2: the token is given twice"),
@@ -49,6 +50,13 @@ def test_a_bad_file_is_refused_by_line_without_quoting_a_token(
         Tokens.from_file(write(tmp_path, text))
     assert words in str(refused.value)
     assert READ_TOKEN not in str(refused.value)
+
+
+def test_a_hash_inside_a_token_is_the_tokens_and_after_a_space_a_comment(tmp_path: Path) -> None:
+    hashed = "abcdefghijklmnop#qrstuvwxyz"
+    tokens = Tokens.from_file(write(tmp_path, f"# comment\nread {hashed} # the dashboard\n"))
+    assert tokens.role_of(hashed) is Role.READ
+    assert tokens.role_of("abcdefghijklmnop") is None
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
