@@ -86,6 +86,11 @@ def inject_faults(proxy: TcpProxy, rng: random.Random, seconds: float) -> collec
     return injected
 
 
+def lagging(tasks: dict[str, runner_pb2.Task]) -> dict[str, int]:
+    """The tasks that report events still to handle, and how many."""
+    return {agg: task.lag for agg, task in tasks.items() if task.HasField("lag") and task.lag}
+
+
 @pytest.mark.parametrize("engine", ["lazy", "eager", "cron"])
 def test_after_the_faults_heal_every_task_reaches_its_head(
     engine: str, plugin_site: Path, tmp_path: Path
@@ -126,16 +131,22 @@ def test_after_the_faults_heal_every_task_reaches_its_head(
             expected = heads(journal.address)
             assert set(expected) == {str(a) for a in aggregates}
             deadline = healed + CATCH_UP_TIMEOUT
+            # ListTasks reads a live task's tail twice, for the lag and for the message
+            # (tailrunner/admin/service.py _describe): a tail that moves in between shows
+            # at the head with the lag of before. Such replies are counted, and asked again.
+            stale_lag_replies = 0
             while True:
                 tasks = {t.aggregate_id: t for t in list_tasks(admin) if t.activity == "recorder"}
                 tails = {agg: task.tail for agg, task in tasks.items()}
                 if tails == expected:
-                    break
+                    if not lagging(tasks):
+                        break
+                    stale_lag_replies += 1
                 behind = {agg for agg in expected if tails.get(agg) != expected[agg]}
                 assert time.monotonic() < deadline, (
                     f"{len(behind)} tasks did not reach their heads after the heal:"
                     f" {[(tasks[a].state, tasks[a].wait_reason) for a in behind if a in tasks]};"
-                    f" runner said {runner.errors()[-5:]}"
+                    f" lags {lagging(tasks)}; runner said {runner.errors()[-5:]}"
                 )
                 time.sleep(0.2)
             caught_up_after = time.monotonic() - healed
@@ -152,6 +163,7 @@ def test_after_the_faults_heal_every_task_reaches_its_head(
         f"{engine}: seed {seed}, faults {dict(injected)}, {stats.accepted} connections"
         f" ({stats.reset} reset), {len(appender.acked)} appends, {len(handled)} handled,"
         f" caught up {caught_up_after:.1f} s after the heal"
+        f" ({stale_lag_replies} replies at the heads with a stale lag)"
     )
     assert not appender.failures, f"appends refused: {appender.failures[:5]}"
     assert sum(injected.values()) > 0
@@ -161,5 +173,4 @@ def test_after_the_faults_heal_every_task_reaches_its_head(
         agg: State.Name(task.state) for agg, task in tasks.items() if task.state not in RESTING
     }
     assert not resting_wrong, f"caught-up tasks in a state that is not at rest: {resting_wrong}"
-    lagging = {agg: task.lag for agg, task in tasks.items() if task.HasField("lag") and task.lag}
-    assert not lagging, f"tasks at their heads report a lag: {lagging}"
+    assert not lagging(tasks)
