@@ -501,6 +501,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         limiter = anyio.CapacityLimiter(_CONCURRENCY)
         newest: list[RunRecord | None] = [None] * len(rows)
         lags: list[Lag | None] = [None] * len(rows)
+        # The tail each lag was counted from: a running task's tail moves
+        # meanwhile, and a reply must not pair a new tail with an old lag.
+        counted_from: list[ULID | None] = [row.tail for row in rows]
         failures: list[TailrunnerError] = []
         lag_failures: list[str] = []
         lag_deadline = anyio.current_time() + self._lag_timeout
@@ -521,7 +524,9 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
             with anyio.CancelScope(deadline=lag_deadline):
                 async with limiter:
                     try:
-                        lags[index] = await count_after(self._journal, row.aggregate.id, row.tail)
+                        tail = row.tail
+                        lags[index] = await count_after(self._journal, row.aggregate.id, tail)
+                        counted_from[index] = tail
                     except (JournalError, AccessDenied) as exc:  # a revoked token too
                         lag_failures.append(str(exc))
 
@@ -539,7 +544,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
                 error=lag_failures[0] if lag_failures else f"over {self._lag_timeout}s",
             )
         return [
-            _task_message(row, newest[i], lags[i], self._waiting(row)) for i, row in enumerate(rows)
+            _task_message(row, newest[i], lags[i], self._waiting(row), tail=counted_from[i])
+            for i, row in enumerate(rows)
         ]
 
     def _waiting(self, row: _Row) -> Waiting:
@@ -557,13 +563,14 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
 
 
 def _task_message(
-    row: _Row, run: RunRecord | None, lag: Lag | None, waiting: Waiting
+    row: _Row, run: RunRecord | None, lag: Lag | None, waiting: Waiting, *, tail: ULID | None
 ) -> runner_pb2.Task:
+    """:param tail: the tail the reply shows: the one ``lag`` was counted from."""
     message = runner_pb2.Task(
         activity=row.activity,
         aggregate_type=row.aggregate.type,
         aggregate_id=str(row.aggregate.id),
-        tail=_text(row.tail),
+        tail=_text(tail),
         live=row.live is not None,
     )
     state = row.state

@@ -397,3 +397,32 @@ def _timestamp(value: datetime) -> Timestamp:
     message = Timestamp()
     message.FromDatetime(value)
     return message
+
+
+async def test_a_reply_pairs_a_moving_tail_with_the_lag_counted_from_it(
+    journal: LoopbackJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running task's tail moves while its lag is counted: the reply shows the
+    tail the lag was counted from, never a new tail beside an old lag."""
+    import tailrunner.admin.service as service
+    from tailrunner.admin.lag import Lag
+
+    busy = new_aggregate()
+    first, second = await append(journal, busy, 2)
+    behaviour = Behaviour(park={busy.id})
+    async with serve_runner(journal, [behaviour.activity()]) as served:
+        with anyio.fail_after(5):
+            await behaviour.parked_event(busy.id).wait()
+        task = next(t for t in served.runner.engine.tasks() if t.aggregate == busy)
+        task.tail = first  # parked one event before the head
+
+        async def counting(journal_: object, aggregate_id: uuid.UUID, tail: object) -> Lag:
+            task.tail = second  # the run checkpoints while the lag is counted
+            return Lag(head=second, events=1)
+
+        monkeypatch.setattr(service, "count_after", counting)
+        reply = await served.stub.GetTask(
+            runner_pb2.GetTaskRequest(activity="follow", aggregate_id=str(busy.id))
+        )
+
+    assert (reply.tail, reply.lag) == (str(first), 1)
