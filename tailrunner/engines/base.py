@@ -141,7 +141,9 @@ class Engine:
             limits = [n for n in (options.activity_limits.get(a.name), a.max_concurrency) if n]
             if limits:
                 self._limits[a.name] = min(limits)
-        self._tasks: dict[UUID, list[Task]] = {}
+        #: The tasks of each aggregate: the task itself when it has one (the
+        #: usual case: a list per aggregate would weigh 88 bytes), else a list.
+        self._tasks: dict[UUID, Task | list[Task]] = {}
         self._task_count = 0
         #: Ready tasks per activity, with the generation they were queued at.
         self._ready: dict[str, deque[tuple[Task, int]]] = {a.name: deque() for a in activities}
@@ -255,11 +257,14 @@ class Engine:
             task.retired = True
             task.generation += 1  # voids its timers and ready-queue entries
             siblings = self._tasks.get(task.aggregate.id)
-            if siblings is not None and task in siblings:
+            if siblings is task:
+                del self._tasks[task.aggregate.id]
+                self._task_count -= 1
+            elif isinstance(siblings, list) and task in siblings:
                 siblings.remove(task)
                 self._task_count -= 1
-                if not siblings:
-                    del self._tasks[task.aggregate.id]
+                if len(siblings) == 1:
+                    self._tasks[task.aggregate.id] = siblings[0]
             self._unsaved.discard(task)
             self._cut_runs.pop(task, None)
             scope = self._run_scopes.get(task)
@@ -359,7 +364,17 @@ class Engine:
     def tasks(self) -> Iterator[Task]:
         """Every task this engine knows, in no particular order."""
         for tasks in self._tasks.values():
-            yield from tasks
+            if isinstance(tasks, Task):
+                yield tasks
+            else:
+                yield from tasks
+
+    def _tasks_of(self, aggregate_id: UUID) -> Sequence[Task]:
+        """The tasks of one aggregate (none if it has none)."""
+        tasks = self._tasks.get(aggregate_id)
+        if tasks is None:
+            return ()
+        return (tasks,) if isinstance(tasks, Task) else tasks
 
     @property
     def activities(self) -> Mapping[str, Activity]:
@@ -371,7 +386,7 @@ class Engine:
         return self._capacity
 
     def find(self, activity: str, aggregate_id: UUID) -> Task | None:
-        for task in self._tasks.get(aggregate_id, ()):
+        for task in self._tasks_of(aggregate_id):
             if task.activity.name == activity:
                 return task
         return None
@@ -548,12 +563,17 @@ class Engine:
     ) -> tuple[Task, bool]:
         if self._activities.get(activity.name) is not activity:
             raise ValueError(f"activity {activity.name!r} is not one of this engine's activities")
-        tasks = self._tasks.setdefault(aggregate.id, [])
-        for task in tasks:
+        siblings = self._tasks.get(aggregate.id)
+        for task in self._tasks_of(aggregate.id):
             if task.activity is activity:
                 return task, False
         task = Task(activity, aggregate, tail)
-        tasks.append(task)
+        if siblings is None:
+            self._tasks[aggregate.id] = task
+        elif isinstance(siblings, Task):
+            self._tasks[aggregate.id] = [siblings, task]
+        else:
+            siblings.append(task)
         self._task_count += 1
         if self.watch and self._task_count > self._capacity and not self._over_capacity_logged:
             # Each eager task holds a slot for as long as it watches.

@@ -120,13 +120,13 @@ class LazyEngine(Engine):
             self._make_ready(task)
 
     async def _signal(self, signal: Signal) -> None:
-        tasks = self._tasks.get(signal.aggregate_id)
-        if tasks is None:
+        tasks = self._tasks_of(signal.aggregate_id)
+        if not tasks:
             if self._on_unknown is not None:
                 await self._on_unknown(signal.aggregate)
             return
         for task in tasks:
-            if task.state is TaskState.SLEEPING and task.tail == signal.head:
+            if task.state is TaskState.SLEEPING and task.at(signal.head):
                 continue  # already handled up to this head
             self._make_ready(task)
 
