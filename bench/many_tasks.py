@@ -28,8 +28,10 @@ task records, no run records and no tail store.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
+import tracemalloc
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
@@ -264,23 +266,79 @@ class TimedSignals:
 
 
 class Progress:
-    """Counts tasks that have seen a new event since :meth:`reset`."""
+    """Counts tasks that have seen a new event since :meth:`reset`.
 
-    def __init__(self) -> None:
-        self.seen: set[UUID] = set()
+    Lazy: a count, not a set of ids (a set of 100,000 ids weighs about 100
+    bytes per task, which both RSS figures would carry); each phase gives
+    every aggregate one new event, so each task sees new events in one run
+    only. ``distinct``: a set, for eager streams that may block more than once.
+    """
+
+    def __init__(self, *, distinct: bool = False) -> None:
+        self._ids: set[UUID] | None = set() if distinct else None
+        self._count = 0
         self.changed = anyio.Event()
 
+    @property
+    def seen(self) -> int:
+        return self._count if self._ids is None else len(self._ids)
+
     def reset(self) -> None:
-        self.seen = set()
+        self._count = 0
+        if self._ids is not None:
+            self._ids = set()
 
     def add(self, aggregate_id: UUID) -> None:
-        self.seen.add(aggregate_id)
+        if self._ids is None:
+            self._count += 1
+        else:
+            self._ids.add(aggregate_id)
         self.changed.set()
 
     async def wait(self, count: int) -> None:
-        while len(self.seen) < count:
+        while self.seen < count:
             self.changed = anyio.Event()
             await self.changed.wait()
+
+
+def trace_start() -> tracemalloc.Snapshot | None:
+    """With ``BENCH_TRACEMALLOC=PATH``: what was allocated before the tasks (to subtract)."""
+    if not os.environ.get("BENCH_TRACEMALLOC") or not tracemalloc.is_tracing():
+        return None
+    gc.collect()
+    return _snapshot()
+
+
+def _snapshot() -> tracemalloc.Snapshot:
+    return tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)]
+    )
+
+
+def trace_report(before: tracemalloc.Snapshot | None, n: int) -> dict[str, float]:
+    """Where the sleeping tasks' memory went: the allocation sites still alive.
+
+    Writes the biggest growths since ``before`` (by line, then by traceback)
+    to ``$BENCH_TRACEMALLOC`` and returns the traced bytes per task; without
+    the variable, nothing (tracemalloc slows the run several times).
+    """
+    path = os.environ.get("BENCH_TRACEMALLOC")
+    if before is None or not path:
+        return {}
+    gc.collect()
+    after = _snapshot()
+    by_line = after.compare_to(before, "lineno")
+    traced = sum(stat.size_diff for stat in by_line)
+    lines = [f"{traced / n:.0f} bytes traced per task ({n:,} tasks, {traced:,} bytes)", ""]
+    for stat in by_line[:40]:
+        per_task = f"{stat.size_diff / n:8.1f} B/task {stat.count_diff / n:6.2f} blocks/task"
+        lines.append(f"{per_task}  {stat.traceback}")
+    lines.append("")
+    for stat in after.compare_to(before, "traceback")[:20]:
+        lines.append(f"{stat.size_diff / n:8.1f} B/task {stat.count_diff / n:6.2f} blocks/task")
+        lines.extend("    " + line for line in stat.traceback.format()[-16:])
+    Path(path).write_text("\n".join(lines) + "\n")
+    return {"traced_per_task": traced / n}
 
 
 async def child_lazy(reporter: Reporter, address: str, n: int) -> None:
@@ -308,14 +366,16 @@ async def child_lazy(reporter: Reporter, address: str, n: int) -> None:
         )
         runner.engine.add_observer(observe)
         rss0 = rss_bytes()
+        before = trace_start()
         async with anyio.create_task_group() as tg:
             t_start = now()
             await tg.start(runner.run)
             await progress.wait(n)
             t_ready = now()
             rss1 = rss_bytes()
+            traced = trace_report(before, n)
             progress.reset()
-            reporter.send(rss0=rss0, rss1=rss1, t_start=t_start, t_ready=t_ready)
+            reporter.send(rss0=rss0, rss1=rss1, t_start=t_start, t_ready=t_ready, **traced)
             await progress.wait(n)
             reporter.send(t_done=now())
             await reporter.receive()
@@ -395,7 +455,7 @@ async def child_bare_lazy(reporter: Reporter, address: str, n: int) -> None:
 
 
 async def child_eager(reporter: Reporter, address: str, m: int) -> None:
-    progress = Progress()
+    progress = Progress(distinct=True)
 
     @activity(name="eager-reader", aggregate_types=[EAGER_TYPE])
     async def reader(ctx: ActivityContext, tail: ULID | None, stream: EventStream) -> Outcome:
@@ -427,7 +487,7 @@ async def child_eager(reporter: Reporter, address: str, m: int) -> None:
 
 
 async def child_bare_eager(reporter: Reporter, address: str, m: int) -> None:
-    progress = Progress()
+    progress = Progress(distinct=True)
     async with JournalClient.connect(address) as client:
         await client.list_aggregates(EAGER_TYPE, page_size=1)
         rss0 = rss_bytes()
@@ -463,6 +523,8 @@ def child_main(argv: Sequence[str]) -> None:
     parser.add_argument("count", type=int)
     args = parser.parse_args(argv)
     quiet_logs()
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        tracemalloc.start(12)
     profile = os.environ.get("BENCH_PROFILE")  # set by bench.profile
     if not profile:
         anyio.run(CHILDREN[args.kind], Reporter(), args.address, args.count, backend="asyncio")
