@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -91,6 +91,23 @@ class EventBatch:
     events: tuple[Event, ...]
     #: The reader has caught up; with ``watch`` the next read blocks.
     will_block: bool
+
+    # What a stream needs of a batch without its ``events`` tuple: a batch
+    # from the journal (journal.received.ReceivedBatch) makes its events only
+    # when they are read, and these let a reader of one event at a time never
+    # make the tuple.
+
+    def event_count(self) -> int:
+        """How many events the batch has."""
+        return len(self.events)
+
+    def event_id(self, index: int) -> ULID:
+        """The id of the event at ``index`` (negative counts from the end)."""
+        return self.events[index].id
+
+    def iter_events(self) -> Iterator[Event]:
+        """The events in order, one at a time."""
+        return iter(self.events)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

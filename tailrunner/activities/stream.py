@@ -90,7 +90,7 @@ class EventStream:
         """
         batch = self._batch
         if batch is not None and self._done:
-            return batch.events[self._done - 1].id
+            return batch.event_id(self._done - 1)
         return self._settled
 
     @property
@@ -101,23 +101,27 @@ class EventStream:
     def handed_in_current_batch(self, event_id: ULID) -> bool:
         """Whether ``event_id`` is one of the events of the batch being read."""
         batch = self._batch
-        return batch is not None and any(e.id == event_id for e in batch.events)
+        # By id, not by batch.events: a batch from the journal would make
+        # every event (the stream makes them a few at a time).
+        return batch is not None and any(
+            batch.event_id(index) == event_id for index in range(batch.event_count())
+        )
 
     async def batches(self) -> AsyncGenerator[EventBatch, None]:
         """The journal's batches as they arrive."""
         async for batch in self._batches:
-            events = batch.events
-            if events and self._caught_up and self._on_resumed is not None:
+            count = batch.event_count()
+            if count and self._caught_up and self._on_resumed is not None:
                 await self._on_resumed()
             self._caught_up = batch.will_block
-            if events:
-                self._events_seen += len(events)
+            if count:
+                self._events_seen += count
                 self._batch = batch
                 self._done = 0
-                self._last_handed = events[-1].id
+                self._last_handed = batch.event_id(-1)
             yield batch
             # The reader asks for the next batch: it is done with this one.
-            if events:
+            if count:
                 self._settled = self._last_handed
                 self._batch = None
             if batch.will_block and self._on_caught_up is not None:
@@ -131,7 +135,10 @@ class EventStream:
             # An index, not the event's id: ids decode lazily, and most runs
             # never need the finished id of every event.
             done = 0
-            for event in batch.events:
+            # Not batch.events: iter_events() makes a journal batch's events a
+            # few at a time, so the ones the reader is done with are freed
+            # before the garbage collector sees them.
+            for event in batch.iter_events():
                 self._done = done
                 yield event
                 done += 1

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import pickle
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import MappingProxyType
 from uuid import UUID, uuid4
 
 import pytest
 from ulid import ULID
 
+from tailrunner.activities.stream import EventStream
 from tailrunner.ids import next_ulids
 from tailrunner.journal.client import JournalClient
-from tailrunner.journal.received import ReceivedEvent, received_batch
+from tailrunner.journal.received import CHUNK, ReceivedBatch, ReceivedEvent, received_batch
 from tailrunner.journal.store import JournalStore
-from tailrunner.model import AggregateRef, Event, NewEvent
+from tailrunner.model import AggregateRef, Event, EventBatch, NewEvent
 from tailrunner.proto.v1 import journal_pb2
 
 NO_METADATA: Mapping[str, str] = MappingProxyType({})
@@ -257,3 +259,93 @@ async def test_events_read_through_the_journal_decode_as_the_stored_ones(
     assert received == stored and stored == received
     assert received[0].parent is None
     assert type(received[0].metadata) is dict
+
+
+def _received_batch(count: int) -> tuple[ReceivedBatch, list[Event]]:
+    raw, plain = _response(count, metadata={1: {"k": "v"}})
+    batch = received_batch(journal_pb2.EventsResponse.FromString(raw), AGGREGATE_ID)
+    assert type(batch) is ReceivedBatch
+    return batch, plain
+
+
+def test_a_batch_reads_ids_and_counts_without_making_its_events() -> None:
+    batch, plain = _received_batch(5)
+
+    assert batch.event_count() == 5
+    assert batch.event_id(0) == plain[0].id and batch.event_id(-1) == plain[-1].id
+    assert type(batch.event_id(2)) is ULID
+    assert batch._events is None  # no event made yet
+
+
+def test_a_batch_one_event_at_a_time_is_its_events_in_order() -> None:
+    count = 2 * CHUNK + 3  # whole chunks and a short one
+    batch, plain = _received_batch(count)
+
+    one_by_one = list(batch.iter_events())
+
+    assert one_by_one == plain
+    assert all(type(e) is ReceivedEvent for e in one_by_one)
+    assert batch._events is None  # iter_events made its own, not the tuple
+    assert batch.events == tuple(plain)
+    assert batch.events is batch.events  # made once
+    assert list(batch.iter_events()) == plain
+
+
+def test_one_event_at_a_time_keeps_only_a_chunk_of_events_alive() -> None:
+    batch, _ = _received_batch(10 * CHUNK)
+    alive: list[int] = []
+
+    for n, _event in enumerate(batch.iter_events()):
+        if n % CHUNK == CHUNK // 2:
+            alive.append(sum(type(o) is ReceivedEvent for o in gc.get_objects()))
+
+    assert len(alive) == 10
+    # The reader holds none: at most the chunk being read is alive.
+    assert max(alive) <= CHUNK
+
+
+def test_a_batch_behaves_as_the_plain_batch_with_its_events() -> None:
+    batch, plain = _received_batch(3)
+    same = EventBatch(events=tuple(plain), will_block=True)
+
+    assert batch == same and same == batch
+    assert batch != EventBatch(events=tuple(plain), will_block=False)
+    assert repr(batch) == repr(same)
+    for copied in (
+        copy.copy(batch),
+        copy.deepcopy(batch),
+        pickle.loads(pickle.dumps(batch)),
+        dataclasses.replace(batch),
+    ):
+        assert type(copied) is EventBatch
+        assert copied == same
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batch.will_block = False  # type: ignore[misc]
+
+
+async def test_a_stream_of_received_batches_tracks_progress_without_their_events() -> None:
+    first, plain = _received_batch(CHUNK + 2)
+    raw, more = _response(1)
+    second = received_batch(journal_pb2.EventsResponse.FromString(raw), AGGREGATE_ID)
+    batches = [first, second]
+
+    async def journal() -> AsyncIterator[EventBatch]:
+        for batch in batches:
+            yield batch
+
+    stream = EventStream(journal())
+    finished: list[ULID | None] = []
+    seen: list[Event] = []
+    async for event in stream:
+        finished.append(stream.finished)
+        seen.append(event)
+        if len(seen) == CHUNK + 1:
+            assert stream.handed_in_current_batch(plain[0].id)
+            assert not stream.handed_in_current_batch(more[0].id)
+
+    assert seen == [*plain, *more]
+    # Done with an event when the reader asks for the next one.
+    assert finished == [None, *(e.id for e in plain[:-1]), plain[-1].id]
+    assert stream.finished == more[0].id == stream.last_handed
+    assert stream.events_seen == CHUNK + 3
+    assert first._events is None  # the stream made its events a chunk at a time
