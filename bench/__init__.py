@@ -9,6 +9,7 @@ BENCHMARKS = (
     "wakeup_latency",
     "many_tasks",
     "journal_appends",
+    "append_ceiling",
     "signal_fanout",
     "peer_eventsourcing",
     "cron_tick",
