@@ -34,11 +34,13 @@ own caller.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 import structlog
 
 log = structlog.get_logger(__name__)
@@ -177,16 +179,35 @@ async def _run_to_end(func: Callable[[], Awaitable[None]]) -> None:
     """Await ``func()`` to its end, then raise the caller's cancellation, if any.
 
     A shielded cancel scope alone is not enough: a native ``Task.cancel()``
-    goes through it. In a child task nothing interrupts ``func``, and the
-    task group waits for it whatever cancels the caller.
+    goes through it. ``func`` runs in a task of its own, which nothing
+    cancels; the caller waits for it through every cancellation. A plain
+    asyncio task, not an anyio task group: the group's cancel scopes and
+    loop iterations took a one-event SQLite append from about 150 µs to 280
+    (in process, ``synchronous=NORMAL``).
     """
+    task = asyncio.get_running_loop().create_task(_shielded(func))
+    cancelled: BaseException | None = None
+    while True:
+        try:
+            # Shielded, so that a cancel scope does not wake the caller
+            # again and again while the commit runs.
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as exc:  # a native Task.cancel() goes through
+            cancelled = exc
+            if task.done():
+                break
+    if cancelled is not None:
+        raise cancelled
+    # A cancel scope's cancellation, held back by the shield, is raised now.
+    await anyio.lowlevel.checkpoint_if_cancelled()
+    task.result()
 
-    async def run() -> None:
-        with anyio.CancelScope(shield=True):
-            await func()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(run)
+async def _shielded(func: Callable[[], Awaitable[None]]) -> None:
+    with anyio.CancelScope(shield=True):
+        await func()
 
 
 async def commit_each_alone_on(

@@ -150,7 +150,8 @@ class SQLiteJournalStore:
         self._path = path
         self._request_ids_kept = request_ids_kept
         self._writer = writer
-        self._write_lock = anyio.Lock()
+        # No checkpoint when free: a lone writer does not yield to the loop for it.
+        self._write_lock = anyio.Lock(fast_acquire=True)
         self._group = GroupCommit(self._write_lock, self._commit_group, self._check_open)
         #: Whether the file works, as calls find it; :meth:`probe` clears a failure.
         self.health = StoreHealth()
