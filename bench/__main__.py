@@ -1,10 +1,14 @@
-"""``python -m bench [--quick] [--only NAME …] [--json PATH] [--markdown]``.
+"""``python -m bench [--quick] [--only NAME …] [--json PATH] [--markdown] | --plot``.
 
 Runs each benchmark module in a fresh interpreter, prints one table of every
 figure beside its baseline, and writes the results as JSON. A missed goal is
 reported, not failed: the exit status is non-zero only when a benchmark
 crashed (or overran its time limit), so that CI's ``--quick`` smoke run
 catches benchmarks that rot, not machines that are slow.
+
+``--plot`` runs nothing: it draws the results at ``--json`` (the latest run)
+to SVG (``--svg``, default ``bench/plot.svg``, which README shows); see
+:mod:`bench.plot`.
 """
 
 from __future__ import annotations
@@ -155,7 +159,20 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write results")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--plot",
+        action="store_true",
+        help="run nothing: draw the results at --json to SVG (--svg)",
+    )
+    parser.add_argument(
+        "--svg", type=Path, default=HERE / "plot.svg", help="where --plot writes its picture"
+    )
     args = parser.parse_args()
+    if args.plot:
+        from bench.plot import write  # matplotlib only when drawing
+
+        print(f"plot: {write(args.json, args.svg)}", file=sys.stderr)
+        return
     selected = [name for name in BENCHMARKS if not args.only or name in args.only]
 
     started = datetime.now(UTC)
