@@ -1,7 +1,10 @@
-"""Profiles of the hot paths: ``python -m bench.profile stream|latency|many [--out DIR]``.
+"""Profiles of the hot paths: ``python -m bench.profile stream|latency|many|append [--out DIR]``.
 
 - ``stream``: one activity reading 200,000 events (as :mod:`bench.stream_throughput`);
 - ``latency``: 500 eager and 500 lazy wake-ups (as :mod:`bench.wakeup_latency`);
+- ``append``: 2,000 one-event appends, one call at a time (as
+  :mod:`bench.append_ceiling`), at ``synchronous=NORMAL`` so that the CPU
+  cost shows, not the disk's;
 - ``many``: the lazy runner subprocess of :mod:`bench.many_tasks` with 20,000
   tasks (first run, wake and run all, signal intake).
 
@@ -150,7 +153,33 @@ async def profile_many(out: Path) -> None:
     print(f"many: {figures}", file=sys.stderr)
 
 
-KINDS = {"stream": profile_stream, "latency": profile_latency, "many": profile_many}
+async def profile_append(out: Path) -> None:
+    from bench.journal_appends import client_appends, make_batches
+    from tailrunner.journal.client import JournalClient
+
+    async with temp_dir("profile") as tmp:
+        url = f"sqlite:///{tmp / 'journal.db'}?synchronous=NORMAL"
+        async with (
+            serving_process("journal", "--store", url) as (address, pid),
+            JournalClient.connect(address) as client,
+        ):
+            await client_appends(client, make_batches(200, 1))  # warm-up
+            batches = make_batches(2_000, 1)
+            profiler = Profiler(interval=0.0005, async_mode="disabled")
+            with py_spy(pid, out / "profile-append-server.folded"):
+                profiler.start()
+                rate = await client_appends(client, batches)
+                profiler.stop()
+    print(f"append: {rate:,.0f} events/s under the profiler", file=sys.stderr)
+    write(profiler, out / "profile-append-client.txt")
+
+
+KINDS = {
+    "stream": profile_stream,
+    "latency": profile_latency,
+    "many": profile_many,
+    "append": profile_append,
+}
 
 
 def main() -> None:
