@@ -141,9 +141,10 @@ class Engine:
             limits = [n for n in (options.activity_limits.get(a.name), a.max_concurrency) if n]
             if limits:
                 self._limits[a.name] = min(limits)
-        #: The tasks of each aggregate: the task itself when it has one (the
-        #: usual case: a list per aggregate would weigh 88 bytes), else a list.
-        self._tasks: dict[UUID, Task | list[Task]] = {}
+        #: The tasks of each aggregate, by its id's integer (Task.aggregate_key):
+        #: the task itself when it has one (the usual case: a list per
+        #: aggregate would weigh 88 bytes), else a list.
+        self._tasks: dict[int, Task | list[Task]] = {}
         self._task_count = 0
         #: Ready tasks per activity, with the generation they were queued at.
         self._ready: dict[str, deque[tuple[Task, int]]] = {a.name: deque() for a in activities}
@@ -256,15 +257,15 @@ class Engine:
                 continue
             task.retired = True
             task.generation += 1  # voids its timers and ready-queue entries
-            siblings = self._tasks.get(task.aggregate.id)
+            siblings = self._tasks.get(task.aggregate_key)
             if siblings is task:
-                del self._tasks[task.aggregate.id]
+                del self._tasks[task.aggregate_key]
                 self._task_count -= 1
             elif isinstance(siblings, list) and task in siblings:
                 siblings.remove(task)
                 self._task_count -= 1
                 if len(siblings) == 1:
-                    self._tasks[task.aggregate.id] = siblings[0]
+                    self._tasks[task.aggregate_key] = siblings[0]
             self._unsaved.discard(task)
             self._cut_runs.pop(task, None)
             scope = self._run_scopes.get(task)
@@ -371,7 +372,7 @@ class Engine:
 
     def _tasks_of(self, aggregate_id: UUID) -> Sequence[Task]:
         """The tasks of one aggregate (none if it has none)."""
-        tasks = self._tasks.get(aggregate_id)
+        tasks = self._tasks.get(aggregate_id.int)
         if tasks is None:
             return ()
         return (tasks,) if isinstance(tasks, Task) else tasks
@@ -563,15 +564,15 @@ class Engine:
     ) -> tuple[Task, bool]:
         if self._activities.get(activity.name) is not activity:
             raise ValueError(f"activity {activity.name!r} is not one of this engine's activities")
-        siblings = self._tasks.get(aggregate.id)
+        siblings = self._tasks.get(aggregate.id.int)
         for task in self._tasks_of(aggregate.id):
             if task.activity is activity:
                 return task, False
         task = Task(activity, aggregate, tail)
         if siblings is None:
-            self._tasks[aggregate.id] = task
+            self._tasks[task.aggregate_key] = task
         elif isinstance(siblings, Task):
-            self._tasks[aggregate.id] = [siblings, task]
+            self._tasks[task.aggregate_key] = [siblings, task]
         else:
             siblings.append(task)
         self._task_count += 1

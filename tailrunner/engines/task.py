@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from ulid import ULID
 
@@ -29,16 +30,19 @@ class Task:
     """The engine's record of one (activity, aggregate).
 
     A sleeping task is just this record: no coroutine, no stream. It is kept
-    small because the lazy engine holds very many of them: ``__slots__``, the
+    small because the lazy engine holds very many of them: ``__slots__``; the
     tail kept as its 16 bytes (a :class:`ULID` object with its ``__dict__``
-    weighs about 130 bytes; a bytes object 49), and the aggregate type shared
-    by every task of that type instead of one string per task.
+    weighs about 130 bytes; a bytes object 49); the aggregate kept as its type,
+    shared by every task of that type instead of one string per task, and its
+    id's integer (an :class:`AggregateRef` and its :class:`UUID` weigh 104
+    bytes besides); :attr:`aggregate` builds them when asked.
     """
 
     __slots__ = (
         "_tail",
+        "_type",
         "activity",
-        "aggregate",
+        "aggregate_key",
         "controls",
         "due",
         "errors",
@@ -55,10 +59,9 @@ class Task:
 
     def __init__(self, activity: Activity, aggregate: AggregateRef, tail: ULID | None) -> None:
         self.activity = activity
-        kind = sys.intern(aggregate.type)
-        if kind is not aggregate.type:  # one string per task otherwise (from the wire)
-            aggregate = AggregateRef(type=kind, id=aggregate.id)
-        self.aggregate = aggregate
+        self._type = sys.intern(aggregate.type)  # else one string per task (from the wire)
+        #: The aggregate's id as its integer: the engine's index of tasks is keyed by it.
+        self.aggregate_key: int = aggregate.id.int
         self._tail = None if tail is None else tail.bytes
         self.state = TaskState.PENDING
         #: Consecutive runs since the last progress that ended in neither EOF
@@ -88,6 +91,11 @@ class Task:
         self.retired = False
 
     @property
+    def aggregate(self) -> AggregateRef:
+        """Which aggregate the task follows (a new, equal object each time)."""
+        return AggregateRef(type=self._type, id=UUID(int=self.aggregate_key))
+
+    @property
     def tail(self) -> ULID | None:
         """The last event the activity has handled (``None``: none yet)."""
         raw = self._tail
@@ -103,14 +111,14 @@ class Task:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.activity.name, str(self.aggregate.id))
+        return (self.activity.name, str(UUID(int=self.aggregate_key)))
 
     def log_fields(self) -> dict[str, object]:
         """What every log line about this task says: activity, aggregate and tail."""
         return {
             "activity": self.activity.name,
-            "aggregate_type": self.aggregate.type,
-            "aggregate_id": str(self.aggregate.id),
+            "aggregate_type": self._type,
+            "aggregate_id": str(UUID(int=self.aggregate_key)),
             "tail": None if self.tail is None else str(self.tail),
         }
 
