@@ -182,7 +182,7 @@ async def measure(quick: bool) -> list[Figure]:
             baseline=bare["rss_per_task"] / KiB,
             baseline_name=baseline_name,
             higher_is_better=False,
-            goal=Goal(on="value", op="<=", limit=2.0),
+            goal=Goal(on="value", op="<=", limit=0.5),
             note=f"{lazy_note}; RSS growth after every task ran once and sleeps",
         ),
         Figure(

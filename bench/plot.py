@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ def draw_latencies(ax: Axes, groups: dict[str, list[dict[str, Any]]]) -> None:
     unit = ""
     for group in groups.values():
         for figure in sorted(group, key=_percentile):
-            labels.append(figure["name"].removeprefix("wake-up latency "))
+            name = figure["name"].removeprefix("wake-up latency ")
+            labels.append(textwrap.fill(name, 22))
             ours.append(figure["tailrunner"])
             base.append(figure["baseline"])
             unit = figure["unit"]
