@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import os
 import shutil
 import signal
@@ -80,6 +81,39 @@ def summarize(folded: Path, top: int = 25) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextmanager
+def collections_counted() -> Iterator[dict[int, list[float]]]:
+    """Garbage collections in the block, by generation: ``[count, seconds]``.
+
+    Full collections once took half the stream's time (events made a whole
+    batch at a time outlived gen-0 collections); the profile shows them only
+    as time spread over whatever was allocating.
+    """
+    counted: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            entry = counted[info["generation"]]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - started[0]
+
+    gc.callbacks.append(callback)
+    try:
+        yield counted
+    finally:
+        gc.callbacks.remove(callback)
+
+
+def describe_collections(counted: dict[int, list[float]]) -> str:
+    return ", ".join(
+        f"gen {generation}: {int(n)} ({seconds * 1000:.1f} ms)"
+        for generation, (n, seconds) in counted.items()
+    )
+
+
 def write(profiler: Profiler, out: Path) -> None:
     out.write_text(profiler.output_text(unicode=False, color=False))
     print(f"wrote {out}", file=sys.stderr)
@@ -100,11 +134,15 @@ async def profile_stream(out: Path) -> None:
         ):
             await tailrunner_pass(client, aggregate)  # warm-up
             profiler = Profiler(interval=0.001, async_mode="disabled")
-            with py_spy(pid, out / "profile-stream-server.folded"):
+            with (
+                py_spy(pid, out / "profile-stream-server.folded"),
+                collections_counted() as counted,
+            ):
                 profiler.start()
                 count, seconds = await tailrunner_pass(client, aggregate)
                 profiler.stop()
     print(f"stream: {count / seconds:,.0f} events/s under the profiler", file=sys.stderr)
+    print(f"stream: garbage collections {describe_collections(counted)}", file=sys.stderr)
     write(profiler, out / "profile-stream-client.txt")
 
 
