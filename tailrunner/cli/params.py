@@ -120,6 +120,12 @@ def tls_options(server: str) -> Callable[[F], F]:
             )
         )
 
+    return _applying(options)
+
+
+def _applying(options: list[Callable[[F], F]]) -> Callable[[F], F]:
+    """One decorator applying ``options`` (the first shown first in ``--help``)."""
+
     def decorate(f: F) -> F:
         for option in reversed(options):
             f = option(f)
@@ -254,12 +260,7 @@ def server_security_options(prefix: str = "") -> Callable[[F], F]:
         for flag, name, kwargs in specs
     ]
 
-    def decorate(f: F) -> F:
-        for option in reversed(options):
-            f = option(f)
-        return f
-
-    return decorate
+    return _applying(options)
 
 
 def _remember_serve(ctx: click.Context, param: click.Parameter, value: Any) -> None:
