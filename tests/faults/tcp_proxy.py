@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
 
@@ -318,3 +319,18 @@ class TcpProxy:
         for link in list(self._links):
             link.reset()
         await self._server.wait_closed()
+
+
+def proxy_for_url(url: str) -> TcpProxy:
+    """A proxy to the host and port of a connection URL (``postgresql://…``)."""
+    target = urlsplit(url)
+    return TcpProxy(target.hostname or "127.0.0.1", target.port or 5432)
+
+
+def through(proxy: TcpProxy, url: str) -> str:
+    """``url`` with its host and port replaced by the proxy's."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    if parts.password:
+        user = f"{parts.username}:{parts.password}@"
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.to_thread
@@ -22,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tailrunner.journal.postgres import PostgresJournalStore
 from tailrunner.journal.server import JournalServer
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
-from tests.faults.tcp_proxy import TcpProxy
+from tests.faults.tcp_proxy import TcpProxy, proxy_for_url, through
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -32,15 +31,8 @@ CALL_TIMEOUT = 2.0
 
 @pytest.fixture
 def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    target = urlsplit(postgres_url)
-    with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as p:
+    with proxy_for_url(postgres_url) as p:
         yield p
-
-
-def through(proxy: TcpProxy, url: str) -> str:
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
 
 
 async def wait_for(channel: grpc.aio.Channel, status: int) -> None:

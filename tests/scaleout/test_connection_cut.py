@@ -33,7 +33,6 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import pytest
@@ -41,7 +40,7 @@ import pytest
 from tailrunner.model import AggregateRef, NewEvent
 from tailrunner.tails.postgres import PostgresTailStore
 from tailrunner.testing import LoopbackJournal, loopback_journal
-from tests.faults.tcp_proxy import TcpProxy
+from tests.faults.tcp_proxy import TcpProxy, proxy_for_url, through
 from tests.scaleout.cluster_support import (
     LEASE,
     SEGMENTS,
@@ -69,18 +68,8 @@ async def journal() -> AsyncIterator[LoopbackJournal]:
 
 @pytest.fixture
 def proxy(postgres_url: str) -> Iterator[TcpProxy]:
-    target = urlsplit(postgres_url)
-    with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as p:
+    with proxy_for_url(postgres_url) as p:
         yield p
-
-
-def through(proxy: TcpProxy, url: str) -> str:
-    """``url`` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    user = f"{parts.username}@" if parts.username else ""
-    if parts.password:
-        user = f"{parts.username}:{parts.password}@"
-    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{proxy.port}"))
 
 
 def dump_tasks() -> None:

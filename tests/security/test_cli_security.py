@@ -106,37 +106,38 @@ def test_journal_serve_refuses_an_open_address_without_tls_and_tokens(tmp_path: 
     assert "Traceback" not in refused.stderr
 
 
+def _runner_config(tmp_path: Path, **sections: dict[str, str]) -> Path:
+    """A runner config that runs the counter on SQLite tails, plus ``sections``' keys
+    (admin on any free loopback port and no metrics unless they say otherwise)."""
+    tables: dict[str, dict[str, str]] = {
+        "activities": {},
+        "tails": {"store": f"sqlite:///{tmp_path / 'tails.db'}"},
+        "admin": {"listen": "127.0.0.1:0"},
+        "metrics": {"listen": ""},
+    }
+    for name, keys in sections.items():
+        tables.setdefault(name, {}).update(keys)
+    lines = []
+    for name, keys in tables.items():
+        lines.append(f"[{name}]")
+        if name == "activities":
+            lines.append('enabled = ["counter"]')
+        lines.extend(f"{key} = {json.dumps(value)}" for key, value in keys.items())
+    config = tmp_path / "runner.toml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
 def test_a_runner_over_tls_with_tokens_on_every_server(
     journal: str, certs: Certs, tokens_file: Path, tmp_path: Path
 ) -> None:
-    config = tmp_path / "runner.toml"
-    config.write_text(
-        f"""
-[journal]
-address = "{journal}"
-tls_ca = "{certs.ca}"
-keepalive = "2s"
-
-[activities]
-enabled = ["counter"]
-
-[tails]
-store = "sqlite:///{tmp_path / "tails.db"}"
-
-[admin]
-listen = "127.0.0.1:0"
-tokens_file = "{tokens_file}"
-tls_cert = "{certs.server_cert}"
-tls_key = "{certs.server_key}"
-
-[metrics]
-listen = "127.0.0.1:0"
-tls_cert = "{certs.server_cert}"
-tls_key = "{certs.server_key}"
-
-[log]
-format = "json"
-"""
+    server_tls = {"tls_cert": str(certs.server_cert), "tls_key": str(certs.server_key)}
+    config = _runner_config(
+        tmp_path,
+        journal={"address": journal, "tls_ca": str(certs.ca), "keepalive": "2s"},
+        admin={"listen": "127.0.0.1:0", "tokens_file": str(tokens_file), **server_tls},
+        metrics={"listen": "127.0.0.1:0", **server_tls},
+        log={"format": "json"},
     )
     env = {**os.environ, "TAILRUNNER_JOURNAL_TOKEN": WRITE_TOKEN, "TAILRUNNER_ADMIN_TOKEN": ""}
     proc = subprocess.Popen(
@@ -185,19 +186,7 @@ format = "json"
 
 
 def test_a_runner_refuses_an_open_admin_address_without_tls(tmp_path: Path) -> None:
-    config = tmp_path / "runner.toml"
-    config.write_text(
-        f"""
-[activities]
-enabled = ["counter"]
-[tails]
-store = "sqlite:///{tmp_path / "tails.db"}"
-[admin]
-listen = "0.0.0.0:0"
-[metrics]
-listen = ""
-"""
-    )
+    config = _runner_config(tmp_path, admin={"listen": "0.0.0.0:0"})
     refused = run_cli("run", "--config", str(config), env={"TAILRUNNER_ADMIN_TOKEN": ""})
     assert refused.returncode != 0
     assert "admin server would listen on 0.0.0.0:0" in refused.stderr + refused.stdout
@@ -207,22 +196,7 @@ listen = ""
 def test_a_runner_the_journal_refuses_stops_at_start_and_says_which_variable(
     journal: str, certs: Certs, tmp_path: Path, token: str
 ) -> None:
-    config = tmp_path / "runner.toml"
-    config.write_text(
-        f"""
-[journal]
-address = "{journal}"
-tls_ca = "{certs.ca}"
-[activities]
-enabled = ["counter"]
-[tails]
-store = "sqlite:///{tmp_path / "tails.db"}"
-[admin]
-listen = "127.0.0.1:0"
-[metrics]
-listen = ""
-"""
-    )
+    config = _runner_config(tmp_path, journal={"address": journal, "tls_ca": str(certs.ca)})
     refused = run_cli(
         "run", "--config", str(config),
         env={"TAILRUNNER_JOURNAL_TOKEN": token, "TAILRUNNER_ADMIN_TOKEN": ""},
@@ -234,26 +208,9 @@ listen = ""
     assert not token or token not in refused.stderr
 
 
-def _runner_config(tmp_path: Path, metrics_listen: str) -> Path:
-    config = tmp_path / "runner.toml"
-    config.write_text(
-        f"""
-[activities]
-enabled = ["counter"]
-[tails]
-store = "sqlite:///{tmp_path / "tails.db"}"
-[admin]
-listen = "127.0.0.1:0"
-[metrics]
-listen = "{metrics_listen}"
-"""
-    )
-    return config
-
-
 def test_a_runner_refuses_open_metrics_before_it_starts_in_one_line(tmp_path: Path) -> None:
     refused = run_cli(
-        "run", "--config", str(_runner_config(tmp_path, "0.0.0.0:0")),
+        "run", "--config", str(_runner_config(tmp_path, metrics={"listen": "0.0.0.0:0"})),
         env={"TAILRUNNER_ADMIN_TOKEN": ""},
     )  # fmt: skip
     assert refused.returncode != 0
@@ -271,7 +228,8 @@ def test_metrics_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         refused = run_cli(
-            "run", "--config", str(_runner_config(tmp_path, f"127.0.0.1:{port}")),
+            "run", "--config",
+            str(_runner_config(tmp_path, metrics={"listen": f"127.0.0.1:{port}"})),
             env={"TAILRUNNER_ADMIN_TOKEN": ""},
         )  # fmt: skip
     assert refused.returncode != 0
