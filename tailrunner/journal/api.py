@@ -2,12 +2,14 @@
 
 :class:`~tailrunner.journal.client.JournalClient` implements it over gRPC;
 :mod:`tailrunner.testing` implements it with fakes for unit tests.
+:class:`AggregatesReader` is optional: a journal that has it lets the
+engines catch many tasks up with one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 from ulid import ULID
@@ -87,4 +89,28 @@ class JournalApi(Protocol):
         page_token: str = "",
     ) -> tuple[list[AggregateInfo], str]:
         """One page of aggregates and the token of the next ("" on the last page)."""
+        ...
+
+
+#: One read of :meth:`AggregatesReader.read_aggregates`: an aggregate and the tail to read after.
+Cursor = tuple[UUID, ULID | None]
+
+
+@runtime_checkable
+class AggregatesReader(Protocol):
+    async def read_aggregates(
+        self, reads: Sequence[Cursor], *, max_events: int = 0
+    ) -> list[EventBatch]:
+        """The events of many aggregates after their tails, in one call and one snapshot.
+
+        One batch per read, in the order of ``reads``. A batch with
+        ``will_block`` holds every event of its aggregate after its tail (it
+        may be empty) at the time of the read; one without was cut by the
+        call's budget (``max_events``, 0: the journal's default, or about
+        256 KiB of events in all): read on with :meth:`JournalApi.events`
+        after its last event.
+
+        :raises InvalidArgument: more than 1,000 reads.
+        :raises JournalUnavailable: the journal cannot be reached.
+        """
         ...

@@ -10,8 +10,9 @@ INVALID_ARGUMENT naming the field.
 
 When the journal server has tokens (`journal serve --tokens-file`), every
 call needs the metadata `authorization: Bearer <token>`, else
-UNAUTHENTICATED. A read token may call Events, AggregateSignals and
-ListAggregates; Append needs a write token (else PERMISSION_DENIED).
+UNAUTHENTICATED. A read token may call Events, ReadAggregates,
+AggregateSignals and ListAggregates; Append needs a write token (else
+PERMISSION_DENIED).
 Health needs no token.
 """
 
@@ -321,6 +322,82 @@ class EventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventsResponse: _TypeAlias = EventsResponse  # noqa: Y015
+
+@_typing.final
+class AggregateCursor(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.bytes
+    """Required, 16-byte UUID."""
+    after: _builtins.bytes
+    """Empty: from the first event ("epoch"); otherwise only events with a
+    greater id.
+    """
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.bytes = ...,
+        after: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "aggregate_id", b"aggregate_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AggregateCursor: _TypeAlias = AggregateCursor  # noqa: Y015
+
+@_typing.final
+class ReadAggregatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    READS_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_FIELD_NUMBER: _builtins.int
+    max_events: _builtins.int
+    """Most events in the response, over all reads; 0 means the server's
+    default (1000), and values above 10000 are capped.
+    """
+    @_builtins.property
+    def reads(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregateCursor]:
+        """At most 1000; an empty list gives an empty response."""
+
+    def __init__(
+        self,
+        *,
+        reads: _abc.Iterable[Global___AggregateCursor] | None = ...,
+        max_events: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_events", b"max_events", "reads", b"reads"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAggregatesRequest: _TypeAlias = ReadAggregatesRequest  # noqa: Y015
+
+@_typing.final
+class ReadAggregatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventsResponse]:
+        """One per read, in the request's order; see ReadAggregates."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[Global___EventsResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadAggregatesResponse: _TypeAlias = ReadAggregatesResponse  # noqa: Y015
 
 @_typing.final
 class SignalsRequest(_message.Message):

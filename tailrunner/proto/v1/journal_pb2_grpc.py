@@ -44,6 +44,11 @@ class JournalStub:
                 request_serializer=tailrunner_dot_v1_dot_journal__pb2.EventsRequest.SerializeToString,
                 response_deserializer=tailrunner_dot_v1_dot_journal__pb2.EventsResponse.FromString,
                 _registered_method=True)
+        self.ReadAggregates = channel.unary_unary(
+                '/tailrunner.v1.Journal/ReadAggregates',
+                request_serializer=tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesRequest.SerializeToString,
+                response_deserializer=tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesResponse.FromString,
+                _registered_method=True)
         self.AggregateSignals = channel.unary_stream(
                 '/tailrunner.v1.Journal/AggregateSignals',
                 request_serializer=tailrunner_dot_v1_dot_journal__pb2.SignalsRequest.SerializeToString,
@@ -96,6 +101,29 @@ class JournalServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadAggregates(self, request, context):
+        """Reads the events of many aggregates, each after its own cursor, in one
+        call: an engine catches many tasks up with one call instead of one
+        Events stream each. All reads of one call see the same snapshot of the
+        journal.
+
+        The response holds one EventsResponse per read, in the request's order.
+        will_block=true on one means that it holds every event of that
+        aggregate after its `after` (possibly none) at the time of the read;
+        false means that the response's budget cut it (max_events, or about
+        256 KiB of events over all reads, but always at least one event in
+        all): read on with Events after its last event, or after `after` when
+        it is empty. An aggregate with no events is not an error: an empty
+        batch with will_block=true. The same aggregate may be read more than
+        once.
+
+        Errors: INVALID_ARGUMENT naming the field (reads[i].aggregate_id,
+        reads[i].after) or reads, when there are more than 1000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AggregateSignals(self, request, context):
         """Streams "aggregate changed" signals for the given aggregate types (all
         types when the list is empty). Signals are coalesced per aggregate: a
@@ -131,6 +159,11 @@ def add_JournalServicer_to_server(servicer, server):
                     servicer.Events,
                     request_deserializer=tailrunner_dot_v1_dot_journal__pb2.EventsRequest.FromString,
                     response_serializer=tailrunner_dot_v1_dot_journal__pb2.EventsResponse.SerializeToString,
+            ),
+            'ReadAggregates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadAggregates,
+                    request_deserializer=tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesRequest.FromString,
+                    response_serializer=tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesResponse.SerializeToString,
             ),
             'AggregateSignals': grpc.unary_stream_rpc_method_handler(
                     servicer.AggregateSignals,
@@ -197,6 +230,33 @@ class Journal:
             '/tailrunner.v1.Journal/Events',
             tailrunner_dot_v1_dot_journal__pb2.EventsRequest.SerializeToString,
             tailrunner_dot_v1_dot_journal__pb2.EventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadAggregates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailrunner.v1.Journal/ReadAggregates',
+            tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesRequest.SerializeToString,
+            tailrunner_dot_v1_dot_journal__pb2.ReadAggregatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

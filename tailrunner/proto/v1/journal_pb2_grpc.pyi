@@ -10,8 +10,9 @@ INVALID_ARGUMENT naming the field.
 
 When the journal server has tokens (`journal serve --tokens-file`), every
 call needs the metadata `authorization: Bearer <token>`, else
-UNAUTHENTICATED. A read token may call Events, AggregateSignals and
-ListAggregates; Append needs a write token (else PERMISSION_DENIED).
+UNAUTHENTICATED. A read token may call Events, ReadAggregates,
+AggregateSignals and ListAggregates; Append needs a write token (else
+PERMISSION_DENIED).
 Health needs no token.
 """
 
@@ -72,6 +73,25 @@ class JournalStub:
     with `watch`, one empty batch with will_block=true, then it blocks until
     the first event is appended). Readers may start before writers.
     """
+    ReadAggregates: _grpc.UnaryUnaryMultiCallable[_journal_pb2.ReadAggregatesRequest, _journal_pb2.ReadAggregatesResponse]
+    """Reads the events of many aggregates, each after its own cursor, in one
+    call: an engine catches many tasks up with one call instead of one
+    Events stream each. All reads of one call see the same snapshot of the
+    journal.
+
+    The response holds one EventsResponse per read, in the request's order.
+    will_block=true on one means that it holds every event of that
+    aggregate after its `after` (possibly none) at the time of the read;
+    false means that the response's budget cut it (max_events, or about
+    256 KiB of events over all reads, but always at least one event in
+    all): read on with Events after its last event, or after `after` when
+    it is empty. An aggregate with no events is not an error: an empty
+    batch with will_block=true. The same aggregate may be read more than
+    once.
+
+    Errors: INVALID_ARGUMENT naming the field (reads[i].aggregate_id,
+    reads[i].after) or reads, when there are more than 1000.
+    """
     AggregateSignals: _grpc.UnaryStreamMultiCallable[_journal_pb2.SignalsRequest, _journal_pb2.SignalsResponse]
     """Streams "aggregate changed" signals for the given aggregate types (all
     types when the list is empty). Signals are coalesced per aggregate: a
@@ -119,6 +139,25 @@ class JournalAsyncStub(JournalStub):
     An aggregate with no events is not an error: the stream is empty (or,
     with `watch`, one empty batch with will_block=true, then it blocks until
     the first event is appended). Readers may start before writers.
+    """
+    ReadAggregates: _aio.UnaryUnaryMultiCallable[_journal_pb2.ReadAggregatesRequest, _journal_pb2.ReadAggregatesResponse]  # type: ignore[assignment]
+    """Reads the events of many aggregates, each after its own cursor, in one
+    call: an engine catches many tasks up with one call instead of one
+    Events stream each. All reads of one call see the same snapshot of the
+    journal.
+
+    The response holds one EventsResponse per read, in the request's order.
+    will_block=true on one means that it holds every event of that
+    aggregate after its `after` (possibly none) at the time of the read;
+    false means that the response's budget cut it (max_events, or about
+    256 KiB of events over all reads, but always at least one event in
+    all): read on with Events after its last event, or after `after` when
+    it is empty. An aggregate with no events is not an error: an empty
+    batch with will_block=true. The same aggregate may be read more than
+    once.
+
+    Errors: INVALID_ARGUMENT naming the field (reads[i].aggregate_id,
+    reads[i].after) or reads, when there are more than 1000.
     """
     AggregateSignals: _aio.UnaryStreamMultiCallable[_journal_pb2.SignalsRequest, _journal_pb2.SignalsResponse]  # type: ignore[assignment]
     """Streams "aggregate changed" signals for the given aggregate types (all
@@ -176,6 +215,31 @@ class JournalServicer(metaclass=_abc_1.ABCMeta):
         An aggregate with no events is not an error: the stream is empty (or,
         with `watch`, one empty batch with will_block=true, then it blocks until
         the first event is appended). Readers may start before writers.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadAggregates(
+        self,
+        request: _journal_pb2.ReadAggregatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journal_pb2.ReadAggregatesResponse, _abc.Awaitable[_journal_pb2.ReadAggregatesResponse]]:
+        """Reads the events of many aggregates, each after its own cursor, in one
+        call: an engine catches many tasks up with one call instead of one
+        Events stream each. All reads of one call see the same snapshot of the
+        journal.
+
+        The response holds one EventsResponse per read, in the request's order.
+        will_block=true on one means that it holds every event of that
+        aggregate after its `after` (possibly none) at the time of the read;
+        false means that the response's budget cut it (max_events, or about
+        256 KiB of events over all reads, but always at least one event in
+        all): read on with Events after its last event, or after `after` when
+        it is empty. An aggregate with no events is not an error: an empty
+        batch with will_block=true. The same aggregate may be read more than
+        once.
+
+        Errors: INVALID_ARGUMENT naming the field (reads[i].aggregate_id,
+        reads[i].after) or reads, when there are more than 1000.
         """
 
     @_abc_1.abstractmethod
