@@ -678,6 +678,7 @@ _ENGINE_KEYS: Mapping[str, dict[str, Any]] = {
     "discovery_interval": _key(lambda p: p.duration(positive=True)),
     "shutdown_grace": _key(lambda p: p.duration(positive=False)),
     "loop_lag_warning": _key(lambda p: p.duration(positive=False)),
+    "read_ahead": _key(lambda p: p.integer(minimum=0, maximum=1000)),
 }
 assert set(_ENGINE_KEYS) <= {f.name for f in dataclasses.fields(EngineOptions)}, "engine keys"
 

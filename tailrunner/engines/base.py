@@ -39,6 +39,7 @@ from tailrunner.activities.decorator import Activity
 from tailrunner.engines.execute import RunResult, run_once
 from tailrunner.engines.options import EngineOptions
 from tailrunner.engines.ownership import TaskOwnership
+from tailrunner.engines.read_ahead import ReadAhead
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.engines.task import FINAL_STATES, TIMED_STATES, Task, Waiting
 from tailrunner.errors import (
@@ -48,7 +49,7 @@ from tailrunner.errors import (
     StoreError,
     TaskNotControllable,
 )
-from tailrunner.journal.api import JournalApi
+from tailrunner.journal.api import AggregatesReader, JournalApi
 from tailrunner.model import AggregateRef
 from tailrunner.states import OutcomeKind, TaskState, WaitReason
 from tailrunner.tails.store import RunRecord, TailRecord, TailStore
@@ -129,6 +130,13 @@ class Engine:
         #: new task of the same key must not run beside them.
         self._lingering: dict[tuple[str, UUID], Task] = {}
         self._journal = journal
+        #: Runs that read to the end find their events read for many tasks
+        #: at once, when the journal can (see tailrunner.engines.read_ahead).
+        self._read_ahead = (
+            ReadAhead(journal, batch=options.read_ahead)
+            if not self.watch and options.read_ahead and isinstance(journal, AggregatesReader)
+            else None
+        )
         self._tails = tails
         self._activities = {a.name: a for a in activities}
         self._capacity = options.capacity
@@ -256,6 +264,8 @@ class Engine:
             if task.retired:
                 continue
             task.retired = True
+            if self._read_ahead is not None:
+                self._read_ahead.forget(task)
             task.generation += 1  # voids its timers and ready-queue entries
             siblings = self._tasks.get(task.aggregate_key)
             if siblings is task:
@@ -439,6 +449,8 @@ class Engine:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._stop_runs()
+                if self._read_ahead is not None:
+                    await self._read_ahead.aclose()
 
     # -- operator control (the seams for the runner's admin service) --------
 
@@ -597,8 +609,11 @@ class Engine:
             self._wake.set()
 
     def _set_state(self, task: Task, state: TaskState, due: float | None = None) -> None:
-        # The generation voids any timer and queue entry of the previous state.
+        # The generation voids any timer and queue entry of the previous state,
+        # and the read-ahead, which may be older than the reason for the change.
         task.generation += 1
+        if self._read_ahead is not None:
+            self._read_ahead.forget(task)
         task.state = state
         task.due = due
         if state is TaskState.PENDING:
@@ -610,6 +625,8 @@ class Engine:
 
     def _make_ready(self, task: Task) -> None:
         """A wake-up (signal, tick, backstop) for a task; only sleeping tasks react."""
+        if self._read_ahead is not None:
+            self._read_ahead.forget(task)  # it may not hold what woke the task
         if task.busy:
             task.signalled = True
         elif task.state is TaskState.SLEEPING:
@@ -648,22 +665,39 @@ class Engine:
         return None
 
     def _start_ready(self) -> None:
+        started = self._start_runs()
+        if started and self._read_ahead is not None:
+            # Before any of them runs: one call reads for all of them, and
+            # for the tasks next in line.
+            self._read_ahead.plan(started, self._upcoming())
+
+    def _start_runs(self) -> list[Task]:
         # Round robin: each pass serves the next activity in turn, so one
         # activity with many ready tasks cannot starve the others.
         turns = self._turns
+        started: list[Task] = []
         while self._running < self._capacity:
-            started = False
+            progressed = False
             for _ in range(len(turns)):
                 if self._running >= self._capacity:
-                    return
+                    return started
                 name = turns[0]
                 turns.rotate(-1)
                 task = self._pop_ready(name)
                 if task is not None:
                     self._start(task)
-                    started = True
-            if not started:
-                return
+                    started.append(task)
+                    progressed = True
+            if not progressed:
+                return started
+        return started
+
+    def _upcoming(self) -> Iterator[Task]:
+        """Ready tasks, roughly in the order they will start (for the read-ahead)."""
+        for name in self._turns:
+            for task, generation in self._ready[name]:
+                if generation == task.generation and task.state is TaskState.PENDING:
+                    yield task
 
     def _start(self, task: Task) -> None:
         task.state = TaskState.RUNNING
@@ -721,6 +755,7 @@ class Engine:
                     transaction=self._transaction,
                     on_progress=self._on_progress,
                     on_resumed=None if self._ownership is None else self._save_handling,
+                    read_ahead=None if self._read_ahead is None else self._read_ahead.take,
                 )
             if not outer.cancel_called:
                 await self._settle(task, result)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,10 +39,12 @@ from tailrunner.activities.outcomes import (
     check_when,
 )
 from tailrunner.activities.stream import EventStream
+from tailrunner.engines.read_ahead import read_on
 from tailrunner.engines.task import Task
 from tailrunner.errors import InvalidOutcome
 from tailrunner.journal.api import JournalApi
 from tailrunner.journal.lookup import is_event_of
+from tailrunner.model import EventBatch
 from tailrunner.states import OutcomeKind
 from tailrunner.tails.store import MAX_ERROR_TEXT
 
@@ -56,6 +58,8 @@ TransactionOpener = Callable[[Task, ULID | None], AbstractAsyncContextManager[An
 ProgressSaver = Callable[[Task, ULID | None, int], Awaitable[None]]
 #: ``await on_resumed(task)``: a watching run that had caught up gets new events.
 ResumeSaver = Callable[[Task], Awaitable[None]]
+#: ``await take(task)``: the events read ahead for this run (``None``: read them).
+ReadAheadTaker = Callable[[Task], Awaitable[EventBatch | None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +118,7 @@ async def run_once(
     transaction: TransactionOpener | None = None,
     on_progress: ProgressSaver | None = None,
     on_resumed: ResumeSaver | None = None,
+    read_ahead: ReadAheadTaker | None = None,
 ) -> RunResult:
     """Run ``task``'s activity once from ``task.tail`` and classify the outcome.
 
@@ -129,6 +134,8 @@ async def run_once(
         never ends still records its progress.
     :param on_resumed: awaited when a watching run that had caught up is
         about to get new events.
+    :param read_ahead: a run that reads to the end (not ``watch``) may find
+        its events read already (see :mod:`tailrunner.engines.read_ahead`).
     """
     run = _Run(
         task,
@@ -138,6 +145,7 @@ async def run_once(
         transaction=transaction,
         on_progress=on_progress,
         on_resumed=on_resumed,
+        read_ahead=None if watch else read_ahead,
     )
     return await run.execute(watch)
 
@@ -155,8 +163,10 @@ class _Run:
         transaction: TransactionOpener | None,
         on_progress: ProgressSaver | None,
         on_resumed: ResumeSaver | None = None,
+        read_ahead: ReadAheadTaker | None = None,
     ) -> None:
         self.task = task
+        self.read_ahead = read_ahead
         self.name = task.activity.name
         self.journal = journal
         self.tail_before = task.tail
@@ -192,9 +202,7 @@ class _Run:
                 # was being marked, say): it stops the run now, not never.
                 scope.cancel()
             try:
-                async with aclosing(
-                    self.journal.events(task.aggregate.id, after=self.tail_before, watch=watch)
-                ) as batches:
+                async with aclosing(await self.open(watch)) as batches:
                     self.stream = EventStream(
                         batches,
                         start=self.tail_before,
@@ -233,6 +241,15 @@ class _Run:
         if raised is not None:
             return await self.classify_error(raised)
         return await self.classify_outcome(outcome)
+
+    async def open(self, watch: bool) -> AsyncGenerator[EventBatch, None]:
+        """The run's batches: read ahead if the engine did, else a stream of their own."""
+        aggregate_id = self.task.aggregate.id
+        if self.read_ahead is not None:
+            batch = await self.read_ahead(self.task)
+            if batch is not None:
+                return read_on(self.journal, aggregate_id, self.tail_before, batch)
+        return self.journal.events(aggregate_id, after=self.tail_before, watch=watch)
 
     async def shut_down(self, outcome: object, cancelled: BaseException | None) -> None:
         """Engine shutdown: keep the progress, then let the cancellation through."""

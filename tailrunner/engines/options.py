@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tailrunner.engines.kinds import ENGINE_KINDS, EngineKind
+from tailrunner.engines.read_ahead import DEFAULT_READ_AHEAD, MAX_READ_AHEAD
 from tailrunner.engines.retry import RetryPolicy
 from tailrunner.reconnect import DEFAULT_RECONNECT, ReconnectPolicy
 
@@ -52,6 +53,9 @@ class EngineOptions:
     #: Seconds the event loop may make no progress (an activity that blocks
     #: it) before the runner's watchdog warns, naming the activity; 0: no watchdog.
     loop_lag_warning: float = 1.0
+    #: Lazy and cron: tasks whose events one ``ReadAggregates`` call reads
+    #: ahead for the runs about to start; 0: every run opens its own stream.
+    read_ahead: int = DEFAULT_READ_AHEAD
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:
@@ -66,6 +70,11 @@ class EngineOptions:
             raise ValueError(f"interval {self.interval}: must be positive")
         if self.discovery_interval <= 0:
             raise ValueError(f"discovery_interval {self.discovery_interval}: must be positive")
+        if not 0 <= self.read_ahead <= MAX_READ_AHEAD:
+            raise ValueError(
+                f"read_ahead {self.read_ahead}: must be from 0 to {MAX_READ_AHEAD}"
+                " (the reads one ReadAggregates call takes)"
+            )
         if self.loop_lag_warning < 0:
             raise ValueError(f"loop_lag_warning {self.loop_lag_warning}: must not be negative")
         if self.interval is None and self.cron is None:

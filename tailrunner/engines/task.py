@@ -105,6 +105,11 @@ class Task:
     def tail(self, tail: ULID | None) -> None:
         self._tail = None if tail is None else tail.bytes
 
+    @property
+    def tail_bytes(self) -> bytes | None:
+        """The tail's 16 bytes (``None``: none yet), without building a ULID."""
+        return self._tail
+
     def at(self, head: ULID | None) -> bool:
         """Whether the task's tail is ``head`` (without building a ULID)."""
         return self._tail == (None if head is None else head.bytes)

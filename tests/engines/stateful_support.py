@@ -117,9 +117,13 @@ class FakeJournal:
 
     :param batch_size: at most this many events per :class:`EventBatch`, so
         that reading to the end takes several batches.
+    :param read_budget: events per ``read_aggregates`` call (it is an
+        :class:`~tailrunner.journal.api.AggregatesReader`: the lazy and cron
+        engines read ahead through it).
     """
 
-    def __init__(self, *, batch_size: int = 2) -> None:
+    def __init__(self, *, batch_size: int = 2, read_budget: int = 3) -> None:
+        self._read_budget = read_budget
         self._aggregates: dict[uuid.UUID, _Stored] = {}
         self._subscribers: list[tuple[tuple[str, ...], MemoryObjectSendStream[Signal]]] = []
         self._batch_size = batch_size
@@ -208,6 +212,31 @@ class FakeJournal:
                 if stored.changed is None:
                     stored.changed = anyio.Event()
                 await stored.changed.wait()
+
+    async def read_aggregates(
+        self, reads: Sequence[tuple[uuid.UUID, ULID | None]], *, max_events: int = 0
+    ) -> list[EventBatch]:
+        """One snapshot of every read, taken between two loop steps (a network call's).
+
+        The budget (``max_events``, else ``read_budget``) is small, so that the
+        engines' read-ahead meets cut batches and reads on.
+        """
+        await anyio.lowlevel.checkpoint()
+        budget = max_events or self._read_budget
+        batches: list[EventBatch] = []
+        for aggregate_id, after in reads:
+            stored = self._aggregates.get(aggregate_id)
+            events = stored.events if stored is not None else []
+            keys = stored.keys if stored is not None else []
+            position = 0 if after is None else bisect.bisect_right(keys, int(after))
+            chunk = tuple(events[position : position + budget])
+            budget -= len(chunk)
+            batches.append(
+                EventBatch(events=chunk, will_block=position + len(chunk) >= len(events))
+            )
+        # The reply travels: appends can land after the snapshot, before the engine has it.
+        await anyio.lowlevel.checkpoint()
+        return batches
 
     async def signals(
         self, aggregate_types: Sequence[str] = ()
