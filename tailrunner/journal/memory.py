@@ -13,16 +13,21 @@ from uuid import UUID
 from ulid import ULID
 
 from tailrunner.errors import AggregateTypeMismatch, InvalidArgument, StoreError, TailMismatch
-from tailrunner.ids import next_ulids
+from tailrunner.ids import next_ulids, ulid_to_bytes
 from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
+    SKIPPED,
     AppendListener,
+    RawCursor,
+    ReadBudget,
     ResyncListener,
+    WireBatch,
     check_expect_new,
     check_request_id,
     check_request_ids_kept,
 )
+from tailrunner.journal.wire_format import encode_event
 from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, NewEvent
 
 _NO_METADATA: MappingProxyType[str, str] = MappingProxyType({})
@@ -122,6 +127,40 @@ class MemoryJournalStore:
             return []
         start = 0 if after is None else bisect.bisect_right(state.keys, after.bytes)
         return state.events[start : start + limit]
+
+    async def read_wire_many(
+        self, reads: Sequence[RawCursor], *, max_events: int, max_bytes: int
+    ) -> list[WireBatch]:
+        """Many reads in the stored form; one snapshot, as nothing here awaits.
+
+        Events are kept as :class:`Event`s here, so they are encoded for the
+        wire (and their sizes for the budget) as the service would encode them.
+        """
+        if self._closed:
+            raise StoreError("the memory journal store is closed")
+        budget = ReadBudget(max_events, max_bytes)
+        batches: list[WireBatch] = []
+        for key, after in reads:
+            limit = budget.left
+            if not limit:
+                batches.append(SKIPPED)
+                continue
+            state = self._aggregates.get(UUID(bytes=key))
+            if state is None:
+                batches.append(WireBatch("", [], True))
+                continue
+            start = bisect.bisect_right(state.keys, after) if after else 0
+            rows, complete = budget.take(
+                [
+                    encode_event(
+                        e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
+                    )
+                    for e in state.events[start : start + limit + 1]
+                ],
+                limit,
+            )
+            batches.append(WireBatch(state.type if rows else "", rows, complete))
+        return batches
 
     async def head(self, aggregate_id: UUID) -> ULID | None:
         state = self._aggregates.get(aggregate_id)

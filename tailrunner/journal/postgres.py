@@ -57,8 +57,12 @@ from tailrunner.journal.listeners import Listeners
 from tailrunner.journal.pg_notify import NotifyListener, channel_name, payload
 from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
+    SKIPPED,
     AppendListener,
+    RawCursor,
+    ReadBudget,
     ResyncListener,
+    WireBatch,
     check_expect_new,
     check_request_id,
     check_request_ids_kept,
@@ -446,6 +450,40 @@ class PostgresJournalStore:
             return "", []
         aggregate_type, wires = rows[0]
         return aggregate_type, [bytes(wire) for wire in wires]
+
+    async def read_wire_many(
+        self, reads: Sequence[RawCursor], *, max_events: int, max_bytes: int
+    ) -> list[WireBatch]:
+        """Many reads in the stored form, on one connection, in one snapshot.
+
+        One ``REPEATABLE READ`` transaction, so every read sees the snapshot
+        of its first statement; then the statement of :meth:`read_wire` per
+        cursor. One round trip each: each read's limit is what the reads
+        before it left of the budget.
+        """
+        statement = self._sql["read"]
+
+        async def run(conn: Connection) -> list[WireBatch]:
+            budget = ReadBudget(max_events, max_bytes)
+            batches: list[WireBatch] = []
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                for key, after in reads:
+                    limit = budget.left
+                    if not limit:
+                        batches.append(SKIPPED)
+                        continue
+                    cursor = await conn.execute(statement, (after, limit + 1, UUID(bytes=key)))
+                    row = await cursor.fetchone()
+                    if row is None or not row[1]:
+                        batches.append(WireBatch("", [], True))
+                        continue
+                    rows, complete = budget.take([bytes(wire) for wire in row[1]], limit)
+                    batches.append(WireBatch(row[0], rows, complete))
+            return batches
+
+        # Reads may be repeated safely.
+        return await self._with_connection("read_aggregates", run, retry=True)
 
     async def head(self, aggregate_id: UUID) -> ULID | None:
         rows = await self._fetch("head", "head", (aggregate_id,))

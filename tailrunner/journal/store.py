@@ -5,12 +5,20 @@ Backends: :class:`~tailrunner.journal.memory.MemoryJournalStore` (tests),
 default) and :class:`~tailrunner.journal.postgres.PostgresJournalStore`
 (several journal servers on one database). The gRPC service never touches a
 database itself.
+
+Reading many aggregates in one call (``ReadAggregates``) is the optional
+:class:`WireManyReader`: every store here has it, each doing all the reads
+of one call in one snapshot, under one :class:`ReadBudget`. The service
+falls back to one :meth:`JournalStore.read` per cursor (not one snapshot)
+for a store without it.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 from uuid import UUID
 
 from ulid import ULID
@@ -148,4 +156,89 @@ class JournalStore(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and files; appends after this fail."""
+        ...
+
+
+#: One read of a many-read, raw: the aggregate's 16-byte id and the 16-byte
+#: event id to read after (``b""``: from the first event).
+RawCursor = tuple[bytes, bytes]
+
+
+class WireBatch(NamedTuple):
+    """What one read of a many-read found, in the stored form."""
+
+    #: The aggregate's type; ``""`` when no events came.
+    aggregate_type: str
+    #: The events, as :mod:`~tailrunner.journal.wire_format` stores them.
+    rows: list[bytes]
+    #: ``rows`` are every event after the cursor (not cut by the budget).
+    complete: bool
+
+
+#: The batch of a read the budget left out: nothing, and not complete.
+SKIPPED = WireBatch("", [], False)
+
+
+class ReadBudget:
+    """What is left of one many-read's budget: events, and bytes of events.
+
+    The reads take from it in order. A read may take :attr:`left` events
+    (it asks the database for one more, which tells whether it is
+    complete); an event is kept while the bytes kept before it are under
+    ``max_bytes``, so the first event is always kept, however big, and the
+    event that crosses the line is kept too (as ``Events`` cuts its batches).
+    Once spent, :attr:`left` is 0 and the reads after take nothing.
+    """
+
+    __slots__ = ("_bytes", "_events_left", "_max_bytes")
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self._events_left = max_events
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    @property
+    def left(self) -> int:
+        """Events the next read may take (0: spent)."""
+        return self._events_left
+
+    def take(self, rows: list[bytes], limit: int) -> tuple[list[bytes], bool]:
+        """Keep what fits of ``rows``, which a read of ``limit + 1`` events gave.
+
+        :param limit: :attr:`left` when the read was made.
+        :returns: the rows kept, and whether they are complete: every event
+            after the read's cursor.
+        """
+        more = len(rows) > limit
+        if more:
+            rows = rows[:limit]
+        size = self._bytes + sum(map(len, rows))
+        if size >= self._max_bytes:
+            # The byte line is reached in this read: keep the events that
+            # start below it; then the budget is spent.
+            starts = list(itertools.accumulate(map(len, rows), initial=self._bytes))
+            kept = bisect.bisect_left(starts, self._max_bytes, hi=len(rows))
+            if kept < len(rows):
+                rows = rows[:kept]
+                more = True
+            self._events_left = 0
+            return rows, not more
+        self._bytes = size
+        self._events_left -= len(rows)
+        return rows, not more
+
+
+@runtime_checkable
+class WireManyReader(Protocol):
+    """A store that reads many aggregates in one snapshot, in the stored form."""
+
+    async def read_wire_many(
+        self, reads: Sequence[RawCursor], *, max_events: int, max_bytes: int
+    ) -> list[WireBatch]:
+        """One batch per read, in order, all from one snapshot of the store.
+
+        The reads take from one :class:`ReadBudget` of ``max_events`` and
+        ``max_bytes`` in order; those after it is spent are :data:`SKIPPED`.
+        Ids are not checked here (the service checked them).
+        """
         ...
