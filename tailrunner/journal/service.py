@@ -12,7 +12,7 @@ import base64
 import binascii
 import bisect
 import itertools
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
@@ -29,7 +29,15 @@ from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
 from tailrunner.journal import append_checks
 from tailrunner.journal.append_checks import AppendLimits
 from tailrunner.journal.hub import Hub
-from tailrunner.journal.store import JournalStore, check_request_id
+from tailrunner.journal.store import (
+    SKIPPED,
+    JournalStore,
+    RawCursor,
+    ReadBudget,
+    WireBatch,
+    WireManyReader,
+    check_request_id,
+)
 from tailrunner.journal.wire_format import encode_event, event_id, events_messages
 from tailrunner.model import AggregateRef, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2
@@ -44,6 +52,11 @@ MAX_TYPE_LENGTH = append_checks.MAX_TYPE_LENGTH
 DEFAULT_BATCH = 1000
 #: The most events per batch, whatever the reader asks for.
 MAX_BATCH = 10_000
+#: ``ReadAggregates``: the most reads in one call; events per response when
+#: the request says 0 (``max_events``), and the cap.
+MAX_READS = 1000
+DEFAULT_READ_EVENTS = 1000
+MAX_READ_EVENTS = 10_000
 #: ``ListAggregates`` page size when the request says 0, and its cap.
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -68,6 +81,10 @@ _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 _DESCRIPTOR = journal_pb2.DESCRIPTOR.services_by_name["Journal"]
 SERVICE = _DESCRIPTOR.full_name
 _CAUGHT_UP = journal_pb2.EventsResponse(will_block=True).SerializeToString()
+#: ``ReadAggregatesResponse.batches`` (field 1, length-delimited).
+_BATCHES_TAG = 0x0A
+#: One ``ReadAggregates`` response is one message: never split its batches.
+_UNSPLIT = 1 << 62
 
 #: A batch ready to send: its messages (serialized ``EventsResponse``), the
 #: cursor after it, whether more follow, its events if the byte budget cut it.
@@ -212,6 +229,19 @@ class JournalService:
         )
         return messages, event_id(rows[-1]), more, cut_at
 
+    async def ReadAggregates(
+        self,
+        request: journal_pb2.ReadAggregatesRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> bytes:
+        """The response already serialized: each batch is framed from the stored events."""
+        try:
+            cursors = parse_reads(request.reads)
+            batches = await read_many(self._store, cursors, max_events=request.max_events)
+        except TailrunnerError as exc:
+            await abort(context, exc, rpc="ReadAggregates")
+        return aggregates_response(cursors, batches)
+
     async def AggregateSignals(
         self, request: journal_pb2.SignalsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[bytes]:
@@ -306,6 +336,100 @@ class JournalService:
         return aggregate, events, expected_tail
 
 
+def parse_reads(reads: Sequence[journal_pb2.AggregateCursor]) -> list[RawCursor]:
+    """The raw cursors of ``ReadAggregatesRequest.reads``, checked.
+
+    :raises InvalidArgument: naming ``reads`` (over :data:`MAX_READS`) or
+        the field of the first bad id (``reads[3].aggregate_id``, ``reads[3].after``).
+    """
+    if len(reads) > MAX_READS:
+        raise InvalidArgument("reads", f"{len(reads)} reads, over the limit of {MAX_READS}")
+    cursors = [(read.aggregate_id, read.after) for read in reads]
+    for index, (key, after) in enumerate(cursors):
+        if len(key) != 16:
+            uuid_from_bytes(key, field=f"reads[{index}].aggregate_id")
+        if after and len(after) != 16:
+            ulid_from_bytes(after, field=f"reads[{index}].after")
+    return cursors
+
+
+async def read_many(
+    store: JournalStore, cursors: Sequence[RawCursor], *, max_events: int
+) -> list[WireBatch]:
+    """One batch per cursor in the stored form, under one budget (see ``ReadAggregates``).
+
+    :param max_events: 0 for :data:`DEFAULT_READ_EVENTS`; capped at :data:`MAX_READ_EVENTS`.
+
+    A :class:`~tailrunner.journal.store.WireManyReader` reads them all in
+    one snapshot. Any other store is read cursor by cursor, each read in a
+    snapshot of its own: the batches are each right, but not of one instant.
+    """
+    if len(cursors) > MAX_READS:
+        raise InvalidArgument("reads", f"{len(cursors)} reads, over the limit of {MAX_READS}")
+    limit = min(max_events or DEFAULT_READ_EVENTS, MAX_READ_EVENTS)
+    if not cursors:
+        return []
+    if isinstance(store, WireManyReader):
+        return await store.read_wire_many(cursors, max_events=limit, max_bytes=_READ_BUDGET)
+    wire_reader = store if isinstance(store, WireEventReader) else None
+    budget = ReadBudget(limit, _READ_BUDGET)
+    batches: list[WireBatch] = []
+    for key, after in cursors:
+        left = budget.left
+        if not left:
+            batches.append(SKIPPED)
+            continue
+        aggregate_id = UUID(bytes=key)
+        if wire_reader is not None:
+            aggregate_type, rows = await wire_reader.read_wire(
+                aggregate_id, after=after, limit=left + 1
+            )
+        else:
+            events = await store.read(
+                aggregate_id, after=ULID(after) if after else None, limit=left + 1
+            )
+            aggregate_type = events[0].aggregate_type if events else ""
+            rows = [
+                encode_event(
+                    e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
+                )
+                for e in events
+            ]
+        rows, complete = budget.take(rows, left)
+        batches.append(WireBatch(aggregate_type, rows, complete))
+    return batches
+
+
+def aggregates_response(cursors: Sequence[RawCursor], batches: Sequence[WireBatch]) -> bytes:
+    """The serialized ``ReadAggregatesResponse`` of ``batches``, one per cursor.
+
+    Each batch is the ``EventsResponse`` that ``Events`` would send (its
+    events carry their aggregate's fields), framed as a field of the response.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    for (key, _), (aggregate_type, rows, complete) in zip(cursors, batches, strict=True):
+        if rows:
+            (message,) = events_messages(
+                rows, aggregate_type, key, will_block=complete, budget=_UNSPLIT
+            )
+        else:
+            message = _CAUGHT_UP if complete else b""
+        append(_length_prefix(len(message)))
+        append(message)
+    return b"".join(parts)
+
+
+def _length_prefix(length: int) -> bytes:
+    """The batches tag and ``length`` as a varint: what precedes one batch's bytes."""
+    out = bytearray((_BATCHES_TAG,))
+    while length >= 0x80:
+        out.append((length & 0x7F) | 0x80)
+        length >>= 7
+    out.append(length)
+    return bytes(out)
+
+
 def encode_page_token(last_id: UUID, aggregate_type: str) -> str:
     """The opaque token of the page after the aggregate ``last_id``.
 
@@ -342,8 +466,9 @@ def decode_page_token(token: str, aggregate_type: str) -> UUID | None:
 def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
     """Serve ``service`` as ``tailrunner.v1.Journal`` on ``server``.
 
-    As the generated ``add_JournalServicer_to_server`` does, but ``Events``
-    and ``AggregateSignals`` messages go out as the service serialized them.
+    As the generated ``add_JournalServicer_to_server`` does, but ``Events``,
+    ``ReadAggregates`` and ``AggregateSignals`` messages go out as the
+    service serialized them.
     """
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         "Append": grpc.unary_unary_rpc_method_handler(
@@ -354,6 +479,11 @@ def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
         "Events": grpc.unary_stream_rpc_method_handler(
             service.Events,
             request_deserializer=journal_pb2.EventsRequest.FromString,
+            response_serializer=_serialized,
+        ),
+        "ReadAggregates": grpc.unary_unary_rpc_method_handler(
+            service.ReadAggregates,
+            request_deserializer=journal_pb2.ReadAggregatesRequest.FromString,
             response_serializer=_serialized,
         ),
         "AggregateSignals": grpc.unary_stream_rpc_method_handler(

@@ -33,6 +33,7 @@ OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 READ_METHODS: frozenset[str] = frozenset(
     {
         "/tailrunner.v1.Journal/Events",
+        "/tailrunner.v1.Journal/ReadAggregates",
         "/tailrunner.v1.Journal/AggregateSignals",
         "/tailrunner.v1.Journal/ListAggregates",
         "/tailrunner.v1.Runner/ListTasks",
