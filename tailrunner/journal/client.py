@@ -29,11 +29,13 @@ from ulid import ULID
 
 from tailrunner.errors import (
     AggregateTypeMismatch,
+    InvalidArgument,
     JournalError,
     JournalUnavailable,
     StreamCancelled,
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
+from tailrunner.journal.api import Cursor
 from tailrunner.journal.received import received_batch
 from tailrunner.journal.store import check_expect_new, check_request_id
 from tailrunner.model import (
@@ -272,6 +274,41 @@ class JournalClient:
             raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
         finally:
             call.cancel()
+
+    async def read_aggregates(
+        self, reads: Sequence[Cursor], *, max_events: int = 0
+    ) -> list[EventBatch]:
+        """The events of many aggregates after their tails, in one call and one snapshot.
+
+        One batch per read, in order; see
+        :meth:`~tailrunner.journal.api.AggregatesReader.read_aggregates`.
+
+        :param max_events: the most events in all (0: the journal's default, 1000).
+        :raises InvalidArgument: more than 1000 reads, or a negative ``max_events``.
+        :raises JournalUnavailable: the journal cannot be reached.
+        """
+        if max_events < 0:
+            raise InvalidArgument("max_events", f"must not be negative, got {max_events}")
+        request = journal_pb2.ReadAggregatesRequest(max_events=max_events)
+        add = request.reads.add
+        for aggregate_id, after in reads:
+            cursor = add()
+            cursor.aggregate_id = aggregate_id.bytes
+            if after is not None:
+                cursor.after = after.bytes
+        try:
+            response = await self._stub.ReadAggregates(
+                request, timeout=self._timeout, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
+        batches = response.batches
+        if len(batches) != len(reads):
+            raise JournalError(f"ReadAggregates: {len(batches)} batches for {len(reads)} reads")
+        return [
+            received_batch(batch, aggregate_id)
+            for batch, (aggregate_id, _) in zip(batches, reads, strict=True)
+        ]
 
     async def signals(
         self, aggregate_types: Sequence[str] = ()

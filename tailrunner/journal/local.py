@@ -25,6 +25,7 @@ from uuid import UUID
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.journal.api import Cursor
 from tailrunner.journal.append_checks import AppendLimits
 from tailrunner.journal.hub import Hub
 from tailrunner.journal.service import (
@@ -34,8 +35,10 @@ from tailrunner.journal.service import (
     MAX_PAGE_SIZE,
     decode_page_token,
     encode_page_token,
+    read_many,
 )
 from tailrunner.journal.store import JournalStore, check_expect_new, check_request_id
+from tailrunner.journal.wire_format import decode_event
 from tailrunner.model import (
     AggregateInfo,
     AggregateRef,
@@ -134,6 +137,33 @@ class LocalJournal:
                     continue
                 if watcher is None or not await watcher.wait():
                     return
+
+    async def read_aggregates(
+        self, reads: Sequence[Cursor], *, max_events: int = 0
+    ) -> list[EventBatch]:
+        """The events of many aggregates after their tails, as ``ReadAggregates`` reads them.
+
+        The same reads, budget and snapshot as the service's (one per call
+        on a store that reads many at once).
+
+        :raises InvalidArgument: more than 1000 reads, or a negative ``max_events``.
+        """
+        if max_events < 0:
+            raise InvalidArgument("max_events", f"must not be negative, got {max_events}")
+        cursors = [
+            (aggregate_id.bytes, b"" if after is None else after.bytes)
+            for aggregate_id, after in reads
+        ]
+        batches = await read_many(self._store, cursors, max_events=max_events)
+        return [
+            EventBatch(
+                events=tuple(decode_event(wire, aggregate_type, aggregate_id) for wire in rows),
+                will_block=complete,
+            )
+            for (aggregate_id, _), (aggregate_type, rows, complete) in zip(
+                reads, batches, strict=True
+            )
+        ]
 
     async def signals(
         self, aggregate_types: Sequence[str] = ()
