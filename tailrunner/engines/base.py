@@ -625,11 +625,14 @@ class Engine:
 
     def _make_ready(self, task: Task) -> None:
         """A wake-up (signal, tick, backstop) for a task; only sleeping tasks react."""
+        if task.busy:
+            # It runs again right after this run, which may use a read-ahead
+            # older than the wake-up: the next run reads anew.
+            task.signalled = True
+            return
         if self._read_ahead is not None:
             self._read_ahead.forget(task)  # it may not hold what woke the task
-        if task.busy:
-            task.signalled = True
-        elif task.state is TaskState.SLEEPING:
+        if task.state is TaskState.SLEEPING:
             self._set_state(task, TaskState.PENDING)
 
     def _fire_timers(self, now: float) -> float | None:
