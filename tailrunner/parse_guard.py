@@ -26,7 +26,16 @@ log = structlog.get_logger(__name__)
 
 
 class ParseGuard(grpc.aio.ServerInterceptor):
-    """Parse every request in the handler, refusing one that does not parse."""
+    """Parse every request in the handler, refusing one that does not parse.
+
+    The guarded handler is built once per method, not per call (it cost a
+    one-event ``Append`` about 20 µs): a service's handlers are the same
+    objects call after call, so the cache holds one entry per served method,
+    and a method nobody serves (no handler) is never cached.
+    """
+
+    def __init__(self) -> None:
+        self._guarded: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
@@ -36,7 +45,13 @@ class ParseGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        return _guarded(handler, handler_call_details.method)
+        method = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guarded(handler, method)
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 def _guarded(handler: Handler, method: str) -> Handler:

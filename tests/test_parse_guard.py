@@ -98,3 +98,35 @@ async def test_the_runners_methods_refuse_an_unparsable_request(
     ):
         refused = await call_raw(channel, method)
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.details()
+
+
+async def test_the_guard_wraps_each_method_once_and_again_when_its_handler_changes() -> None:
+    from tailrunner.parse_guard import ParseGuard
+
+    async def behaviour(request: object, context: object) -> object:
+        return request
+
+    def handler() -> grpc.RpcMethodHandler[bytes, bytes]:
+        return grpc.unary_unary_rpc_method_handler(behaviour, request_deserializer=bytes)
+
+    served = {"/s/A": handler(), "/s/B": handler()}
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    async def continuation(
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        return served.get(details.method)
+
+    guard = ParseGuard()
+    first = await guard.intercept_service(continuation, Details("/s/A"))
+    assert first is not None and first is not served["/s/A"]
+    assert await guard.intercept_service(continuation, Details("/s/A")) is first
+    assert await guard.intercept_service(continuation, Details("/s/B")) is not first
+    assert await guard.intercept_service(continuation, Details("/s/none")) is None
+    served["/s/A"] = handler()  # a service registered anew: its new handler is guarded
+    again = await guard.intercept_service(continuation, Details("/s/A"))
+    assert again is not None and again is not first
