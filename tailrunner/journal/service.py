@@ -422,12 +422,18 @@ def aggregates_response(cursors: Sequence[RawCursor], batches: Sequence[WireBatc
 
 def _length_prefix(length: int) -> bytes:
     """The batches tag and ``length`` as a varint: what precedes one batch's bytes."""
+    if length < 0x80:
+        return _SHORT_PREFIXES[length]
     out = bytearray((_BATCHES_TAG,))
     while length >= 0x80:
         out.append((length & 0x7F) | 0x80)
         length >>= 7
     out.append(length)
     return bytes(out)
+
+
+#: The prefixes of batches under 128 bytes (most one-event batches), made once.
+_SHORT_PREFIXES = tuple(bytes((_BATCHES_TAG, n)) for n in range(0x80))
 
 
 def encode_page_token(last_id: UUID, aggregate_type: str) -> str:
