@@ -1,9 +1,15 @@
 """Group commit: the writes that queue while one commit runs share the next.
 
 Both SQLite stores sync every commit to disk. Under a store's write lock one
-commit syncs at a time; the writes that arrive meanwhile queue here, and the
-caller that takes the lock next (the leader) commits all of them together
-(one transaction, one fsync), in the order they came.
+commit syncs at a time; the writes that arrive meanwhile queue here, and one
+of their callers, the next leader, takes the lock and commits all of them
+together (one transaction, one fsync), in the order they came.
+
+Only a leader waits for the lock. The other callers (followers) each wait for
+their own write: a commit wakes all of its group's followers at once, and the
+leader that ends hands the lead to the caller at the head of the queue. (When
+every caller queued on the lock, a group of N woke one after the other, one
+loop iteration each, and the next group's commit began only after them.)
 
 Each write is *queued*, then *taken* by a leader into its group, then
 *done*: committed (its outcome recorded on it), or dropped, never to be
@@ -57,20 +63,21 @@ class _State(enum.Enum):
 
 
 class _Entry(Generic[T]):
-    __slots__ = ("cancelled", "item", "settled", "state")
+    __slots__ = ("cancelled", "item", "state", "wake")
 
     def __init__(self, item: T) -> None:
         self.item = item
         self.state = _State.QUEUED
         #: Its caller was cancelled while the entry was taken: never re-queue it.
         self.cancelled = False
-        #: Set when a taken entry leaves TAKEN; made only for a caller that waits for it.
-        self.settled: anyio.Event | None = None
+        #: A follower's: set when its write is done, or when it is to lead.
+        self.wake: anyio.Event | None = None
 
     def settle(self, state: _State) -> None:
         self.state = state
-        if self.settled is not None:
-            self.settled.set()
+        # Back in the queue, a follower waits on: the next leader takes it.
+        if state is not _State.QUEUED and self.wake is not None:
+            self.wake.set()
 
 
 class GroupCommit(Generic[T]):
@@ -92,6 +99,9 @@ class GroupCommit(Generic[T]):
         self._commit = commit
         self._check_open = check_open
         self._queue: list[_Entry[T]] = []
+        #: The entry whose caller commits the queue next: it waits for the
+        #: lock, holds it, or was woken to lead. ``None``: the next caller leads.
+        self._leader: _Entry[T] | None = None
 
     @property
     def pending(self) -> int:
@@ -110,26 +120,48 @@ class GroupCommit(Generic[T]):
         """
         entry = _Entry(item)
         self._queue.append(entry)
+        if self._leader is None:
+            self._leader = entry
+        else:
+            entry.wake = anyio.Event()
+            try:
+                await entry.wake.wait()
+            except BaseException:
+                await self._abandon(entry)
+                raise
+            if entry.state is _State.COMMITTED:
+                return
+            # Not done, so woken to lead (a failed group's writes are re-queued).
         try:
             await self._lock.acquire()
         except BaseException:
             await self._abandon(entry)
             raise
         try:
-            if entry.state is _State.QUEUED:
-                await self._lead(entry)
+            await self._lead(entry)
         finally:
             self._lock.release()
+            self._hand_on()
+
+    def _hand_on(self) -> None:
+        """The leader is done: the head of the queue (a follower) leads next."""
+        self._leader = None
+        if self._queue:
+            head = self._leader = self._queue[0]
+            assert head.wake is not None  # queued behind a leader, so a follower
+            head.wake.set()
 
     async def _abandon(self, entry: _Entry[T]) -> None:
         """Settle the entry of a caller that stops waiting (cancelled)."""
         if entry.state is _State.TAKEN:
             entry.cancelled = True
-            entry.settled = anyio.Event()
-            await _run_to_end(entry.settled.wait)
+            assert entry.wake is not None  # a leader's own entry is never taken by another
+            await _run_to_end(entry.wake.wait)
         if entry.state is _State.QUEUED:  # still queued, or re-queued by a failed group
             self._queue.remove(entry)
             entry.state = _State.DROPPED
+            if self._leader is entry:  # it was to lead: the next one does
+                self._hand_on()
 
     async def _lead(self, entry: _Entry[T]) -> None:
         """Commit the queue (with ``entry`` in it) as one group; under the lock."""

@@ -79,6 +79,86 @@ async def test_a_closed_store_refuses_queued_writes() -> None:
         await GroupCommit(anyio.Lock(), commit, closed).submit(1)
 
 
+class _LockUser:
+    """Another user of the lock (as a store's close is): holds it, once it has it, until let go."""
+
+    def __init__(self, lock: anyio.Lock) -> None:
+        self.lock = lock
+        self.holding = anyio.Event()
+        self.let_go = anyio.Event()
+
+    async def run(self) -> None:
+        async with self.lock:
+            self.holding.set()
+            with anyio.fail_after(10):
+                await self.let_go.wait()
+
+
+async def test_a_committed_group_returns_without_waiting_for_the_lock() -> None:
+    # Only a leader takes the lock: the commit wakes its followers, all at once,
+    # instead of each taking the lock in turn to find its write done.
+    lock = anyio.Lock()
+    groups: list[list[int]] = []
+
+    async def commit(group: list[int]) -> None:
+        groups.append(group)
+
+    commits = GroupCommit(lock, commit, _open)
+    leader, first, second = (Caller(partial(commits.submit, n)) for n in (1, 2, 3))
+    other = _LockUser(lock)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await lock.acquire()
+            tg.start_soon(leader.run)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(other.run)  # on the lock right behind the leader
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(first.run)
+            tg.start_soon(second.run)
+            await anyio.wait_all_tasks_blocked()
+            lock.release()
+            await other.holding.wait()
+            await anyio.wait_all_tasks_blocked()
+            assert (leader.ended, first.ended, second.ended) == ("returned",) * 3
+            other.let_go.set()
+
+    assert groups == [[1, 2, 3]]
+    assert commits.pending == 0
+
+
+@pytest.mark.parametrize("how", HOW)
+async def test_a_caller_cancelled_when_its_turn_to_lead_came_hands_the_lead_on(how: str) -> None:
+    lock = anyio.Lock()
+    commit = _SlowCommit()
+    commits = GroupCommit(lock, commit, _open)
+    leader, next_leader, last = (Caller(partial(commits.submit, n)) for n in (1, 2, 3))
+    other = _LockUser(lock)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(leader.run)
+            await commit.started.wait()
+            tg.start_soon(other.run)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(next_leader.run)  # queued during the commit: it leads next
+            tg.start_soon(last.run)
+            await anyio.wait_all_tasks_blocked()
+            commit.gate.set()
+            await other.holding.wait()
+            # The leader is done; the next one waits for the lock, and gives up.
+            await anyio.wait_all_tasks_blocked()
+            assert leader.ended == "returned"
+            next_leader.cancel(how)
+            await anyio.wait_all_tasks_blocked()
+            other.let_go.set()
+
+    assert next_leader.ended is asyncio.CancelledError
+    assert last.ended == "returned"
+    assert commit.committed == [1, 3]
+    assert commits.pending == 0
+
+
 # -- Cancellation: a cancelled write is dropped or completes, never half-known -----
 
 
