@@ -137,6 +137,24 @@ _STATEMENTS = {
         "SELECT type, ARRAY(SELECT wire FROM {events} WHERE aggregate_id = a.id AND id > ?"
         " ORDER BY id LIMIT ?) FROM {aggregates} a WHERE id = ?"
     ),
+    # Many reads in one statement (read_wire_many), given (aggregate ids,
+    # afters, events per read, max events + 1, max bytes): in the order of
+    # the reads, the rows the budget keeps and one more, which tells the
+    # caller where it ran out. Everything on the events is inside the
+    # lateral subquery (index scans by aggregate); the row count's run
+    # condition (PostgreSQL 15) stops the reads once enough events are found.
+    "read_many": _r(
+        "WITH c AS (SELECT * FROM unnest(?::uuid[], ?::bytea[]) WITH ORDINALITY"
+        " AS c (aggregate_id, after, ord)),"
+        " candidates AS (SELECT c.ord, e.id, e.type, e.wire, row_number() OVER w AS n,"
+        " coalesce(sum(octet_length(e.wire)) OVER"
+        " (w ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING), 0) AS before"
+        " FROM c CROSS JOIN LATERAL (SELECT ev.id, a.type, ev.wire"
+        " FROM {aggregates} a JOIN {events} ev ON ev.aggregate_id = a.id"
+        " WHERE a.id = c.aggregate_id AND ev.id > c.after ORDER BY ev.id LIMIT ?) e"
+        " WINDOW w AS (ORDER BY c.ord, e.id))"
+        " SELECT ord, type, wire FROM candidates WHERE n <= ? AND before < ? ORDER BY ord, id"
+    ),
     "head": _r("SELECT head FROM {aggregates} WHERE id = ?"),
     "list_all": _r("SELECT id, type, head, event_count FROM {aggregates} ORDER BY id LIMIT ?"),
     "list_all_after": _r(
@@ -454,36 +472,42 @@ class PostgresJournalStore:
     async def read_wire_many(
         self, reads: Sequence[RawCursor], *, max_events: int, max_bytes: int
     ) -> list[WireBatch]:
-        """Many reads in the stored form, on one connection, in one snapshot.
+        """Many reads in the stored form: one statement, so one snapshot, one round trip.
 
-        One ``REPEATABLE READ`` transaction, so every read sees the snapshot
-        of its first statement; then the statement of :meth:`read_wire` per
-        cursor. One round trip each: each read's limit is what the reads
-        before it left of the budget.
+        The statement applies the budget across the reads: it returns the
+        events the budget keeps and one more (where one read was cut, or
+        the next read's first), and looks at no more than ``max_events + 1``
+        events in all (the run condition of its row count), however many
+        the aggregates have; :class:`ReadBudget` then cuts them as every
+        store does.
         """
-        statement = self._sql["read"]
-
-        async def run(conn: Connection) -> list[WireBatch]:
-            budget = ReadBudget(max_events, max_bytes)
-            batches: list[WireBatch] = []
-            async with conn.transaction():
-                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                for key, after in reads:
-                    limit = budget.left
-                    if not limit:
-                        batches.append(SKIPPED)
-                        continue
-                    cursor = await conn.execute(statement, (after, limit + 1, UUID(bytes=key)))
-                    row = await cursor.fetchone()
-                    if row is None or not row[1]:
-                        batches.append(WireBatch("", [], True))
-                        continue
-                    rows, complete = budget.take([bytes(wire) for wire in row[1]], limit)
-                    batches.append(WireBatch(row[0], rows, complete))
-            return batches
-
-        # Reads may be repeated safely.
-        return await self._with_connection("read_aggregates", run, retry=True)
+        if not reads:
+            return []
+        params = (
+            [UUID(bytes=key) for key, _ in reads],
+            [after for _, after in reads],
+            max_events + 1,
+            max_events + 1,
+            max_bytes,
+        )
+        rows = await self._fetch("read_aggregates", "read_many", params)
+        found: dict[int, tuple[str, list[bytes]]] = {}
+        for index, aggregate_type, wire in rows:
+            entry = found.get(index)
+            if entry is None:
+                entry = found[index] = (aggregate_type, [])
+            entry[1].append(bytes(wire))
+        budget = ReadBudget(max_events, max_bytes)
+        batches: list[WireBatch] = []
+        for index in range(1, len(reads) + 1):
+            limit = budget.left
+            if not limit:
+                batches.append(SKIPPED)
+                continue
+            aggregate_type, wires = found.get(index, ("", []))
+            wires, complete = budget.take(wires, limit)
+            batches.append(WireBatch(aggregate_type, wires, complete))
+        return batches
 
     async def head(self, aggregate_id: UUID) -> ULID | None:
         rows = await self._fetch("head", "head", (aggregate_id,))
