@@ -4,7 +4,9 @@ events after their own cursors in one call, held to what ``Events`` reads."""
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import cast
 from uuid import UUID, uuid4
 
@@ -14,6 +16,7 @@ import pytest
 from ulid import ULID
 
 from tailrunner.errors import InvalidArgument
+from tailrunner.ids import next_ulids
 from tailrunner.journal.api import AggregatesReader, Cursor
 from tailrunner.journal.client import JournalClient
 from tailrunner.journal.hub import Hub
@@ -21,7 +24,9 @@ from tailrunner.journal.local import LocalJournal
 from tailrunner.journal.memory import MemoryJournalStore
 from tailrunner.journal.server import JournalServer
 from tailrunner.journal.service import MAX_READS, read_many
-from tailrunner.journal.store import JournalStore, WireManyReader
+from tailrunner.journal.sqlite import SQLiteJournalStore, _read_wire_many
+from tailrunner.journal.store import JournalStore, RawCursor, WireBatch, WireManyReader
+from tailrunner.journal.wire_format import encode_event
 from tailrunner.model import AggregateRef, Event, EventBatch, NewEvent
 from tailrunner.proto.v1 import journal_pb2, journal_pb2_grpc
 
@@ -279,3 +284,88 @@ async def test_a_store_without_many_reads_is_read_cursor_by_cursor() -> None:
     reads_only.reads = 0
     await read_many(plain, cursors, max_events=2)
     assert reads_only.reads == 1
+
+
+class _Recorded:
+    """A many-reader that records what it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, int]] = []
+
+    async def read_wire_many(
+        self, reads: Sequence[RawCursor], *, max_events: int, max_bytes: int
+    ) -> list[WireBatch]:
+        self.asked.append((max_events, max_bytes))
+        return [WireBatch("", [], True) for _ in reads]
+
+
+async def test_max_events_zero_is_the_default_and_big_ones_are_capped() -> None:
+    recorded = _Recorded()
+    store = cast(JournalStore, recorded)
+    cursors = [(uuid4().bytes, b"")]
+
+    for max_events in (0, 1, 10_000, 10_001, 2**32 - 1):
+        await read_many(store, cursors, max_events=max_events)
+
+    assert [events for events, _ in recorded.asked] == [1000, 1, 10_000, 10_000, 10_000]
+    assert {size for _, size in recorded.asked} == {256 * KiB}
+    # No reads, no store call.
+    assert await read_many(store, [], max_events=0) == []
+    assert len(recorded.asked) == 5
+
+
+class _CommitsBetweenReads:
+    """A SQLite connection on which another connection commits after the first read."""
+
+    def __init__(self, conn: sqlite3.Connection, commit: Callable[[], None]) -> None:
+        self._conn = conn
+        self._commit = commit
+        self.reads = 0
+
+    def execute(self, statement: str, params: Sequence[object] = ()) -> sqlite3.Cursor:
+        cursor = self._conn.execute(statement, params)
+        if statement.startswith("SELECT"):
+            self.reads += 1
+            if self.reads == 1:
+                self._commit()
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+
+async def test_sqlite_reads_all_cursors_in_one_snapshot(tmp_path: Path) -> None:
+    store = await SQLiteJournalStore.open(tmp_path / "journal.db")
+    try:
+        first, second = AggregateRef(type="t", id=uuid4()), AggregateRef(type="t", id=uuid4())
+        for ref in (first, second):
+            await store.append(ref, [NewEvent(type="e")], expected_tail=None)
+        head = await store.head(second.id)
+        assert head is not None
+        later = next_ulids(head, 1)[0].bytes
+        writer = sqlite3.connect(store.path, isolation_level=None)
+        reader = sqlite3.connect(store.path, isolation_level=None)
+        try:
+
+            def commit() -> None:
+                # An append to the second aggregate lands after the first read began.
+                writer.execute(
+                    "INSERT INTO events (aggregate_id, id, wire) VALUES (?, ?, ?)",
+                    (second.id.bytes, later, encode_event(later, head.bytes, "late", b"", None)),
+                )
+
+            conn = _CommitsBetweenReads(reader, commit)
+            reads = [(first.id.bytes, b""), (second.id.bytes, b"")]
+            batches = _read_wire_many(
+                cast(sqlite3.Connection, conn), reads, ["t", "t"], 100, 256 * KiB
+            )
+            assert conn.reads == 2
+            assert [len(batch.rows) for batch in batches] == [1, 1]  # not the late one
+            again = _read_wire_many(reader, reads, ["t", "t"], 100, 256 * KiB)
+            assert [len(batch.rows) for batch in again] == [1, 2]
+        finally:
+            writer.close()
+            reader.close()
+    finally:
+        await store.aclose()
