@@ -47,20 +47,26 @@ class ActivityContext:
     attempt: int
     journal: JournalApi
     settings: Any = None
-    log: FilteringBoundLogger = field(init=False, repr=False)
+    _logger: FilteringBoundLogger | None = field(default=None, init=False, repr=False)
     _checkpoint: Checkpoint = field(default=_no_checkpoint, repr=False)
     _transaction: Transaction = field(default=_no_transaction, repr=False)
     _tail: ULID | None = field(default=None, repr=False)
     #: The run's stream when the engine tracks progress from it (auto checkpoints).
     _stream: EventStream | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        self.log = structlog.get_logger("tailrunner.activity").bind(
-            activity=self.activity,
-            aggregate_type=self.aggregate.type,
-            aggregate_id=str(self.aggregate.id),
-            engine=self.engine,
-        )
+    @property
+    def log(self) -> FilteringBoundLogger:
+        # Bound on first use: most runs never log, and binding took about a
+        # tenth of a short run.
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = structlog.get_logger("tailrunner.activity").bind(
+                activity=self.activity,
+                aggregate_type=self.aggregate.type,
+                aggregate_id=str(self.aggregate.id),
+                engine=self.engine,
+            )
+        return logger
 
     @property
     def tail(self) -> ULID | None:
