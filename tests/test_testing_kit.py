@@ -315,3 +315,22 @@ async def test_the_loopback_journal_serves_operations_as_journal_serve_does() ->
         created = await Operations(journal.client).create()
         async with OperationsClient.connect(journal.address) as client:
             assert (await client.get(created.name)).name == created.name
+
+
+def test_an_activity_context_logs_bound_to_its_activity_and_aggregate() -> None:
+    from structlog.testing import capture_logs
+
+    from tailrunner.model import AggregateRef
+    from tailrunner.testing import activity_context
+
+    aggregate = AggregateRef(type="order", id=uuid.uuid4())
+    ctx = activity_context("shipper", aggregate=aggregate, engine="cron")
+    with capture_logs() as lines:
+        ctx.log.info("shipped", parcel=3)
+        ctx.log.warning("late")
+    assert [(line["event"], line["activity"], line["aggregate_id"]) for line in lines] == [
+        ("shipped", "shipper", str(aggregate.id)),
+        ("late", "shipper", str(aggregate.id)),
+    ]
+    assert lines[0]["aggregate_type"] == "order" and lines[0]["engine"] == "cron"
+    assert lines[0]["parcel"] == 3
