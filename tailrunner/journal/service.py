@@ -39,7 +39,7 @@ from tailrunner.journal.store import (
     check_request_id,
 )
 from tailrunner.journal.wire_format import encode_event, event_id, events_messages
-from tailrunner.model import AggregateRef, NewEvent, SignalBatch
+from tailrunner.model import AggregateRef, Event, NewEvent, SignalBatch
 from tailrunner.proto.v1 import journal_pb2
 from tailrunner.rpc_errors import abort
 
@@ -205,12 +205,7 @@ class JournalService:
                 aggregate_id, after=ULID(after) if after else None, limit=limit + 1
             )
             aggregate_type = events[0].aggregate_type if events else ""
-            rows = [
-                encode_event(
-                    e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
-                )
-                for e in events
-            ]
+            rows = _stored_forms(events)
         more = len(rows) > limit
         if more:
             rows = rows[:limit]
@@ -389,12 +384,7 @@ async def read_many(
                 aggregate_id, after=ULID(after) if after else None, limit=left + 1
             )
             aggregate_type = events[0].aggregate_type if events else ""
-            rows = [
-                encode_event(
-                    e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
-                )
-                for e in events
-            ]
+            rows = _stored_forms(events)
         rows, complete = budget.take(rows, left)
         batches.append(WireBatch(aggregate_type, rows, complete))
     return batches
@@ -418,6 +408,14 @@ def aggregates_response(cursors: Sequence[RawCursor], batches: Sequence[WireBatc
         append(_length_prefix(len(message)))
         append(message)
     return b"".join(parts)
+
+
+def _stored_forms(events: Sequence[Event]) -> list[bytes]:
+    """Events of a store that keeps no wire form, as a wire-form store keeps them."""
+    return [
+        encode_event(e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None)
+        for e in events
+    ]
 
 
 def _length_prefix(length: int) -> bytes:
