@@ -141,18 +141,20 @@ _STATEMENTS = {
     # afters, events per read, max events + 1, max bytes): in the order of
     # the reads, the rows the budget keeps and one more, which tells the
     # caller where it ran out. Everything on the events is inside the
-    # lateral subquery (index scans by aggregate); the row count's run
-    # condition (PostgreSQL 15) stops the reads once enough events are found.
+    # lateral subquery (index scans by aggregate). One window: ``before`` is
+    # the bytes of the events up to the one before the previous (so the
+    # event after the line still comes), and row_number ignores the frame;
+    # as the only window its run condition (PostgreSQL 15) stops the scan
+    # once enough events are found (two windows would scan every read).
     "read_many": _r(
         "WITH c AS (SELECT * FROM unnest(?::uuid[], ?::bytea[]) WITH ORDINALITY"
         " AS c (aggregate_id, after, ord)),"
         " candidates AS (SELECT c.ord, e.id, e.type, e.wire, row_number() OVER w AS n,"
-        " coalesce(sum(octet_length(e.wire)) OVER"
-        " (w ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING), 0) AS before"
+        " coalesce(sum(octet_length(e.wire)) OVER w, 0) AS before"
         " FROM c CROSS JOIN LATERAL (SELECT ev.id, a.type, ev.wire"
         " FROM {aggregates} a JOIN {events} ev ON ev.aggregate_id = a.id"
         " WHERE a.id = c.aggregate_id AND ev.id > c.after ORDER BY ev.id LIMIT ?) e"
-        " WINDOW w AS (ORDER BY c.ord, e.id))"
+        " WINDOW w AS (ORDER BY c.ord, e.id ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING))"
         " SELECT ord, type, wire FROM candidates WHERE n <= ? AND before < ? ORDER BY ord, id"
     ),
     "head": _r("SELECT head FROM {aggregates} WHERE id = ?"),
