@@ -478,10 +478,10 @@ class PostgresJournalStore:
 
         The statement applies the budget across the reads: it returns the
         events the budget keeps and one more (where one read was cut, or
-        the next read's first), and looks at no more than ``max_events + 1``
-        events in all (the run condition of its row count), however many
-        the aggregates have; :class:`ReadBudget` then cuts them as every
-        store does.
+        the next read's first), and stops scanning soon after ``max_events
+        + 1`` events (the run condition of its row count; the sort before
+        it takes a few reads at a time), however many the aggregates have;
+        :class:`ReadBudget` then cuts them as every store does.
         """
         if not reads:
             return []
