@@ -131,6 +131,10 @@ class Signal:
     aggregate_type: str
     aggregate_id: UUID
     head: ULID | None
+    #: The newest events up to ``head`` when the journal sent them along
+    #: (``Signal.events`` in journal.proto): contiguous, ending at ``head``,
+    #: the first one's parent the head before them. ``None``: read them.
+    events: EventBatch | None = None
 
     @property
     def aggregate(self) -> AggregateRef:

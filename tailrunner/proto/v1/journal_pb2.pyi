@@ -428,20 +428,34 @@ class Signal(_message.Message):
     AGGREGATE_TYPE_FIELD_NUMBER: _builtins.int
     AGGREGATE_ID_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     aggregate_type: _builtins.str
     aggregate_id: _builtins.bytes
     head: _builtins.bytes
     """The aggregate's newest event id when the signal was sent."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The newest events up to head, oldest first, when the server had them at
+        hand and they were small (at most 64 events and 16 KiB in all): each
+        event's parent is the event before it, the last one is head, and the
+        first one's parent is the aggregate's head before them. A reader whose
+        tail is that parent has every event up to head without reading them.
+        Empty: read them (Events, ReadAggregates). A server may always leave
+        them out (signals that came from another journal server of a cluster
+        do, and so do signals coalesced for a reader that fell behind).
+        """
+
     def __init__(
         self,
         *,
         aggregate_type: _builtins.str = ...,
         aggregate_id: _builtins.bytes = ...,
         head: _builtins.bytes = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "head", b"head"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_type", b"aggregate_type", "events", b"events", "head", b"head"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
