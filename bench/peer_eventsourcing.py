@@ -24,10 +24,20 @@ runs a counting activity that reads each aggregate's new events and
 returns ``EOF``; the tail is stored once per run. Both are at-least-once
 readers that keep their position durably; eventsourcing's follower records
 it per event (exactly-once with its own writes), tailrunner's per run.
+
+The concurrent row: the same events from 16 writers at once, writer ``w``
+sending the events ``n`` with ``n % 16 == w`` (so each on its own
+aggregates, as the aggregates are a multiple of 16). eventsourcing: its
+``MultiThreadedRunner`` (the follower in a thread of its own, prompted by
+each save) and 16 writer threads on the one ``Source`` application;
+tailrunner: the same embedded journal and lazy runner, with 16 writer tasks
+appending through one client. The figure ends when the follower has counted
+the last event (eventsourcing's is polled every millisecond).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter as Tally
@@ -38,10 +48,15 @@ import anyio
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.dispatch import singledispatchmethod
 from eventsourcing.domain import Aggregate, DomainEventProtocol, event
-from eventsourcing.system import ProcessApplication, SingleThreadedRunner, System
+from eventsourcing.system import (
+    MultiThreadedRunner,
+    ProcessApplication,
+    SingleThreadedRunner,
+    System,
+)
 from ulid import ULID
 
-from bench.common import Figure, run_module, temp_dir
+from bench.common import Figure, Goal, run_module, temp_dir
 from tailrunner.activities import EOF, ActivityContext, EventStream, Outcome, activity
 from tailrunner.engines.factory import EngineOptions
 from tailrunner.journal.client import JournalClient
@@ -55,6 +70,8 @@ DETAIL = "x" * 32
 #: Seconds the follower may take after the last append. Generous: a lost
 #: signal leaves an aggregate to the lazy engine's backstop (5 minutes).
 DRAIN_LIMIT = 900.0
+#: Writers at once in the concurrent row (threads for eventsourcing, tasks for tailrunner).
+WRITERS = 16
 
 
 def payload(n: int) -> bytes:
@@ -96,26 +113,50 @@ class Counter(ProcessApplication[UUID]):
         self.seen[domain_event.originator_id] += 1
 
 
-def run_eventsourcing(folder: str, aggregates: int, events: int) -> float:
-    """Events/s of the eventsourcing system, end to end."""
+def run_eventsourcing(folder: str, aggregates: int, events: int, writers: int = 1) -> float:
+    """Events/s of the eventsourcing system, end to end.
+
+    One writer: ``SingleThreadedRunner``, which processes each save before it
+    returns. More: ``MultiThreadedRunner`` and ``writers`` threads, each on
+    its own aggregates (``aggregates`` a multiple of ``writers``).
+    """
+    assert aggregates % writers == 0, "each writer on its own aggregates"
     env = {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SOURCE_SQLITE_DBNAME": f"{folder}/source.db",
         "COUNTER_SQLITE_DBNAME": f"{folder}/counter.db",
     }
-    runner: SingleThreadedRunner[UUID] = SingleThreadedRunner(System([[Source, Counter]]), env=env)
+    system = System([[Source, Counter]])
+    runner: SingleThreadedRunner[UUID] | MultiThreadedRunner[UUID] = (
+        SingleThreadedRunner(system, env=env)
+        if writers == 1
+        else MultiThreadedRunner(system, env=env)
+    )
     runner.start()
     try:
         source = runner.get(Source)
         counter = runner.get(Counter)
         things = [Thing() for _ in range(aggregates)]
         source.save(*things)
+        _wait_until_followed(runner, source, counter)
+
+        def write(first: int) -> None:
+            for n in range(first, events, writers):
+                thing = things[n % aggregates]
+                thing.happen(n=n, detail=DETAIL)
+                source.save(thing)
+
         start = time.perf_counter()
-        for n in range(events):
-            thing = things[n % aggregates]
-            thing.happen(n=n, detail=DETAIL)
-            source.save(thing)
-        # The single-threaded runner processes each save before it returns.
+        if writers == 1:
+            # The single-threaded runner processes each save before it returns.
+            write(0)
+        else:
+            threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            _wait_until_followed(runner, source, counter)
         elapsed = time.perf_counter() - start
         total = sum(counter.seen.values())
         assert total == events, f"the follower counted {total} events, not {events}"
@@ -124,11 +165,30 @@ def run_eventsourcing(folder: str, aggregates: int, events: int) -> float:
     return events / elapsed
 
 
+def _wait_until_followed(
+    runner: SingleThreadedRunner[UUID] | MultiThreadedRunner[UUID], source: Source, counter: Counter
+) -> None:
+    """Until the follower has processed every notification of ``source``."""
+    deadline = time.monotonic() + DRAIN_LIMIT
+    head = source.recorder.max_notification_id()
+    while (counter.recorder.max_tracking_id(source.name) or 0) < (head or 0):
+        if isinstance(runner, MultiThreadedRunner) and runner.has_errored.is_set():
+            raise RuntimeError("the eventsourcing follower failed")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the eventsourcing follower did not catch up")
+        time.sleep(0.001)
+
+
 # -- tailrunner -----------------------------------------------------------------
 
 
-async def run_tailrunner(folder: str, aggregates: int, events: int) -> float:
-    """Events/s of a journal and a lazy runner in this process, end to end."""
+async def run_tailrunner(folder: str, aggregates: int, events: int, writers: int = 1) -> float:
+    """Events/s of a journal and a lazy runner in this process, end to end.
+
+    ``writers`` tasks append at once through the one client, each on its own
+    aggregates (``aggregates`` a multiple of ``writers``).
+    """
+    assert aggregates % writers == 0, "each writer on its own aggregates"
     seen = 0
     target = aggregates  # the "created" events first
     reached = anyio.Event()
@@ -158,16 +218,22 @@ async def run_tailrunner(folder: str, aggregates: int, events: int) -> float:
             activities=[count],
             options=EngineOptions(kind="lazy", discovery_interval=3600),
         )
+
+        async def write(first: int) -> None:
+            for n in range(first, events, writers):
+                await client.append(
+                    things[n % aggregates], [NewEvent(type="happened", data=payload(n))]
+                )
+
         async with anyio.create_task_group() as tg:
             await tg.start(runner.run)
             with anyio.fail_after(60):
                 await reached.wait()
             seen, target, reached = 0, events, anyio.Event()
             start = time.perf_counter()
-            for n in range(events):
-                await client.append(
-                    things[n % aggregates], [NewEvent(type="happened", data=payload(n))]
-                )
+            async with anyio.create_task_group() as writing:
+                for w in range(writers):
+                    writing.start_soon(write, w)
             with anyio.fail_after(DRAIN_LIMIT):
                 await reached.wait()
             elapsed = time.perf_counter() - start
@@ -183,7 +249,7 @@ async def measure(quick: bool) -> list[Figure]:
     async with temp_dir("peer-es") as es_dir, temp_dir("peer-tr") as tr_dir:
         theirs = await anyio.to_thread.run_sync(run_eventsourcing, str(es_dir), aggregates, events)
         ours = await run_tailrunner(str(tr_dir), aggregates, events)
-    return [
+    figures = [
         Figure(
             name="peer: events processed end to end",
             unit="events/s",
@@ -195,6 +261,30 @@ async def measure(quick: bool) -> list[Figure]:
             " SQLite FULL on both sides, one process each",
         )
     ]
+    # Concurrent writers: the aggregates a multiple of the writers, each writer its own.
+    events = 800 if quick else 20_000
+    aggregates = WRITERS * (1 if quick else 7)
+    async with temp_dir("peer-es") as es_dir, temp_dir("peer-tr") as tr_dir:
+        theirs = await anyio.to_thread.run_sync(
+            run_eventsourcing, str(es_dir), aggregates, events, WRITERS
+        )
+        ours = await run_tailrunner(str(tr_dir), aggregates, events, WRITERS)
+    figures.append(
+        Figure(
+            name=f"peer: events processed end to end, {WRITERS} writers",
+            unit="events/s",
+            tailrunner=ours,
+            baseline=theirs,
+            baseline_name=f"eventsourcing System (Source -> Counter), MultiThreadedRunner,"
+            f" {WRITERS} writer threads",
+            higher_is_better=True,
+            goal=Goal(on="ratio", op=">=", limit=10),
+            note=f"{events:,} events over {aggregates} aggregates, one per command, {WRITERS}"
+            f" writers at once each on its own aggregates (tailrunner: {WRITERS} tasks on one"
+            " client), SQLite FULL on both sides, one process each",
+        )
+    )
+    return figures
 
 
 if __name__ == "__main__":
