@@ -133,8 +133,11 @@ class Engine:
         #: Runs that read to the end find their events read for many tasks
         #: at once, when the journal can (see tailrunner.engines.read_ahead).
         self._read_ahead = (
-            ReadAhead(journal, batch=options.read_ahead)
-            if not self.watch and options.read_ahead and isinstance(journal, AggregatesReader)
+            ReadAhead(
+                journal if isinstance(journal, AggregatesReader) else None,
+                batch=options.read_ahead,
+            )
+            if not self.watch and options.read_ahead
             else None
         )
         self._tails = tails

@@ -125,10 +125,19 @@ class LazyEngine(Engine):
             if self._on_unknown is not None:
                 await self._on_unknown(signal.aggregate)
             return
+        events = signal.events
         for task in tasks:
             if task.state is TaskState.SLEEPING and task.at(signal.head):
                 continue  # already handled up to this head
             self._make_ready(task)
+            if (
+                events is not None
+                and self._read_ahead is not None
+                and task.state is TaskState.PENDING
+                and not task.busy
+            ):
+                # The signal brought the new events: the run need not read them.
+                self._read_ahead.give(task, events)
 
     def _after_eof(
         self, task: Task, result: RunResult, now: float

@@ -5,7 +5,9 @@ many aggregates in one call (:class:`~tailrunner.journal.api.AggregatesReader`,
 ``ReadAggregates``), the engine reads for the runs it starts, and for the
 next ready tasks, in one call instead of one ``Events`` stream per run: a
 first run of very many aggregates, or a cron tick over caught-up tasks,
-costs one round trip per few hundred tasks instead of one per task.
+costs one round trip per few hundred tasks instead of one per task. A
+signal that brings the new events along (``Signal.events``) is a read-ahead
+too (:meth:`ReadAhead.give`): the woken run reads nothing.
 
 Why it stays exact: a read-ahead batch holds the events after a task's tail
 as of the read. A run uses it only if it starts from that very tail (a
@@ -59,11 +61,13 @@ class _Read:
 class ReadAhead:
     """Plans reads for tasks about to run and hands each run its batch.
 
+    :param reader: the journal's many-read; ``None``: only what signals bring
+        (:meth:`give`) is read ahead.
     :param batch: tasks per call; the planned reads hold at most four times
         that many tasks that have not run yet.
     """
 
-    def __init__(self, reader: AggregatesReader, *, batch: int = DEFAULT_READ_AHEAD) -> None:
+    def __init__(self, reader: AggregatesReader | None, *, batch: int = DEFAULT_READ_AHEAD) -> None:
         if batch < 1:
             raise ValueError(f"read_ahead {batch}: must be at least 1")
         self._reader = reader
@@ -90,7 +94,7 @@ class ReadAhead:
         """
         planned = self._planned
         needed = [task for task in started if task not in planned]
-        if not needed:
+        if not needed or self._reader is None:
             return
         if len(planned) >= self._limit:
             self._drop_stale()
@@ -107,6 +111,22 @@ class ReadAhead:
                     want -= 1
         for start in range(0, len(needed), self._batch):
             self._call(needed[start : start + self._batch])
+
+    def give(self, task: Task, batch: EventBatch) -> bool:
+        """Plan ``batch``, the events a signal brought along, for ``task``'s next run.
+
+        Only when they follow on from its tail (the first one's parent is its
+        tail): then they are every event up to the signalled head. Whether
+        they were planned.
+        """
+        first = next(iter(batch.iter_events()), None)
+        if first is None or first.parent != task.tail:
+            return False
+        read = _Read()
+        read.batches[task] = batch
+        read.finish()
+        self._planned[task] = (read, task.tail_bytes)
+        return True
 
     async def take(self, task: Task) -> EventBatch | None:
         """The batch read ahead for this run of ``task``, or ``None``: read for yourself."""
@@ -128,15 +148,20 @@ class ReadAhead:
         for task in tasks:
             self._planned[task] = (read, task.tail_bytes)
             cursors.append((UUID(int=task.aggregate_key), task.tail))
-        call = asyncio.get_running_loop().create_task(self._read(read, tasks, cursors))
+        assert self._reader is not None
+        call = asyncio.get_running_loop().create_task(
+            self._read(self._reader, read, tasks, cursors)
+        )
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
         # Also when the call is cancelled before it began: takers must not hang.
         call.add_done_callback(read.finish)
 
-    async def _read(self, read: _Read, tasks: list[Task], cursors: list[Cursor]) -> None:
+    async def _read(
+        self, reader: AggregatesReader, read: _Read, tasks: list[Task], cursors: list[Cursor]
+    ) -> None:
         try:
-            batches = await self._reader.read_aggregates(cursors)
+            batches = await reader.read_aggregates(cursors)
             read.batches = dict(zip(tasks, batches, strict=True))
         except Exception as exc:
             # Each run then reads for itself, and meets the journal's error there.

@@ -8,8 +8,9 @@ Nothing here reads the wall clock to decide anything or waits in real time:
   right now, so a test can let it run to idleness counting loop steps.
 - :class:`FakeJournal` is an in-memory :class:`~tailrunner.journal.api.JournalApi`:
   events per aggregate, ``events`` with ``will_block`` on the batch that
-  catches up (and, with ``watch``, blocking for new events), and ``signals``
-  (a ``resync`` batch first, then one signal per append).
+  catches up (and, with ``watch``, blocking for new events), ``signals``
+  (a ``resync`` batch first, then one signal per append, bringing the
+  appended events along when there are at most two) and ``read_aggregates``.
 - :class:`SlowTailStore` wraps a :class:`~tailrunner.tails.memory.MemoryTailStore`
   so that a save takes time: it waits for the test to release it, or for
   some virtual time to pass.
@@ -172,7 +173,16 @@ class FakeJournal:
         if stored.changed is not None:
             stored.changed.set()
             stored.changed = None
-        signal = Signal(aggregate_type=aggregate.type, aggregate_id=aggregate.id, head=ids[-1])
+        # Small appends bring their events along, as the journal's signals do
+        # (Signal.events); bigger ones do not: the lazy engine meets both.
+        fresh = (
+            EventBatch(events=tuple(stored.events[-len(ids) :]), will_block=True)
+            if len(ids) <= 2
+            else None
+        )
+        signal = Signal(
+            aggregate_type=aggregate.type, aggregate_id=aggregate.id, head=ids[-1], events=fresh
+        )
         for types, send in self._subscribers:
             if not types or aggregate.type in types:
                 send.send_nowait(signal)

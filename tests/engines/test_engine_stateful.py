@@ -28,7 +28,9 @@ is runnable, and only the ``advance_time`` and ``quiesce`` rules move its
 clock. What must hold, checked after every step unless it says so:
 
 1. **Never two runs of one task at once** (:class:`TwoRunsAtOnce`): a run is
-   the activity's execution, from its call to its return or raise.
+   the activity's execution, from its call to its return or raise. And a
+   run's stream hands out the aggregate's events after its start tail, in
+   order, skipping and repeating none (:class:`StreamSkipped`).
 2. **A signal during a run leads to another run that sees it**
    (:class:`SignalLost`; liveness, so checked at quiescence): an append while
    the task runs is handed out by that run's stream or a later run's, or a
@@ -170,6 +172,10 @@ class InvariantViolated(AssertionError):
 
 
 class TwoRunsAtOnce(InvariantViolated):
+    pass
+
+
+class StreamSkipped(InvariantViolated):
     pass
 
 
@@ -918,7 +924,17 @@ class EngineMachine(RuleBasedStateMachine):
             return
         finally:
             run.reading = False
+        ids = self.journal.event_ids(run.key)
         for event in batch.events:
+            # The next of the aggregate's events after what this run was handed
+            # (or its start tail): a stream skips none and repeats none.
+            position = run.position
+            expected = ids[0 if position is None else ids.index(position) + 1]
+            if event.id != expected:
+                raise StreamSkipped(
+                    f"run {run.number} of {run.key} was handed {event.id} after"
+                    f" {position}; the journal's next event is {expected}"
+                )
             run.handed.append(event.id)
             self._discharge(run.key, event.id)
         run.caught_up = batch.will_block

@@ -228,3 +228,48 @@ async def test_a_wake_up_drops_the_read_ahead_of_a_task_that_has_not_run() -> No
     task.tail = None
     assert await read_ahead.take(task) is None  # read after another tail: not used
     await read_ahead.aclose()
+
+
+async def test_a_signal_that_brings_the_events_along_wakes_a_run_that_reads_nothing() -> None:
+    journal = CountingJournal(read_budget=1000)
+    (ref,) = await _aggregates(journal, 1, 1)
+    seen = Seen()
+    engine = _engine("lazy", journal, seen)
+    task = engine.start_activity(ref, engine.activities["record"], None)
+    async with anyio.create_task_group() as tg:
+        await tg.start(engine.run)
+        await seen.wait_for(lambda: len(seen.events.get(ref.id, [])) == 1)
+        await seen.wait_for(lambda: task.state is TaskState.SLEEPING)
+        calls, streams = len(journal.read_calls), journal.streams
+        # Two appends of at most two events: FakeJournal's signals bring them along.
+        for _ in range(2):
+            await journal.append(ref, [NewEvent(type="e", data=b"{}")] * 2)
+            await seen.wait_for(
+                lambda: (
+                    seen.events[ref.id] == journal.event_ids(ref.id)
+                    and task.state is TaskState.SLEEPING
+                )
+            )
+        assert (len(journal.read_calls), journal.streams) == (calls, streams)
+        # Three events are more than a signal brings: the run reads them.
+        await journal.append(ref, [NewEvent(type="e", data=b"{}")] * 3)
+        await seen.wait_for(lambda: seen.events[ref.id] == journal.event_ids(ref.id))
+        assert len(journal.read_calls) + journal.streams > calls + streams
+        tg.cancel_scope.cancel()
+
+
+async def test_signalled_events_are_planned_only_when_they_follow_on_from_the_tail() -> None:
+    journal = FakeJournal()
+    (ref,) = await _aggregates(journal, 1, 3)
+    first, second, third = (e for e in journal._aggregates[ref.id].events)
+    seen = Seen()
+    engine = _engine("lazy", journal, seen)
+    task = engine.start_activity(ref, engine.activities["record"], first.id)
+    read_ahead = ReadAhead(None)
+    assert not read_ahead.give(task, EventBatch(events=(third,), will_block=True))  # a gap
+    assert not read_ahead.give(task, EventBatch(events=(), will_block=True))
+    assert read_ahead.give(task, EventBatch(events=(second, third), will_block=True))
+    batch = await read_ahead.take(task)
+    assert batch is not None and [e.id for e in batch.events] == [second.id, third.id]
+    read_ahead.plan([task], iter(()))  # no reader: nothing is read ahead
+    assert read_ahead.planned == 0
