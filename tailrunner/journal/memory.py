@@ -19,6 +19,7 @@ from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     SKIPPED,
     AppendListener,
+    FreshEvents,
     RawCursor,
     ReadBudget,
     ResyncListener,
@@ -116,7 +117,11 @@ class MemoryJournalStore:
             state.requests[request_id] = result
             if len(state.requests) > self._request_ids_kept:
                 state.requests.popitem(last=False)
-        self._listeners.notify(aggregate, ids[-1])
+        fresh = None
+        if self._listeners.wants_fresh_events:
+            # The stored form a wire-form store would serve (see read_wire_many).
+            fresh = FreshEvents(ulid_to_bytes(head), [_stored_form(e) for e in built])
+        self._listeners.notify(aggregate, ids[-1], fresh)
         return result
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
@@ -151,13 +156,7 @@ class MemoryJournalStore:
                 continue
             start = bisect.bisect_right(state.keys, after) if after else 0
             rows, complete = budget.take(
-                [
-                    encode_event(
-                        e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None
-                    )
-                    for e in state.events[start : start + limit + 1]
-                ],
-                limit,
+                [_stored_form(e) for e in state.events[start : start + limit + 1]], limit
             )
             batches.append(WireBatch(state.type if rows else "", rows, complete))
         return batches
@@ -197,3 +196,10 @@ class MemoryJournalStore:
 
     async def aclose(self) -> None:
         self._closed = True
+
+
+def _stored_form(event: Event) -> bytes:
+    """``event`` as a store that keeps the wire form keeps it."""
+    return encode_event(
+        event.id.bytes, ulid_to_bytes(event.parent), event.type, event.data, event.metadata or None
+    )

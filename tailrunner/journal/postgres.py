@@ -59,6 +59,7 @@ from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     SKIPPED,
     AppendListener,
+    FreshEvents,
     RawCursor,
     ReadBudget,
     ResyncListener,
@@ -365,16 +366,16 @@ class PostgresJournalStore:
         self._check_open()
         wires = [(new.type, bytes(new.data), new.metadata) for new in events]
 
-        async def transaction(conn: Connection) -> tuple[list[ULID], bool]:
+        async def transaction(conn: Connection) -> tuple[list[ULID], FreshEvents | None]:
             async with conn.transaction():
                 return await self._append_rows(
                     conn, aggregate, wires, expected_tail, request_id, expect_new=expect_new
                 )
 
         with anyio.CancelScope(shield=True):
-            ids, repeated = await self._with_connection("append", transaction, retry=False)
-            if not repeated:
-                self._listeners.notify(aggregate, ids[-1])
+            ids, fresh = await self._with_connection("append", transaction, retry=False)
+            if fresh is not None:  # else a repeat: nothing was appended
+                self._listeners.notify(aggregate, ids[-1], fresh)
         await anyio.lowlevel.checkpoint_if_cancelled()
         return AppendResult(tail=ids[-1], event_ids=tuple(ids))
 
@@ -387,8 +388,9 @@ class PostgresJournalStore:
         request_id: str | None,
         *,
         expect_new: bool,
-    ) -> tuple[list[ULID], bool]:
-        """The append's statements, in its transaction: the ids, and whether it was a repeat."""
+    ) -> tuple[list[ULID], FreshEvents | None]:
+        """The append's statements, in its transaction: the ids, and the rows it inserted
+        (``None``: a repeat, nothing inserted)."""
         q = self._sql
         key = aggregate.id
         inserted = False
@@ -424,7 +426,7 @@ class PostgresJournalStore:
                     blob = bytes(recorded[0])
                     return [
                         ULID.from_bytes(blob[i : i + 16]) for i in range(0, len(blob), 16)
-                    ], True
+                    ], None
             _check_tail(expected_tail, head, expect_new=expect_new)
             ids = next_ulids(head, len(events))
         raw = [i.bytes for i in ids]
@@ -448,7 +450,7 @@ class PostgresJournalStore:
                 self._notify_sql,
                 (self._channel, payload(self._instance, aggregate, ids[-1])),
             )
-        return ids, False
+        return ids, FreshEvents(parents[0] or b"", wires)
 
     async def read(self, aggregate_id: UUID, *, after: ULID | None, limit: int) -> list[Event]:
         aggregate_type, rows = await self.read_wire(

@@ -44,6 +44,7 @@ from tailrunner.journal.store import (
     DEFAULT_REQUEST_IDS_KEPT,
     SKIPPED,
     AppendListener,
+    FreshEvents,
     RawCursor,
     ReadBudget,
     ResyncListener,
@@ -281,12 +282,13 @@ class SQLiteJournalStore:
             if request.error is None and not request.repeated:
                 aggregate = request.aggregate
                 self._remember_type(aggregate.id.bytes, aggregate.type)
-                self._listeners.notify(aggregate, request.ids[-1])
+                self._listeners.notify(aggregate, request.ids[-1], request.fresh)
 
     async def _commit_appends(self, group: list[_Append]) -> None:
         for request in group:
             request.error = None  # a failed group's retry starts afresh
             request.repeated = False
+            request.fresh = None
         await anyio.to_thread.run_sync(_append_group, self._writer, group, self._request_ids_kept)
 
     def _failed(self, request: _Append, exc: sqlite3.Error) -> None:
@@ -572,6 +574,7 @@ class _Append:
         "events",
         "expect_new",
         "expected_tail",
+        "fresh",
         "ids",
         "repeated",
         "request_id",
@@ -595,6 +598,8 @@ class _Append:
         #: The request id was known: ``ids`` are the first append's, nothing was appended.
         self.repeated = False
         self.error: Exception | None = None
+        #: The committed rows and the head before them, for the listeners.
+        self.fresh: FreshEvents | None = None
 
 
 def _append_group(
@@ -654,13 +659,11 @@ def _append_rows(conn: sqlite3.Connection, request: _Append, request_ids_kept: i
     ids = next_ulids(head, len(events))
     raw = [i.bytes for i in ids]
     parents = [None if head is None else head.bytes, *raw[:-1]]
-    conn.executemany(
-        _INSERT_EVENT,
-        [
-            (key, id_, encode_event(id_, parent, new.type, new.data, new.metadata))
-            for id_, parent, new in zip(raw, parents, events, strict=True)
-        ],
-    )
+    rows = [
+        encode_event(id_, parent, new.type, new.data, new.metadata)
+        for id_, parent, new in zip(raw, parents, events, strict=True)
+    ]
+    conn.executemany(_INSERT_EVENT, [(key, id_, wire) for id_, wire in zip(raw, rows, strict=True)])
     if row is None:
         conn.execute(_INSERT_AGGREGATE, (key, aggregate.type, raw[-1], len(raw)))
     else:
@@ -668,6 +671,7 @@ def _append_rows(conn: sqlite3.Connection, request: _Append, request_ids_kept: i
     if request.request_id is not None:
         _record_request(conn, key, request.request_id, raw, request_ids_kept)
     request.ids = ids
+    request.fresh = FreshEvents(parents[0] or b"", rows)
 
 
 def _record_request(

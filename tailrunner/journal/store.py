@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 from ulid import ULID
@@ -28,8 +28,51 @@ from tailrunner.model import AggregateInfo, AggregateRef, AppendResult, Event, N
 
 #: Called after an append committed, with the aggregate and its new head. A
 #: store whose appends can come from other processes (PostgreSQL with
-#: LISTEN/NOTIFY) calls it for those too. Listeners must not block.
+#: LISTEN/NOTIFY) calls it for those too. Listeners must not block. A
+#: listener marked with :func:`takes_fresh_events` is called with a third
+#: argument, the appended events (:class:`FreshEvents`, ``None`` when unknown).
 AppendListener = Callable[[AggregateRef, ULID], None]
+
+
+class FreshEvents(NamedTuple):
+    """The events one append committed, in the stored form (see :mod:`.wire_format`).
+
+    ``rows`` are exactly what ``Events`` serves of them (each its ``Event``
+    message without the aggregate fields), oldest first: each row's parent
+    is the row before it, the last one is the append's head.
+    """
+
+    #: The aggregate's head before them, raw (``b""``: they are its first events).
+    parent: bytes
+    rows: Sequence[bytes]
+
+
+#: What a listener marked with :func:`takes_fresh_events` is: called as
+#: ``listener(aggregate, head, fresh)``; ``fresh`` is ``None`` when the
+#: store does not have the events at hand (an append of another server).
+FreshEventsListener = Callable[[AggregateRef, ULID, "FreshEvents | None"], None]
+
+_TAKES_FRESH_EVENTS = "_tailrunner_takes_fresh_events"
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def takes_fresh_events(listener: F) -> F:
+    """Mark an append listener (a function or method) as a :data:`FreshEventsListener`.
+
+    A mark on the listener, not an argument of ``add_listener``, so that
+    whoever registers it (the journal server registers ``Hub.notify``) need
+    not know; a 2-argument listener stays one.
+    """
+    setattr(listener, _TAKES_FRESH_EVENTS, True)
+    return listener
+
+
+def wants_fresh_events(listener: Callable[..., None]) -> bool:
+    """``listener`` was marked by :func:`takes_fresh_events` (a bound method: its function)."""
+    return getattr(listener, _TAKES_FRESH_EVENTS, False) is True
+
+
 #: Called when appends may have been missed (a store whose appends also come
 #: from other processes lost its link to them): re-check every aggregate.
 ResyncListener = Callable[[], None]
@@ -147,6 +190,10 @@ class JournalStore(Protocol):
         self, listener: AppendListener, on_resync: ResyncListener | None = None
     ) -> None:
         """Call ``listener`` after every committed append, and ``on_resync`` if some were missed.
+
+        A listener marked with :func:`takes_fresh_events` also gets the
+        appended events of this store's own appends (``None`` for appends
+        heard from other servers).
 
         Appends of this store are never missed; a store shared by several
         servers (PostgreSQL) hears the others' appends over a link that may
