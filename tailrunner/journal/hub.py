@@ -24,20 +24,31 @@ grows with their number (``publish_interval_per_subscriber`` each, at most
 loop time per subscriber, and under a stream of appends this bounds the
 share of the loop the fan-out takes, whatever the number of subscribers. The
 first append after a quiet interval is published at once.
+
+Fresh events: the store hands the hub each append's events in their stored
+form (:class:`~tailrunner.journal.store.FreshEvents`); the hub keeps them,
+bounded (:data:`MAX_FRESH_EVENTS`, :data:`MAX_FRESH_BYTES`; over that:
+none), with the watchers' wake-up and with the signal's entry, so that a
+woken reader whose cursor is their parent need not read them back. Several
+appends before a reader took them are joined when contiguous and within
+the bound, else left out: never a gap. The entries share one copy of the
+rows (``max_fresh_table_bytes`` in all), whatever the number of subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NamedTuple
 from uuid import UUID
 
 import anyio
 import structlog
 from ulid import ULID
 
+from tailrunner.journal.store import FreshEvents, takes_fresh_events
 from tailrunner.model import AggregateRef, Signal, SignalBatch
 
 log = structlog.get_logger(__name__)
@@ -56,19 +67,80 @@ DEFAULT_PUBLISH_INTERVAL_PER_SUBSCRIBER = 200e-6
 #: The longest a signal waits for its wake-up, however many subscribers.
 DEFAULT_MAX_PUBLISH_INTERVAL = 0.05
 
+#: The most events, and bytes of them in the stored form, kept with one
+#: signal or one wake-up (journal.proto's ``Signal.events``: 64 and 16 KiB).
+MAX_FRESH_EVENTS = 64
+MAX_FRESH_BYTES = 16 * 1024
+#: Bytes of fresh events the signal table keeps in all (over that, new
+#: entries come without): 10,000 entries of 16 KiB would be 160 MiB.
+DEFAULT_MAX_FRESH_TABLE_BYTES = 4 * 1024 * 1024
+
+
+class Fresh(NamedTuple):
+    """Fresh events the hub keeps: contiguous rows in the stored form, within the bound."""
+
+    #: The aggregate's head before the rows, raw (``b""``: none).
+    parent: bytes
+    #: The rows, oldest first, as ``Events`` serves them (see :mod:`.wire_format`).
+    rows: Sequence[bytes]
+    #: Their bytes in all.
+    size: int
+    #: The last row's id, raw: the head they end at.
+    head: bytes
+
+
+def _bounded(fresh: FreshEvents | None, head: ULID) -> Fresh | None:
+    """What the hub keeps of one append's events: all of them, or none when over the bound."""
+    if fresh is None:
+        return None
+    rows = fresh.rows
+    if not rows or len(rows) > MAX_FRESH_EVENTS:
+        return None
+    size = sum(map(len, rows))
+    if size > MAX_FRESH_BYTES:
+        return None
+    return Fresh(fresh.parent, rows, size, head.bytes)
+
+
+def _joined(old: Fresh | None, new: Fresh | None) -> Fresh | None:
+    """``old``'s rows then ``new``'s, when they are contiguous and within the bound; else none."""
+    if old is None or new is None or new.parent != old.head:
+        return None
+    size = old.size + new.size
+    if len(old.rows) + len(new.rows) > MAX_FRESH_EVENTS or size > MAX_FRESH_BYTES:
+        return None
+    return Fresh(old.parent, (*old.rows, *new.rows), size, new.head)
+
+
+class TakenSignals(NamedTuple):
+    """What :meth:`Subscriber.take_with_events` gives: a batch and each signal's fresh events."""
+
+    batch: SignalBatch
+    #: One per signal of ``batch``, in order (``None``: not at hand).
+    fresh: tuple[Fresh | None, ...]
+
+
 _RESYNC = SignalBatch(signals=(), resync=True)
+_TAKEN_RESYNC = TakenSignals(_RESYNC, ())
 
 
 class Watcher:
     """Woken by every append to one aggregate; see :meth:`Hub.watch`."""
 
-    __slots__ = ("_closed", "_event", "head")
+    __slots__ = ("_closed", "_event", "_pending", "aggregate_type", "fresh", "head")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
         self._closed = False
         #: The newest head the hub reported (``None`` until the first append).
         self.head: ULID | None = None
+        #: The aggregate's type, once an append told it.
+        self.aggregate_type = ""
+        #: The events of the appends the last :meth:`wait` returned for,
+        #: joined (``None``: not at hand; read them).
+        self.fresh: Fresh | None = None
+        # What the next wait returns for: the appends since the last one.
+        self._pending: Fresh | None = None
 
     @property
     def notified(self) -> bool:
@@ -84,23 +156,34 @@ class Watcher:
         """Wait for an append after the watch began or after the last wait.
 
         An append that happened while the caller was busy is not lost: the
-        wait then returns at once.
+        wait then returns at once. :attr:`fresh` then holds the events of
+        the appends it returned for, when the hub has them.
 
         :returns: ``True`` after an append; ``False`` once the hub closed.
         """
         if not self._event.is_set():
             await self._event.wait()
         if self._closed:
+            self.fresh = self._pending = None
             return False
         self._event = anyio.Event()
+        # Taken with the reset, in one step: appends from now on are the next wait's.
+        self.fresh, self._pending = self._pending, None
         return True
 
-    def _wake(self, head: ULID) -> None:
+    def _wake(self, aggregate_type: str, head: ULID, fresh: Fresh | None) -> None:
         self.head = head
-        self._event.set()
+        self.aggregate_type = aggregate_type
+        if self._event.is_set():
+            # The reader has not woken for the last append yet: it gets both.
+            self._pending = _joined(self._pending, fresh)
+        else:
+            self._pending = fresh
+            self._event.set()
 
     def _nudge(self) -> None:
         # Wake without a head: the reader re-reads from its own cursor.
+        self._pending = None
         self._event.set()
 
     def _close(self) -> None:
@@ -134,6 +217,14 @@ class Subscriber:
             whether signals were dropped (``resync``); ``None`` once the hub
             closed. Subscribers that take the same signals get the same batch.
         """
+        taken = await self.take_with_events()
+        return None if taken is None else taken.batch
+
+    async def take_with_events(self) -> TakenSignals | None:
+        """:meth:`take`, with the fresh events the hub has of each signal.
+
+        Subscribers that take the same signals get the same object.
+        """
         hub = self._hub
         while True:
             while not hub._closed and not self._resync and hub._published <= self._cursor:
@@ -145,12 +236,12 @@ class Subscriber:
             if self._owes_resync():
                 # The reader re-checks everything, which covers every entry so far.
                 self._resync = False
-                self._cursor = hub._sequence
-                return _RESYNC
-            batch = hub._batch_after(self._cursor, self._types)
-            self._cursor = hub._sequence
-            if batch.signals:  # else the new entries were of other types
-                return batch
+                self._cursor = hub._taken = hub._sequence
+                return _TAKEN_RESYNC
+            taken = hub._batch_after(self._cursor, self._types)
+            self._cursor = hub._taken = hub._sequence
+            if taken.batch.signals:  # else the new entries were of other types
+                return taken
 
     def _owes_resync(self) -> bool:
         if self._resync:
@@ -174,12 +265,14 @@ class Hub:
         max_pending: int = DEFAULT_MAX_PENDING,
         publish_interval_per_subscriber: float = DEFAULT_PUBLISH_INTERVAL_PER_SUBSCRIBER,
         max_publish_interval: float = DEFAULT_MAX_PUBLISH_INTERVAL,
+        max_fresh_table_bytes: int = DEFAULT_MAX_FRESH_TABLE_BYTES,
     ) -> None:
         """:param max_pending: how many aggregates are remembered for readers that fell
             behind; one further behind gets a resync.
         :param publish_interval_per_subscriber: seconds between wake-ups of the
             subscribers, per subscriber (0: wake them at every append).
         :param max_publish_interval: the cap of that interval, in seconds.
+        :param max_fresh_table_bytes: bytes of fresh events the signals keep in all.
         """
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -193,8 +286,13 @@ class Hub:
         self._closed = False
         # The newest signal of each recent aggregate and its sequence number,
         # in the order of those numbers (an update moves the entry to the end).
-        self._entries: dict[UUID, tuple[int, Signal]] = {}
+        self._entries: dict[UUID, tuple[int, Signal, Fresh | None]] = {}
         self._sequence = 0
+        #: The newest sequence number a subscriber took (entries after it nobody has).
+        self._taken = 0
+        self._max_fresh_table_bytes = max_fresh_table_bytes
+        #: Bytes of fresh events the entries hold.
+        self._fresh_bytes = 0
         #: The newest sequence number subscribers were woken for.
         self._published = 0
         #: The newest sequence number dropped from the entries, overall and per type.
@@ -205,7 +303,7 @@ class Hub:
         self._last_publish = -float("inf")
         self._publish_timer: asyncio.TimerHandle | None = None
         # The batch last made for each (cursor, types): shared by subscribers alike.
-        self._batches: dict[tuple[int, frozenset[str]], SignalBatch] = {}
+        self._batches: dict[tuple[int, frozenset[str]], TakenSignals] = {}
         self._batches_sequence = 0
 
     @property
@@ -223,27 +321,48 @@ class Hub:
         """Open watches, over all aggregates (for status)."""
         return sum(len(watchers) for watchers in self._watchers.values())
 
-    def notify(self, aggregate: AggregateRef, head: ULID) -> None:
+    @takes_fresh_events
+    def notify(self, aggregate: AggregateRef, head: ULID, fresh: FreshEvents | None = None) -> None:
         """Wake the aggregate's watchers and signal the subscribers (an ``AppendListener``).
+
+        :param fresh: the appended events, when the store has them.
 
         Its cost does not depend on the number of subscribers.
         """
         watchers = self._watchers.get(aggregate.id)
+        subscribed = bool(self._subscribers)
+        if not watchers and not subscribed:
+            return
+        kept = _bounded(fresh, head)
         if watchers:
             for watcher in watchers:
-                watcher._wake(head)
-        if not self._subscribers:
+                watcher._wake(aggregate.type, head, kept)
+        if not subscribed:
             return
         entries = self._entries
         self._sequence += 1
-        entries.pop(aggregate.id, None)
+        old = entries.pop(aggregate.id, None)
+        if old is not None:
+            self._fresh_bytes -= _size(old[2])
+            if old[0] > self._taken:
+                # Nobody took the old entry: the new one must hold its events too.
+                kept = _joined(old[2], kept)
+            # Else a reader that took it has its events; one that did not
+            # finds the new events' parent is not its tail, and reads.
+        if kept is not None:
+            if self._fresh_bytes + kept.size > self._max_fresh_table_bytes:
+                kept = None
+            else:
+                self._fresh_bytes += kept.size
         entries[aggregate.id] = (
             self._sequence,
             Signal(aggregate_type=aggregate.type, aggregate_id=aggregate.id, head=head),
+            kept,
         )
         if len(entries) > self._max_pending:
             oldest = next(iter(entries))
-            sequence, signal = entries.pop(oldest)
+            sequence, signal, dropped_fresh = entries.pop(oldest)
+            self._fresh_bytes -= _size(dropped_fresh)
             self._dropped = sequence
             self._dropped_of_type[signal.aggregate_type] = sequence
         self._schedule_publish()
@@ -304,6 +423,7 @@ class Hub:
             if not self._subscribers:
                 # Nobody reads them: forget the signals (appends stop keeping them).
                 self._entries.clear()
+                self._fresh_bytes = 0
                 self._batches.clear()
 
     def close(self) -> None:
@@ -347,27 +467,33 @@ class Hub:
         if wakeup is not None:
             wakeup.set()
 
-    def _entries_after(self, cursor: int, types: frozenset[str]) -> list[Signal]:
-        """The signals after ``cursor`` of the given types (all when empty), oldest first."""
-        found: list[Signal] = []
-        for sequence, signal in reversed(self._entries.values()):
-            if sequence <= cursor:
+    def _entries_after(
+        self, cursor: int, types: frozenset[str]
+    ) -> list[tuple[int, Signal, Fresh | None]]:
+        """The entries after ``cursor`` of the given types (all when empty), oldest first."""
+        found: list[tuple[int, Signal, Fresh | None]] = []
+        for entry in reversed(self._entries.values()):
+            if entry[0] <= cursor:
                 break
-            if not types or signal.aggregate_type in types:
-                found.append(signal)
+            if not types or entry[1].aggregate_type in types:
+                found.append(entry)
         found.reverse()
         return found
 
-    def _batch_after(self, cursor: int, types: frozenset[str]) -> SignalBatch:
+    def _batch_after(self, cursor: int, types: frozenset[str]) -> TakenSignals:
         if self._batches_sequence != self._sequence:
             self._batches.clear()
             self._batches_sequence = self._sequence
         key = (cursor, types)
-        batch = self._batches.get(key)
-        if batch is None:
-            batch = SignalBatch(signals=tuple(self._entries_after(cursor, types)))
-            self._batches[key] = batch
-        return batch
+        taken = self._batches.get(key)
+        if taken is None:
+            entries = self._entries_after(cursor, types)
+            taken = TakenSignals(
+                SignalBatch(signals=tuple(entry[1] for entry in entries)),
+                tuple(entry[2] for entry in entries),
+            )
+            self._batches[key] = taken
+        return taken
 
     def _dropped_after(self, cursor: int, types: frozenset[str]) -> bool:
         """An entry after ``cursor`` that a reader of ``types`` needed was dropped."""
@@ -377,3 +503,7 @@ class Hub:
             return False
         dropped = self._dropped_of_type
         return any(dropped.get(type_, 0) > cursor for type_ in types)
+
+
+def _size(fresh: Fresh | None) -> int:
+    return 0 if fresh is None else fresh.size
