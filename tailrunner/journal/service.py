@@ -12,7 +12,7 @@ import base64
 import binascii
 import bisect
 import itertools
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import nullcontext
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
@@ -28,7 +28,7 @@ from tailrunner.errors import (
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes, uuid_from_bytes
 from tailrunner.journal import append_checks
 from tailrunner.journal.append_checks import AppendLimits
-from tailrunner.journal.hub import Hub
+from tailrunner.journal.hub import Fresh, Hub, TakenSignals
 from tailrunner.journal.store import (
     SKIPPED,
     JournalStore,
@@ -38,8 +38,14 @@ from tailrunner.journal.store import (
     WireManyReader,
     check_request_id,
 )
-from tailrunner.journal.wire_format import encode_event, event_id, events_messages
-from tailrunner.model import AggregateRef, Event, NewEvent, SignalBatch
+from tailrunner.journal.wire_format import (
+    encode_event,
+    event_id,
+    events_messages,
+    signal_message,
+    signals_response,
+)
+from tailrunner.model import AggregateRef, Event, NewEvent
 from tailrunner.proto.v1 import journal_pb2
 from tailrunner.rpc_errors import abort
 
@@ -126,7 +132,7 @@ class JournalService:
         # A store that keeps the wire form spares the hot path all work per event.
         self._wire_reader = store if isinstance(store, WireEventReader) else None
         self._hub = hub
-        self._encoded_signals: dict[int, tuple[SignalBatch, list[bytes]]] = {}
+        self._encoded_signals: dict[int, tuple[TakenSignals, list[bytes]]] = {}
 
     async def Append(
         self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -165,13 +171,21 @@ class JournalService:
         # still wakes the watcher, so no event falls between read and wait.
         with self._hub.watch(aggregate_id) if request.watch else nullcontext() as watcher:
             caught_up = False
+            # The events the watcher was woken with, when they go on from the cursor.
+            fresh: Fresh | None = None
+            watcher_type = ""
             while True:
-                try:
-                    messages, cursor, more, cut_at = await self._read(
-                        aggregate_id, request.aggregate_id, cursor, read_limit
+                if fresh is not None:
+                    messages, cursor, more, cut_at = _fresh_batch(
+                        fresh, watcher_type, request.aggregate_id, read_limit
                     )
-                except TailrunnerError as exc:
-                    await abort(context, exc, rpc="Events")
+                else:
+                    try:
+                        messages, cursor, more, cut_at = await self._read(
+                            aggregate_id, request.aggregate_id, cursor, read_limit
+                        )
+                    except TailrunnerError as exc:
+                        await abort(context, exc, rpc="Events")
                 # A read cut short by its byte budget asks for as many events
                 # next time; one that was not grows back towards the batch size.
                 read_limit = cut_at or min(limit, 2 * read_limit)
@@ -184,9 +198,16 @@ class JournalService:
                     yield _CAUGHT_UP
                     caught_up = True
                 if more:
+                    fresh = None
                     continue
                 if watcher is None or not await watcher.wait():
                     return
+                # Woken with the new events and they start at the cursor:
+                # send them without reading them back (a thread hop).
+                fresh = watcher.fresh
+                watcher_type = watcher.aggregate_type
+                if fresh is not None and fresh.parent != cursor:
+                    fresh = None
 
     async def _read(self, aggregate_id: UUID, raw_id: bytes, after: bytes, limit: int) -> _Batch:
         """The next batch as messages, the new cursor, whether more events follow, and
@@ -252,26 +273,26 @@ class JournalService:
                 )
         with self._hub.subscribe(types) as subscriber:
             while True:
-                batch = await subscriber.take()
-                if batch is None:
+                taken = await subscriber.take_with_events()
+                if taken is None:
                     return
-                for message in self._signal_messages(batch):
+                for message in self._signal_messages(taken):
                     yield message
 
-    def _signal_messages(self, batch: SignalBatch) -> list[bytes]:
-        """``batch`` as serialized ``SignalsResponse`` messages, encoded once per batch.
+    def _signal_messages(self, taken: TakenSignals) -> list[bytes]:
+        """``taken`` as serialized ``SignalsResponse`` messages, encoded once per batch.
 
         Subscribers that are level get the same batch from the hub: the last
         few batches' messages are kept, by identity, and the batch with them
         (so that its id is not reused while it is kept).
         """
-        cached = self._encoded_signals.get(id(batch))
-        if cached is not None and cached[0] is batch:
+        cached = self._encoded_signals.get(id(taken))
+        if cached is not None and cached[0] is taken:
             return cached[1]
-        messages = [response.SerializeToString() for response in _signals_responses(batch)]
+        messages = _signals_responses(taken)
         if len(self._encoded_signals) >= _ENCODED_SIGNALS_KEPT:
             self._encoded_signals.clear()
-        self._encoded_signals[id(batch)] = (batch, messages)
+        self._encoded_signals[id(taken)] = (taken, messages)
         return messages
 
     async def ListAggregates(
@@ -514,14 +535,42 @@ def _serialized(message: bytes) -> bytes:
     return message
 
 
-def _signals_responses(batch: SignalBatch) -> Iterator[journal_pb2.SignalsResponse]:
+def _signals_responses(taken: TakenSignals) -> list[bytes]:
+    """The serialized ``SignalsResponse`` messages of a batch, each signal with its events.
+
+    Each signal's events are framed as ``Events`` frames them (with their
+    aggregate fields), so the client parses them as it parses a batch.
+    """
+    batch, fresh = taken
     signals = batch.signals
-    for start in range(0, max(len(signals), 1), _SIGNALS_PER_MESSAGE):
-        response = journal_pb2.SignalsResponse(resync=batch.resync and start == 0)
-        for signal in signals[start : start + _SIGNALS_PER_MESSAGE]:
-            response.signals.add(
-                aggregate_type=signal.aggregate_type,
-                aggregate_id=signal.aggregate_id.bytes,
-                head=ulid_to_bytes(signal.head),
-            )
-        yield response
+    encoded = [
+        signal_message(
+            signal.aggregate_type,
+            signal.aggregate_id.bytes,
+            ulid_to_bytes(signal.head),
+            () if rows is None else rows.rows,
+        )
+        for signal, rows in zip(signals, fresh, strict=True)
+    ]
+    return [
+        signals_response(
+            encoded[start : start + _SIGNALS_PER_MESSAGE], resync=batch.resync and start == 0
+        )
+        for start in range(0, max(len(signals), 1), _SIGNALS_PER_MESSAGE)
+    ]
+
+
+def _fresh_batch(fresh: Fresh, aggregate_type: str, raw_id: bytes, limit: int) -> _Batch:
+    """The batch ``Events`` sends of a watcher's fresh events (see ``_read``).
+
+    They are few and small (the hub's bound is far below :data:`_READ_BUDGET`),
+    so only the batch size can cut them.
+    """
+    rows = fresh.rows
+    more = len(rows) > limit
+    if more:
+        rows = rows[:limit]
+    messages = events_messages(
+        rows, aggregate_type, raw_id, will_block=not more, budget=_MESSAGE_BUDGET
+    )
+    return messages, event_id(rows[-1]) if more else fresh.head, more, 0

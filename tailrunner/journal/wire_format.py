@@ -25,6 +25,12 @@ _EVENTS_TAG = b"\x0a"  # EventsResponse.events = 1
 _AGGREGATE_TYPE_TAG = b"\x1a"  # Event.aggregate_type = 3
 _AGGREGATE_ID_TAG = b"\x22"  # Event.aggregate_id = 4
 _WILL_BLOCK_TRUE = b"\x10\x01"  # EventsResponse.will_block = 2, varint 1
+_SIGNAL_TYPE_TAG = b"\x0a"  # Signal.aggregate_type = 1
+_SIGNAL_ID_TAG = b"\x12"  # Signal.aggregate_id = 2
+_SIGNAL_HEAD_TAG = b"\x1a"  # Signal.head = 3
+_SIGNAL_EVENTS_TAG = b"\x22"  # Signal.events = 4
+_SIGNALS_TAG = b"\x0a"  # SignalsResponse.signals = 1
+_RESYNC_TRUE = b"\x10\x01"  # SignalsResponse.resync = 2, varint 1
 _ID_SIZE = 16
 
 
@@ -95,15 +101,7 @@ def events_messages(
     Each event gets its aggregate fields appended (protobuf allows fields in
     any order); ``will_block`` is set on the last message only.
     """
-    encoded_type = aggregate_type.encode()
-    suffix = (
-        _AGGREGATE_TYPE_TAG
-        + _varint(len(encoded_type))
-        + encoded_type
-        + _AGGREGATE_ID_TAG
-        + _varint(len(aggregate_id))
-        + aggregate_id
-    )
+    suffix = _aggregate_fields(aggregate_type, aggregate_id)
     extra = len(suffix)
     varints, varint, limit = _VARINTS, _varint, len(_VARINTS)
     messages: list[bytes] = []
@@ -126,3 +124,60 @@ def events_messages(
         append(_WILL_BLOCK_TRUE)
     messages.append(b"".join(parts))
     return messages
+
+
+def _aggregate_fields(aggregate_type: str, aggregate_id: bytes) -> bytes:
+    """An ``Event``'s aggregate fields, encoded: what a stored event lacks."""
+    encoded_type = aggregate_type.encode()
+    return (
+        _AGGREGATE_TYPE_TAG
+        + _varint(len(encoded_type))
+        + encoded_type
+        + _AGGREGATE_ID_TAG
+        + _varint(len(aggregate_id))
+        + aggregate_id
+    )
+
+
+def signal_message(
+    aggregate_type: str, aggregate_id: bytes, head: bytes, stored: Sequence[bytes] = ()
+) -> bytes:
+    """A serialized ``Signal``, with ``stored`` events as its ``events``.
+
+    The events are framed as :func:`events_messages` frames them (each with
+    its aggregate fields), so a reader parses them as an ``Events`` batch.
+    """
+    encoded_type = aggregate_type.encode()
+    parts = [
+        _SIGNAL_TYPE_TAG,
+        _varint(len(encoded_type)),
+        encoded_type,
+        _SIGNAL_ID_TAG,
+        _varint(len(aggregate_id)),
+        aggregate_id,
+    ]
+    if head:
+        parts += (_SIGNAL_HEAD_TAG, _varint(len(head)), head)
+    if stored:
+        suffix = _aggregate_fields(aggregate_type, aggregate_id)
+        extra = len(suffix)
+        append = parts.append
+        for wire in stored:
+            append(_SIGNAL_EVENTS_TAG)
+            append(_varint(len(wire) + extra))
+            append(wire)
+            append(suffix)
+    return b"".join(parts)
+
+
+def signals_response(signals: Sequence[bytes], *, resync: bool) -> bytes:
+    """A serialized ``SignalsResponse`` of serialized ``Signal`` messages."""
+    parts: list[bytes] = []
+    append = parts.append
+    for signal in signals:
+        append(_SIGNALS_TAG)
+        append(_varint(len(signal)))
+        append(signal)
+    if resync:
+        append(_RESYNC_TRUE)
+    return b"".join(parts)
