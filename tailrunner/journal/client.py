@@ -36,7 +36,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.journal.api import Cursor
-from tailrunner.journal.received import received_batch
+from tailrunner.journal.received import received_batch, received_events
 from tailrunner.journal.store import check_expect_new, check_request_id
 from tailrunner.model import (
     AggregateInfo,
@@ -331,15 +331,7 @@ class JournalClient:
         try:
             async for response in call:
                 yield SignalBatch(
-                    signals=tuple(
-                        Signal(
-                            aggregate_type=signal.aggregate_type,
-                            aggregate_id=UUID(bytes=signal.aggregate_id),
-                            head=ulid_from_bytes(signal.head, field="head"),
-                        )
-                        for signal in response.signals
-                    ),
-                    resync=response.resync,
+                    signals=tuple(map(_signal, response.signals)), resync=response.resync
                 )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
@@ -392,3 +384,16 @@ class JournalClient:
                 yield info
             if not token:
                 return
+
+
+def _signal(message: journal_pb2.Signal) -> Signal:
+    """A received ``Signal``; its events (if any) as an ``Events`` batch, parsed lazily."""
+    aggregate_id = UUID(bytes=message.aggregate_id)
+    events = message.events
+    return Signal(
+        aggregate_type=message.aggregate_type,
+        aggregate_id=aggregate_id,
+        head=ulid_from_bytes(message.head, field="head"),
+        # The journal sends them only when they end at head: the reader is caught up.
+        events=received_events(events, aggregate_id, will_block=True) if events else None,
+    )

@@ -252,13 +252,23 @@ def received_batch(response: journal_pb2.EventsResponse, aggregate_id: UUID) -> 
     Nothing is decoded here but the aggregate type, once per batch (the
     journal sends one aggregate per stream); no event is made yet.
     """
-    messages = response.events
+    return received_events(response.events, aggregate_id, will_block=response.will_block)
+
+
+def received_events(
+    messages: Sequence[journal_pb2.Event], aggregate_id: UUID, *, will_block: bool
+) -> EventBatch:
+    """The :class:`EventBatch` of received ``Event`` messages of one aggregate.
+
+    As :func:`received_batch`, for events that came in another message (a
+    ``Signal``'s ``events``): the messages are kept, not copied.
+    """
     if not messages:
-        return EventBatch(events=(), will_block=response.will_block)
+        return EventBatch(events=(), will_block=will_block)
     batch: ReceivedBatch = _new(ReceivedBatch)
     # Frozen: set as the dataclass's own __init__ does.
     setattr_ = object.__setattr__
-    setattr_(batch, "will_block", response.will_block)
+    setattr_(batch, "will_block", will_block)
     setattr_(batch, "_messages", messages)
     setattr_(batch, "_shared", _Batch(messages[0].aggregate_type, aggregate_id))
     setattr_(batch, "_events", None)
