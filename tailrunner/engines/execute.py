@@ -244,7 +244,7 @@ class _Run:
 
     async def open(self, watch: bool) -> AsyncGenerator[EventBatch, None]:
         """The run's batches: read ahead if the engine did, else a stream of their own."""
-        aggregate_id = self.task.aggregate.id
+        aggregate_id = self.ctx.aggregate.id  # built once per run (Task.aggregate builds anew)
         if self.read_ahead is not None:
             batch = await self.read_ahead(self.task)
             if batch is not None:
@@ -265,7 +265,7 @@ class _Run:
                     "tail not saved on stop",
                     error=f"{type(exc).__name__}: {exc}",
                     activity=self.name,
-                    aggregate_id=str(self.task.aggregate.id),
+                    aggregate_id=str(self.ctx.aggregate.id),
                 )
         if isinstance(cancelled, anyio.get_cancelled_exc_class()):
             raise cancelled
@@ -291,11 +291,11 @@ class _Run:
             if in_range and (
                 value in (last, self.ctx._tail)
                 or (stream is not None and stream.handed_in_current_batch(value))
-                or await is_event_of(self.journal, self.task.aggregate.id, value)
+                or await is_event_of(self.journal, self.ctx.aggregate.id, value)
             ):
                 return value
         raise InvalidOutcome(
-            f"activity {self.name!r} on aggregate {self.task.aggregate}: {what} tail"
+            f"activity {self.name!r} on aggregate {self.ctx.aggregate}: {what} tail"
             f" {value!r} is not one this run may report: expected None, the run's start"
             f" tail {before}, a checkpointed tail or an event id its stream handed out"
             f" (the newest: {last})"
