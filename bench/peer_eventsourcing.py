@@ -257,6 +257,7 @@ async def measure(quick: bool) -> list[Figure]:
             baseline=theirs,
             baseline_name="eventsourcing System (Source -> Counter), SingleThreadedRunner",
             higher_is_better=True,
+            goal=Goal(on="ratio", op=">=", limit=2),  # issue 16
             note=f"{events:,} events over {aggregates} aggregates, one per command,"
             " SQLite FULL on both sides, one process each",
         )
