@@ -289,6 +289,9 @@ class Hub:
         self._entries: dict[UUID, tuple[int, Signal, Fresh | None]] = {}
         self._sequence = 0
         #: The newest sequence number a subscriber took (entries after it nobody has).
+        #: One for all subscribers, whatever their types: a reader of other
+        #: types moves it too, and an entry is then not joined but replaced
+        #: (its readers read for themselves), which is never wrong, only slower.
         self._taken = 0
         self._max_fresh_table_bytes = max_fresh_table_bytes
         #: Bytes of fresh events the entries hold.
