@@ -19,17 +19,24 @@ has caught up:
   the recorder checkpoints after each event, so a kill interrupts at most
   the one event each task was handling.
 
-CI runs 30 runner kills and 10 journal kills per engine with runner lives
-of at most 0.6 s. ``TAILRUNNER_SOAK=long`` multiplies the kills by 10 and
-lets each runner live up to 3 s; ``TAILRUNNER_SOAK_SEED=N`` repeats a run.
+The moments come from a seeded schedule (:func:`schedule`) that holds
+every kind at least once: a runner killed while it starts, one killed at
+work, the journal killed under a working runner, and the runner killed
+while the journal is down.
+
+CI runs 12 runner kills and 4 journal kills per engine with runner lives
+of at most 0.6 s. ``TAILRUNNER_SOAK=long`` runs 300 and 100 and lets each
+runner live up to 3 s; ``TAILRUNNER_SOAK_SEED=N`` repeats a run.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import random
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,8 +54,12 @@ from .procs import (
 pytestmark = pytest.mark.slow
 
 LONG = os.environ.get("TAILRUNNER_SOAK") == "long"
-RUNNER_KILLS = 300 if LONG else 30
-JOURNAL_KILLS = 100 if LONG else 10
+RUNNER_KILLS = 300 if LONG else 12
+JOURNAL_KILLS = 100 if LONG else 4
+#: Of the runner kills, the share that lands while it starts (at least one).
+WHILE_STARTING = 0.15
+#: Of the journal kills, the share during which the runner dies too (at least one).
+BOTH_DOWN = 0.3
 #: The longest a runner lives after it started before it is killed (seconds).
 MAX_LIFE = 3.0 if LONG else 0.6
 #: The longest a killed journal stays down.
@@ -58,6 +69,27 @@ AGGREGATES = 6
 REPEATS = 100
 #: Only bounds a hang: the last clean run catching up.
 CATCH_UP_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One runner life: how it ends, and what happens to the journal meanwhile."""
+
+    #: Killed while it starts (before it printed its admin address).
+    starting: bool
+    #: The journal is killed during this life.
+    journal_kill: bool
+    #: ... and the runner is killed while the journal is down.
+    both_down: bool
+
+
+def schedule(rng: random.Random) -> list[Cycle]:
+    """``RUNNER_KILLS`` cycles, seeded, holding every kind of kill at least once."""
+    cycles = range(RUNNER_KILLS)
+    starting = set(rng.sample(cycles, max(1, round(RUNNER_KILLS * WHILE_STARTING))))
+    journal = rng.sample(cycles, JOURNAL_KILLS)
+    both = set(rng.sample(journal, max(1, round(JOURNAL_KILLS * BOTH_DOWN))))
+    return [Cycle(n in starting, n in journal, n in both) for n in cycles]
 
 
 def handled_ids(record: Path) -> list[str]:
@@ -74,7 +106,7 @@ def recorder_tails(admin: str) -> dict[str, str]:
 def test_kills_lose_no_append_and_skip_no_event(
     engine: str, plugin_site: Path, tmp_path: Path
 ) -> None:
-    """CI: 30 runner and 10 journal kills, runner lives up to 0.6 s (about 30 s per engine).
+    """CI: 12 runner and 4 journal kills, runner lives up to 0.6 s (about 20 s per engine).
 
     On demand: ``TAILRUNNER_SOAK=long`` (300 and 100 kills, lives up to 3 s);
     ``TAILRUNNER_SOAK_SEED=N`` repeats the printed seed's run.
@@ -85,7 +117,7 @@ def test_kills_lose_no_append_and_skip_no_event(
     config = runner_config(tmp_path / "runner.toml", journal=journal.address)
     env = {"E2E_RECORD": str(record)}
     aggregates = [uuid.uuid4() for _ in range(AGGREGATES)]
-    journal_kill_cycles = set(rng.sample(range(RUNNER_KILLS), JOURNAL_KILLS))
+    cycles = schedule(rng)
     runner_kills = journal_kills = 0
     started = time.monotonic()
 
@@ -93,19 +125,19 @@ def test_kills_lose_no_append_and_skip_no_event(
     appender = Appender(journal.address, aggregates, rng).start()
     runner: RunnerProcess | None = None
     try:
-        for cycle in range(RUNNER_KILLS):
+        for cycle in cycles:
             runner = RunnerProcess(config, engine, plugin_site, env)
             # Most kills land while it works; some while it starts.
-            if rng.random() < 0.85:
+            if not cycle.starting:
                 runner.wait_started()
             life = rng.uniform(0, MAX_LIFE)
-            if cycle in journal_kill_cycles:
+            if cycle.journal_kill:
                 before = rng.uniform(0, life)
                 time.sleep(before)
                 journal.kill()
                 journal_kills += 1
                 time.sleep(rng.uniform(0.05, MAX_DOWN))
-                if rng.random() < 0.3:
+                if cycle.both_down:
                     # The runner dies while the journal is down.
                     runner.kill()
                     runner_kills += 1
@@ -154,7 +186,10 @@ def test_kills_lose_no_append_and_skip_no_event(
     repeats = len(handled) - len(set(handled))
     per_request = collections.Counter(event.request_id for event in stored)
     print(
-        f"{engine}: seed {seed}, {runner_kills} runner kills, {journal_kills} journal kills,"
+        f"{engine}: seed {seed}, {runner_kills} runner kills"
+        f" ({sum(c.starting for c in cycles)} while starting,"
+        f" {sum(c.both_down for c in cycles)} while the journal was down),"
+        f" {journal_kills} journal kills,"
         f" {len(appender.acked)} appends acknowledged ({appender.retries} retried tries,"
         f" {len(repeated)} repeated at the end),"
         f" {len(stored)} events in the journal, {len(handled)} handled"
