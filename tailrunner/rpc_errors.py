@@ -113,7 +113,9 @@ _ACCESS: dict[grpc.StatusCode, Callable[[str], TailrunnerError]] = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 #: Codes that say the server failed (not the request): logged where they are sent.
-_LOGGED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+_LOGGED = frozenset({code_pb2.UNAVAILABLE, code_pb2.INTERNAL})
+#: gRPC's status codes by number (``google.rpc.Status.code``).
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 # -- server side: error → status ---------------------------------------------
@@ -133,8 +135,8 @@ def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
     return f"{text[:limit]}… ({cut} more characters)"
 
 
-def to_status(exc: TailrunnerError) -> grpc.Status:
-    """The status to end a call with for ``exc``: code, message and ``google.rpc`` details.
+def status_of(exc: TailrunnerError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` of ``exc``: code, message and details.
 
     An error this table does not know is ``INTERNAL``, its text the message.
     """
@@ -144,9 +146,25 @@ def to_status(exc: TailrunnerError) -> grpc.Status:
         detail = any_pb2.Any()
         detail.Pack(message)
         details.append(detail)
-    return rpc_status.to_status(
-        status_pb2.Status(code=code, message=bounded(str(exc)), details=details)
-    )
+    return status_pb2.Status(code=code, message=bounded(str(exc)), details=details)
+
+
+def to_status(exc: TailrunnerError) -> grpc.Status:
+    """The status to end a call with for ``exc`` (:func:`status_of` as gRPC sends it)."""
+    return rpc_status.to_status(status_of(exc))
+
+
+def failure_status(exc: TailrunnerError, *, rpc: str) -> status_pb2.Status:
+    """:func:`status_of` ``exc``, logged when it says the server failed (as :func:`abort` does).
+
+    For a call that reports failures inside its response (``AppendBatch``).
+    """
+    status = status_of(exc)
+    if status.code in _LOGGED:
+        log.error(
+            "call failed", rpc=rpc, code=code_pb2.Code.Name(status.code), error=bounded(str(exc))
+        )
+    return status
 
 
 async def abort(
@@ -156,10 +174,7 @@ async def abort(
 
     :param rpc: the method's name, for the log line of a server-side failure.
     """
-    status = to_status(exc)
-    if status.code in _LOGGED:
-        log.error("call failed", rpc=rpc, code=status.code.name, error=bounded(str(exc)))
-    await context.abort_with_status(status)
+    await context.abort_with_status(rpc_status.to_status(failure_status(exc, rpc=rpc)))
     raise AssertionError("context.abort_with_status returned")  # pragma: no cover
 
 
@@ -207,9 +222,22 @@ def from_rpc_error(exc: grpc.RpcError, errors: ClientErrors) -> TailrunnerError:
     The status details come first (a field violation, a tail mismatch, a
     control not stored), then ``errors`` maps the code.
     """
-    code: grpc.StatusCode = exc.code()
-    message: str = exc.details() or ""
-    details = _status_details(exc)
+    return _error(exc.code(), exc.details() or "", _status_details(exc), errors)
+
+
+def from_status(status: status_pb2.Status, errors: ClientErrors) -> TailrunnerError:
+    """The tailrunner error of a ``google.rpc.Status`` sent inside a response.
+
+    The same error :func:`from_rpc_error` gives for a call that failed with
+    ``status`` (``AppendBatch`` reports each append's failure so).
+    """
+    code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    return _error(code, status.message, list(status.details), errors)
+
+
+def _error(
+    code: grpc.StatusCode, message: str, details: list[any_pb2.Any], errors: ClientErrors
+) -> TailrunnerError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         request = error_details_pb2.BadRequest()
         for detail in details:

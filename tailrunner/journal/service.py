@@ -8,6 +8,7 @@ Watching and signals come from the :class:`~tailrunner.journal.hub.Hub`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import bisect
@@ -19,6 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import grpc
+from google.rpc import status_pb2
 from ulid import ULID
 
 from tailrunner.errors import (
@@ -47,7 +49,7 @@ from tailrunner.journal.wire_format import (
 )
 from tailrunner.model import AggregateRef, Event, NewEvent
 from tailrunner.proto.v1 import journal_pb2
-from tailrunner.rpc_errors import abort
+from tailrunner.rpc_errors import abort, failure_status
 
 # The limits' defaults, importable from here too, where they were first.
 MiB = append_checks.MiB
@@ -58,6 +60,8 @@ MAX_TYPE_LENGTH = append_checks.MAX_TYPE_LENGTH
 DEFAULT_BATCH = 1000
 #: The most events per batch, whatever the reader asks for.
 MAX_BATCH = 10_000
+#: ``AppendBatch``: the most appends in one call.
+MAX_BATCH_APPENDS = 1000
 #: ``ReadAggregates``: the most reads in one call; events per response when
 #: the request says 0 (``max_events``), and the cap.
 MAX_READS = 1000
@@ -138,19 +142,60 @@ class JournalService:
         self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> journal_pb2.AppendResponse:
         try:
-            aggregate, events, expected_tail = self._parse_append(request)
-            request_id = request.request_id or None
-            if request_id is not None:
-                check_request_id(request_id)
-            result = await self._store.append(
-                aggregate,
-                events,
-                expected_tail=expected_tail,
-                request_id=request_id,
-                expect_new=request.expect_new,
-            )
+            return await self._append(request)
         except TailrunnerError as exc:
             await abort(context, exc, rpc="Append")
+
+    async def AppendBatch(
+        self, request: journal_pb2.AppendBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> journal_pb2.AppendBatchResponse:
+        appends = request.appends
+        if len(appends) > MAX_BATCH_APPENDS:
+            await abort(
+                context,
+                InvalidArgument(
+                    "appends", f"{len(appends)} appends, over the limit of {MAX_BATCH_APPENDS}"
+                ),
+                rpc="AppendBatch",
+            )
+        # All at once: the store's group commit takes those that arrive while
+        # one commits into its next transaction, so the batch shares fsyncs.
+        outcomes = await asyncio.gather(*map(self._batched_append, appends))
+        response = journal_pb2.AppendBatchResponse()
+        add = response.results.add
+        for outcome in outcomes:
+            result = add()
+            if isinstance(outcome, journal_pb2.AppendResponse):
+                result.response.CopyFrom(outcome)
+            else:
+                result.error.CopyFrom(outcome)
+        return response
+
+    async def _batched_append(
+        self, request: journal_pb2.AppendRequest
+    ) -> journal_pb2.AppendResponse | status_pb2.Status:
+        """One append of a batch: its response, or the status Append would fail with."""
+        try:
+            return await self._append(request)
+        except TailrunnerError as exc:
+            return failure_status(exc, rpc="AppendBatch")
+
+    async def _append(self, request: journal_pb2.AppendRequest) -> journal_pb2.AppendResponse:
+        """What ``Append`` does with one request.
+
+        :raises TailrunnerError: what ``Append`` fails with (see :func:`abort`).
+        """
+        aggregate, events, expected_tail = self._parse_append(request)
+        request_id = request.request_id or None
+        if request_id is not None:
+            check_request_id(request_id)
+        result = await self._store.append(
+            aggregate,
+            events,
+            expected_tail=expected_tail,
+            request_id=request_id,
+            expect_new=request.expect_new,
+        )
         return journal_pb2.AppendResponse(
             tail=result.tail.bytes, event_ids=[event_id.bytes for event_id in result.event_ids]
         )
@@ -500,6 +545,11 @@ def add_to_server(service: JournalService, server: grpc.aio.Server) -> None:
             service.Append,
             request_deserializer=journal_pb2.AppendRequest.FromString,
             response_serializer=journal_pb2.AppendResponse.SerializeToString,
+        ),
+        "AppendBatch": grpc.unary_unary_rpc_method_handler(
+            service.AppendBatch,
+            request_deserializer=journal_pb2.AppendBatchRequest.FromString,
+            response_serializer=journal_pb2.AppendBatchResponse.SerializeToString,
         ),
         "Events": grpc.unary_stream_rpc_method_handler(
             service.Events,

@@ -141,6 +141,7 @@ def test_every_method_has_a_role_and_the_reads_are_real_methods() -> None:
             "/google.longrunning.Operations/CancelOperation",
             "/google.longrunning.Operations/DeleteOperation",
             "/tailrunner.v1.Journal/Append",
+            "/tailrunner.v1.Journal/AppendBatch",
             "/tailrunner.v1.Runner/RestartTask",
             "/tailrunner.v1.Runner/ResumeTask",
             "/tailrunner.v1.Runner/StopTask",

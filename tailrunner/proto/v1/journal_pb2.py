@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btailrunner/v1/journal.proto\x12\rtailrunner.v1\"\x90\x01\n\x08NewEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.tailrunner.v1.NewEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\rAppendRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\x0c\x12\x15\n\rexpected_tail\x18\x03 \x01(\x0c\x12\'\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x17.tailrunner.v1.NewEvent\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nexpect_new\x18\x06 \x01(\x08\"1\n\x0e\x41ppendResponse\x12\x0c\n\x04tail\x18\x01 \x01(\x0c\x12\x11\n\tevent_ids\x18\x02 \x03(\x0c\":\n\x0cTailMismatch\x12\x15\n\rexpected_tail\x18\x01 \x01(\x0c\x12\x13\n\x0b\x61\x63tual_tail\x18\x02 \x01(\x0c\"\xd4\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0e\n\x06parent\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\x0c\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".tailrunner.v1.Event.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\rEventsRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"J\n\x0e\x45ventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.tailrunner.v1.Event\x12\x12\n\nwill_block\x18\x02 \x01(\x08\"6\n\x0f\x41ggregateCursor\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\"Z\n\x15ReadAggregatesRequest\x12-\n\x05reads\x18\x01 \x03(\x0b\x32\x1e.tailrunner.v1.AggregateCursor\x12\x12\n\nmax_events\x18\x02 \x01(\r\"H\n\x16ReadAggregatesResponse\x12.\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x1d.tailrunner.v1.EventsResponse\")\n\x0eSignalsRequest\x12\x17\n\x0f\x61ggregate_types\x18\x01 \x03(\t\"j\n\x06Signal\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\x0c\x12\x0c\n\x04head\x18\x03 \x01(\x0c\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.tailrunner.v1.Event\"I\n\x0fSignalsResponse\x12&\n\x07signals\x18\x01 \x03(\x0b\x32\x15.tailrunner.v1.Signal\x12\x0e\n\x06resync\x18\x02 \x01(\x08\"V\n\x15ListAggregatesRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\tAggregate\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x0c\x12\x0c\n\x04head\x18\x03 \x01(\x0c\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x04\"_\n\x16ListAggregatesResponse\x12,\n\naggregates\x18\x01 \x03(\x0b\x32\x18.tailrunner.v1.Aggregate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xac\x03\n\x07Journal\x12\x45\n\x06\x41ppend\x12\x1c.tailrunner.v1.AppendRequest\x1a\x1d.tailrunner.v1.AppendResponse\x12G\n\x06\x45vents\x12\x1c.tailrunner.v1.EventsRequest\x1a\x1d.tailrunner.v1.EventsResponse0\x01\x12]\n\x0eReadAggregates\x12$.tailrunner.v1.ReadAggregatesRequest\x1a%.tailrunner.v1.ReadAggregatesResponse\x12S\n\x10\x41ggregateSignals\x12\x1d.tailrunner.v1.SignalsRequest\x1a\x1e.tailrunner.v1.SignalsResponse0\x01\x12]\n\x0eListAggregates\x12$.tailrunner.v1.ListAggregatesRequest\x1a%.tailrunner.v1.ListAggregatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btailrunner/v1/journal.proto\x12\rtailrunner.v1\x1a\x17google/rpc/status.proto\"\x90\x01\n\x08NewEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x37\n\x08metadata\x18\x03 \x03(\x0b\x32%.tailrunner.v1.NewEvent.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa5\x01\n\rAppendRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\x0c\x12\x15\n\rexpected_tail\x18\x03 \x01(\x0c\x12\'\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x17.tailrunner.v1.NewEvent\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x12\n\nexpect_new\x18\x06 \x01(\x08\"1\n\x0e\x41ppendResponse\x12\x0c\n\x04tail\x18\x01 \x01(\x0c\x12\x11\n\tevent_ids\x18\x02 \x03(\x0c\"C\n\x12\x41ppendBatchRequest\x12-\n\x07\x61ppends\x18\x01 \x03(\x0b\x32\x1c.tailrunner.v1.AppendRequest\"p\n\x0c\x41ppendResult\x12\x31\n\x08response\x18\x01 \x01(\x0b\x32\x1d.tailrunner.v1.AppendResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"C\n\x13\x41ppendBatchResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.tailrunner.v1.AppendResult\":\n\x0cTailMismatch\x12\x15\n\rexpected_tail\x18\x01 \x01(\x0c\x12\x13\n\x0b\x61\x63tual_tail\x18\x02 \x01(\x0c\"\xd4\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\x0c\x12\x0e\n\x06parent\x18\x02 \x01(\x0c\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x04 \x01(\x0c\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x34\n\x08metadata\x18\x07 \x03(\x0b\x32\".tailrunner.v1.Event.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"V\n\rEventsRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\x12\r\n\x05watch\x18\x03 \x01(\x08\x12\x11\n\tmax_batch\x18\x04 \x01(\r\"J\n\x0e\x45ventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.tailrunner.v1.Event\x12\x12\n\nwill_block\x18\x02 \x01(\x08\"6\n\x0f\x41ggregateCursor\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\x0c\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\x0c\"Z\n\x15ReadAggregatesRequest\x12-\n\x05reads\x18\x01 \x03(\x0b\x32\x1e.tailrunner.v1.AggregateCursor\x12\x12\n\nmax_events\x18\x02 \x01(\r\"H\n\x16ReadAggregatesResponse\x12.\n\x07\x62\x61tches\x18\x01 \x03(\x0b\x32\x1d.tailrunner.v1.EventsResponse\")\n\x0eSignalsRequest\x12\x17\n\x0f\x61ggregate_types\x18\x01 \x03(\t\"j\n\x06Signal\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\x0c\x12\x0c\n\x04head\x18\x03 \x01(\x0c\x12$\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x14.tailrunner.v1.Event\"I\n\x0fSignalsResponse\x12&\n\x07signals\x18\x01 \x03(\x0b\x32\x15.tailrunner.v1.Signal\x12\x0e\n\x06resync\x18\x02 \x01(\x08\"V\n\x15ListAggregatesRequest\x12\x16\n\x0e\x61ggregate_type\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"H\n\tAggregate\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x0c\x12\x0c\n\x04head\x18\x03 \x01(\x0c\x12\x13\n\x0b\x65vent_count\x18\x04 \x01(\x04\"_\n\x16ListAggregatesResponse\x12,\n\naggregates\x18\x01 \x03(\x0b\x32\x18.tailrunner.v1.Aggregate\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x82\x04\n\x07Journal\x12\x45\n\x06\x41ppend\x12\x1c.tailrunner.v1.AppendRequest\x1a\x1d.tailrunner.v1.AppendResponse\x12T\n\x0b\x41ppendBatch\x12!.tailrunner.v1.AppendBatchRequest\x1a\".tailrunner.v1.AppendBatchResponse\x12G\n\x06\x45vents\x12\x1c.tailrunner.v1.EventsRequest\x1a\x1d.tailrunner.v1.EventsResponse0\x01\x12]\n\x0eReadAggregates\x12$.tailrunner.v1.ReadAggregatesRequest\x1a%.tailrunner.v1.ReadAggregatesResponse\x12S\n\x10\x41ggregateSignals\x12\x1d.tailrunner.v1.SignalsRequest\x1a\x1e.tailrunner.v1.SignalsResponse0\x01\x12]\n\x0eListAggregates\x12$.tailrunner.v1.ListAggregatesRequest\x1a%.tailrunner.v1.ListAggregatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,42 +36,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEWEVENT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_METADATAENTRY']._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_NEWEVENT']._serialized_start=47
-  _globals['_NEWEVENT']._serialized_end=191
-  _globals['_NEWEVENT_METADATAENTRY']._serialized_start=144
-  _globals['_NEWEVENT_METADATAENTRY']._serialized_end=191
-  _globals['_APPENDREQUEST']._serialized_start=194
-  _globals['_APPENDREQUEST']._serialized_end=359
-  _globals['_APPENDRESPONSE']._serialized_start=361
-  _globals['_APPENDRESPONSE']._serialized_end=410
-  _globals['_TAILMISMATCH']._serialized_start=412
-  _globals['_TAILMISMATCH']._serialized_end=470
-  _globals['_EVENT']._serialized_start=473
-  _globals['_EVENT']._serialized_end=685
-  _globals['_EVENT_METADATAENTRY']._serialized_start=144
-  _globals['_EVENT_METADATAENTRY']._serialized_end=191
-  _globals['_EVENTSREQUEST']._serialized_start=687
-  _globals['_EVENTSREQUEST']._serialized_end=773
-  _globals['_EVENTSRESPONSE']._serialized_start=775
-  _globals['_EVENTSRESPONSE']._serialized_end=849
-  _globals['_AGGREGATECURSOR']._serialized_start=851
-  _globals['_AGGREGATECURSOR']._serialized_end=905
-  _globals['_READAGGREGATESREQUEST']._serialized_start=907
-  _globals['_READAGGREGATESREQUEST']._serialized_end=997
-  _globals['_READAGGREGATESRESPONSE']._serialized_start=999
-  _globals['_READAGGREGATESRESPONSE']._serialized_end=1071
-  _globals['_SIGNALSREQUEST']._serialized_start=1073
-  _globals['_SIGNALSREQUEST']._serialized_end=1114
-  _globals['_SIGNAL']._serialized_start=1116
-  _globals['_SIGNAL']._serialized_end=1222
-  _globals['_SIGNALSRESPONSE']._serialized_start=1224
-  _globals['_SIGNALSRESPONSE']._serialized_end=1297
-  _globals['_LISTAGGREGATESREQUEST']._serialized_start=1299
-  _globals['_LISTAGGREGATESREQUEST']._serialized_end=1385
-  _globals['_AGGREGATE']._serialized_start=1387
-  _globals['_AGGREGATE']._serialized_end=1459
-  _globals['_LISTAGGREGATESRESPONSE']._serialized_start=1461
-  _globals['_LISTAGGREGATESRESPONSE']._serialized_end=1556
-  _globals['_JOURNAL']._serialized_start=1559
-  _globals['_JOURNAL']._serialized_end=1987
+  _globals['_NEWEVENT']._serialized_start=72
+  _globals['_NEWEVENT']._serialized_end=216
+  _globals['_NEWEVENT_METADATAENTRY']._serialized_start=169
+  _globals['_NEWEVENT_METADATAENTRY']._serialized_end=216
+  _globals['_APPENDREQUEST']._serialized_start=219
+  _globals['_APPENDREQUEST']._serialized_end=384
+  _globals['_APPENDRESPONSE']._serialized_start=386
+  _globals['_APPENDRESPONSE']._serialized_end=435
+  _globals['_APPENDBATCHREQUEST']._serialized_start=437
+  _globals['_APPENDBATCHREQUEST']._serialized_end=504
+  _globals['_APPENDRESULT']._serialized_start=506
+  _globals['_APPENDRESULT']._serialized_end=618
+  _globals['_APPENDBATCHRESPONSE']._serialized_start=620
+  _globals['_APPENDBATCHRESPONSE']._serialized_end=687
+  _globals['_TAILMISMATCH']._serialized_start=689
+  _globals['_TAILMISMATCH']._serialized_end=747
+  _globals['_EVENT']._serialized_start=750
+  _globals['_EVENT']._serialized_end=962
+  _globals['_EVENT_METADATAENTRY']._serialized_start=169
+  _globals['_EVENT_METADATAENTRY']._serialized_end=216
+  _globals['_EVENTSREQUEST']._serialized_start=964
+  _globals['_EVENTSREQUEST']._serialized_end=1050
+  _globals['_EVENTSRESPONSE']._serialized_start=1052
+  _globals['_EVENTSRESPONSE']._serialized_end=1126
+  _globals['_AGGREGATECURSOR']._serialized_start=1128
+  _globals['_AGGREGATECURSOR']._serialized_end=1182
+  _globals['_READAGGREGATESREQUEST']._serialized_start=1184
+  _globals['_READAGGREGATESREQUEST']._serialized_end=1274
+  _globals['_READAGGREGATESRESPONSE']._serialized_start=1276
+  _globals['_READAGGREGATESRESPONSE']._serialized_end=1348
+  _globals['_SIGNALSREQUEST']._serialized_start=1350
+  _globals['_SIGNALSREQUEST']._serialized_end=1391
+  _globals['_SIGNAL']._serialized_start=1393
+  _globals['_SIGNAL']._serialized_end=1499
+  _globals['_SIGNALSRESPONSE']._serialized_start=1501
+  _globals['_SIGNALSRESPONSE']._serialized_end=1574
+  _globals['_LISTAGGREGATESREQUEST']._serialized_start=1576
+  _globals['_LISTAGGREGATESREQUEST']._serialized_end=1662
+  _globals['_AGGREGATE']._serialized_start=1664
+  _globals['_AGGREGATE']._serialized_end=1736
+  _globals['_LISTAGGREGATESRESPONSE']._serialized_start=1738
+  _globals['_LISTAGGREGATESRESPONSE']._serialized_end=1833
+  _globals['_JOURNAL']._serialized_start=1836
+  _globals['_JOURNAL']._serialized_end=2350
 # @@protoc_insertion_point(module_scope)

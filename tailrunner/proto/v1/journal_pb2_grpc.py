@@ -39,6 +39,11 @@ class JournalStub:
                 request_serializer=tailrunner_dot_v1_dot_journal__pb2.AppendRequest.SerializeToString,
                 response_deserializer=tailrunner_dot_v1_dot_journal__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.AppendBatch = channel.unary_unary(
+                '/tailrunner.v1.Journal/AppendBatch',
+                request_serializer=tailrunner_dot_v1_dot_journal__pb2.AppendBatchRequest.SerializeToString,
+                response_deserializer=tailrunner_dot_v1_dot_journal__pb2.AppendBatchResponse.FromString,
+                _registered_method=True)
         self.Events = channel.unary_stream(
                 '/tailrunner.v1.Journal/Events',
                 request_serializer=tailrunner_dot_v1_dot_journal__pb2.EventsRequest.SerializeToString,
@@ -80,6 +85,30 @@ class JournalServicer:
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
         head, or expect_new is set and the aggregate has events, with a
         TailMismatch in the status details.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendBatch(self, request, context):
+        """Many appends in one call: a client sends the appends of its concurrent
+        writers together, paying one call's overhead for all of them. The batch
+        is only a transport: each append is its own atomic unit with exactly
+        Append's semantics (validation, expected_tail, expect_new, request_id
+        idempotency) and succeeds or fails alone; nothing ties the appends of
+        one batch together, and the order in which they commit is not the
+        request's (send appends that must commit in order one after the other).
+        The server may commit them in one transaction, each kept apart.
+
+        The response holds one AppendResult per append, in the request's order:
+        the AppendResponse that Append would return, or the google.rpc.Status
+        with which Append would fail (the same code, message and details, e.g.
+        a TailMismatch for FAILED_PRECONDITION, a BadRequest naming the field
+        of that append, such as aggregate_id, for INVALID_ARGUMENT).
+
+        Errors of the whole call: INVALID_ARGUMENT naming appends when there are
+        more than 1000; the request as a whole is held to the server's message
+        size limit. An empty batch gives an empty response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -155,6 +184,11 @@ def add_JournalServicer_to_server(servicer, server):
                     request_deserializer=tailrunner_dot_v1_dot_journal__pb2.AppendRequest.FromString,
                     response_serializer=tailrunner_dot_v1_dot_journal__pb2.AppendResponse.SerializeToString,
             ),
+            'AppendBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendBatch,
+                    request_deserializer=tailrunner_dot_v1_dot_journal__pb2.AppendBatchRequest.FromString,
+                    response_serializer=tailrunner_dot_v1_dot_journal__pb2.AppendBatchResponse.SerializeToString,
+            ),
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
                     request_deserializer=tailrunner_dot_v1_dot_journal__pb2.EventsRequest.FromString,
@@ -203,6 +237,33 @@ class Journal:
             '/tailrunner.v1.Journal/Append',
             tailrunner_dot_v1_dot_journal__pb2.AppendRequest.SerializeToString,
             tailrunner_dot_v1_dot_journal__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tailrunner.v1.Journal/AppendBatch',
+            tailrunner_dot_v1_dot_journal__pb2.AppendBatchRequest.SerializeToString,
+            tailrunner_dot_v1_dot_journal__pb2.AppendBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -11,8 +11,8 @@ INVALID_ARGUMENT naming the field.
 When the journal server has tokens (`journal serve --tokens-file`), every
 call needs the metadata `authorization: Bearer <token>`, else
 UNAUTHENTICATED. A read token may call Events, ReadAggregates,
-AggregateSignals and ListAggregates; Append needs a write token (else
-PERMISSION_DENIED).
+AggregateSignals and ListAggregates; Append and AppendBatch need a write
+token (else PERMISSION_DENIED).
 Health needs no token.
 """
 
@@ -60,6 +60,26 @@ class JournalStub:
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
     head, or expect_new is set and the aggregate has events, with a
     TailMismatch in the status details.
+    """
+    AppendBatch: _grpc.UnaryUnaryMultiCallable[_journal_pb2.AppendBatchRequest, _journal_pb2.AppendBatchResponse]
+    """Many appends in one call: a client sends the appends of its concurrent
+    writers together, paying one call's overhead for all of them. The batch
+    is only a transport: each append is its own atomic unit with exactly
+    Append's semantics (validation, expected_tail, expect_new, request_id
+    idempotency) and succeeds or fails alone; nothing ties the appends of
+    one batch together, and the order in which they commit is not the
+    request's (send appends that must commit in order one after the other).
+    The server may commit them in one transaction, each kept apart.
+
+    The response holds one AppendResult per append, in the request's order:
+    the AppendResponse that Append would return, or the google.rpc.Status
+    with which Append would fail (the same code, message and details, e.g.
+    a TailMismatch for FAILED_PRECONDITION, a BadRequest naming the field
+    of that append, such as aggregate_id, for INVALID_ARGUMENT).
+
+    Errors of the whole call: INVALID_ARGUMENT naming appends when there are
+    more than 1000; the request as a whole is held to the server's message
+    size limit. An empty batch gives an empty response.
     """
     Events: _grpc.UnaryStreamMultiCallable[_journal_pb2.EventsRequest, _journal_pb2.EventsResponse]
     """Streams the events of one aggregate after `after`, in batches.
@@ -127,6 +147,26 @@ class JournalAsyncStub(JournalStub):
     FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
     head, or expect_new is set and the aggregate has events, with a
     TailMismatch in the status details.
+    """
+    AppendBatch: _aio.UnaryUnaryMultiCallable[_journal_pb2.AppendBatchRequest, _journal_pb2.AppendBatchResponse]  # type: ignore[assignment]
+    """Many appends in one call: a client sends the appends of its concurrent
+    writers together, paying one call's overhead for all of them. The batch
+    is only a transport: each append is its own atomic unit with exactly
+    Append's semantics (validation, expected_tail, expect_new, request_id
+    idempotency) and succeeds or fails alone; nothing ties the appends of
+    one batch together, and the order in which they commit is not the
+    request's (send appends that must commit in order one after the other).
+    The server may commit them in one transaction, each kept apart.
+
+    The response holds one AppendResult per append, in the request's order:
+    the AppendResponse that Append would return, or the google.rpc.Status
+    with which Append would fail (the same code, message and details, e.g.
+    a TailMismatch for FAILED_PRECONDITION, a BadRequest naming the field
+    of that append, such as aggregate_id, for INVALID_ARGUMENT).
+
+    Errors of the whole call: INVALID_ARGUMENT naming appends when there are
+    more than 1000; the request as a whole is held to the server's message
+    size limit. An empty batch gives an empty response.
     """
     Events: _aio.UnaryStreamMultiCallable[_journal_pb2.EventsRequest, _journal_pb2.EventsResponse]  # type: ignore[assignment]
     """Streams the events of one aggregate after `after`, in batches.
@@ -197,6 +237,32 @@ class JournalServicer(metaclass=_abc_1.ABCMeta):
         FAILED_PRECONDITION when expected_tail is set and is not the aggregate's
         head, or expect_new is set and the aggregate has events, with a
         TailMismatch in the status details.
+        """
+
+    @_abc_1.abstractmethod
+    def AppendBatch(
+        self,
+        request: _journal_pb2.AppendBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journal_pb2.AppendBatchResponse, _abc.Awaitable[_journal_pb2.AppendBatchResponse]]:
+        """Many appends in one call: a client sends the appends of its concurrent
+        writers together, paying one call's overhead for all of them. The batch
+        is only a transport: each append is its own atomic unit with exactly
+        Append's semantics (validation, expected_tail, expect_new, request_id
+        idempotency) and succeeds or fails alone; nothing ties the appends of
+        one batch together, and the order in which they commit is not the
+        request's (send appends that must commit in order one after the other).
+        The server may commit them in one transaction, each kept apart.
+
+        The response holds one AppendResult per append, in the request's order:
+        the AppendResponse that Append would return, or the google.rpc.Status
+        with which Append would fail (the same code, message and details, e.g.
+        a TailMismatch for FAILED_PRECONDITION, a BadRequest naming the field
+        of that append, such as aggregate_id, for INVALID_ARGUMENT).
+
+        Errors of the whole call: INVALID_ARGUMENT naming appends when there are
+        more than 1000; the request as a whole is held to the server's message
+        size limit. An empty batch gives an empty response.
         """
 
     @_abc_1.abstractmethod
