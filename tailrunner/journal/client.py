@@ -36,6 +36,7 @@ from tailrunner.errors import (
 )
 from tailrunner.ids import ulid_from_bytes, ulid_to_bytes
 from tailrunner.journal.api import Cursor
+from tailrunner.journal.append_batching import _AppendCoalescer
 from tailrunner.journal.received import received_batch, received_events
 from tailrunner.journal.store import check_expect_new, check_request_id
 from tailrunner.model import (
@@ -133,6 +134,9 @@ class JournalClient:
         self._timeout = timeout
         self._close_channel = close_channel
         self._metadata = bearer(token) or None
+        self._appends = _AppendCoalescer(
+            self._stub, JOURNAL_ERRORS, timeout=timeout, metadata=self._metadata
+        )
 
     @classmethod
     def connect(
@@ -199,6 +203,11 @@ class JournalClient:
     ) -> AppendResult:
         """Append events to one aggregate; all commit, or none.
 
+        Appends made while another of this client is in flight go to the
+        journal together in one call when it returns, each still its own
+        append (:mod:`~tailrunner.journal.append_batching`). Cancelled
+        before it was sent, an append is not sent; after, it may commit.
+
         :param request_id: makes the append safe to retry after a timeout:
             the journal returns the first append's result for a repeat.
         :param expect_new: commit only if the aggregate has no events.
@@ -232,12 +241,8 @@ class JournalClient:
             message.data = event.data
             if event.metadata:
                 message.metadata.update(event.metadata)
-        try:
-            response = await self._stub.Append(
-                request, timeout=self._timeout, metadata=self._metadata
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, JOURNAL_ERRORS) from exc
+        # Concurrent appends of this client share calls (see append_batching).
+        response = await self._appends.append(request)
         return AppendResult(
             tail=ULID(response.tail), event_ids=tuple(ULID(raw) for raw in response.event_ids)
         )
