@@ -127,7 +127,27 @@ def _daemon(folder: Path, journal: Journal, engine: str) -> Path:
 @contextmanager
 def _running(config: Path, engine: str, plugin_site: Path) -> Iterator[Runner]:
     """A runner process, its output drained by a thread (a full pipe would stall it)."""
-    runner = Runner(config, engine, plugin_site)
+    with _supervised(config, Runner(config, engine, plugin_site)) as runner:
+        yield runner
+
+
+def _all_running(
+    stack: ExitStack, configs: list[Path], engine: str, plugin_site: Path
+) -> list[Runner]:
+    """Runners for ``configs``, started together (their start-ups overlap), stopped by ``stack``."""
+    spawned = [Runner(config, engine, plugin_site) for config in configs]
+    for runner in spawned:
+        # Until its own context takes over: none is left behind if another fails to start.
+        stack.callback(_kill_if_running, runner)
+    return [
+        stack.enter_context(_supervised(config, runner))
+        for config, runner in zip(configs, spawned, strict=True)
+    ]
+
+
+@contextmanager
+def _supervised(config: Path, runner: Runner) -> Iterator[Runner]:
+    """Wait until ``runner`` started; drain its output; on exit, stop it and check its exit."""
     runner.wait_started()
     last: deque[object] = deque(maxlen=50)
     drain = threading.Thread(target=lambda: last.extend(runner.lines()), daemon=True)
@@ -150,6 +170,11 @@ def _kill(runner: Runner) -> None:
     runner.killed = True  # type: ignore[attr-defined]
     runner.proc.kill()
     runner.proc.wait(timeout=30)
+
+
+def _kill_if_running(runner: Runner) -> None:
+    if runner.proc.poll() is None:
+        _kill(runner)
 
 
 def _admin(journal: Journal, *args: str) -> str:
@@ -211,8 +236,7 @@ def test_pings_of_both_servers_are_gathered_summarized_after_the_deadline_commit
         _daemon(tmp_path / "daemon", journal, engine),
     ]
     with ExitStack() as stack:
-        for config in configs:
-            stack.enter_context(_running(config, engine, tmp_path))
+        _all_running(stack, configs, engine, tmp_path)
         elsewhere = UUID(_admin(journal, "begin", "--registry", "other", "--deadline", "1s"))
         workflow = UUID(
             _admin(journal, "begin", "--registry", "main", "--deadline", f"{DEADLINE}s")
@@ -264,9 +288,7 @@ def test_a_server_killed_while_it_pings_and_restarted_posts_nothing_twice_and_mi
     server_b = _server(tmp_path / "server-b", journal, engine, "server-b", pings=1)
     daemon = _daemon(tmp_path / "daemon", journal, engine)
     with ExitStack() as stack:
-        stack.enter_context(_running(server_b, engine, tmp_path))
-        stack.enter_context(_running(daemon, engine, tmp_path))
-        victim = stack.enter_context(_running(server_a, engine, tmp_path))
+        *_, victim = _all_running(stack, [server_b, daemon, server_a], engine, tmp_path)
         # Long enough for the restart as well as the pings.
         workflow = UUID(_admin(journal, "begin", "--registry", "main", "--deadline", "12s"))
 

@@ -29,6 +29,10 @@ def test_installed_plugin_runs_resumes_and_survives_a_journal_restart(
             f"""\
             [journal]
             address = "{journal.address}"
+            # Back within half a second of the journal's restart (the default
+            # backoff grows to 5 s while it is down).
+            reconnect_initial = "50ms"
+            reconnect_max_delay = "500ms"
 
             [engine]
             interval = "100ms"
