@@ -42,6 +42,9 @@ log = structlog.get_logger(__name__)
 DEFAULT_READ_AHEAD = 256
 #: The most reads one ``ReadAggregates`` call takes (journal.proto).
 MAX_READ_AHEAD = 1000
+#: Seconds without reading ahead after a call failed: the runs read for
+#: themselves meanwhile (a journal that is down, or one without ReadAggregates).
+FAILED_PAUSE = 5.0
 
 
 class _Read:
@@ -77,6 +80,8 @@ class ReadAhead:
         self._planned: dict[Task, tuple[_Read, bytes | None]] = {}
         #: The calls in flight, kept so that they are not collected mid-call.
         self._calls: set[asyncio.Task[None]] = set()
+        #: Loop time before which no call is planned (after a failed one).
+        self._paused_until = -float("inf")
 
     @property
     def planned(self) -> int:
@@ -95,6 +100,8 @@ class ReadAhead:
         planned = self._planned
         needed = [task for task in started if task not in planned]
         if not needed or self._reader is None:
+            return
+        if asyncio.get_running_loop().time() < self._paused_until:
             return
         if len(planned) >= self._limit:
             self._drop_stale()
@@ -122,6 +129,10 @@ class ReadAhead:
         first = next(iter(batch.iter_events()), None)
         if first is None or first.parent != task.tail:
             return False
+        if len(self._planned) >= self._limit:
+            self._drop_stale()
+            if len(self._planned) >= self._limit:
+                return False  # bounded: the run reads for itself
         read = _Read()
         read.batches[task] = batch
         read.finish()
@@ -138,9 +149,11 @@ class ReadAhead:
             # Shielded: a run cancelled while it waits must not cancel the
             # call that other runs wait for too.
             await asyncio.shield(read.done)
+        # Taken out: the call's other batches need not outlive their runs.
+        batch = read.batches.pop(task, None)
         if after != task.tail_bytes:
             return None  # the tail moved (a restart) since the read
-        return read.batches.get(task)
+        return batch
 
     def _call(self, tasks: list[Task]) -> None:
         read = _Read()
@@ -165,13 +178,19 @@ class ReadAhead:
             read.batches = dict(zip(tasks, batches, strict=True))
         except Exception as exc:
             # Each run then reads for itself, and meets the journal's error there.
+            self._paused_until = asyncio.get_running_loop().time() + FAILED_PAUSE
             log.debug("read-ahead failed", tasks=len(tasks), error=f"{type(exc).__name__}: {exc}")
         finally:
             read.finish()
 
     def _drop_stale(self) -> None:
-        """Forget planned tasks that will not run soon (stopped, suspended, retired)."""
-        for task in [t for t in self._planned if t.retired or t.state is not TaskState.PENDING]:
+        """Forget planned tasks that will not run soon (stopped, suspended, retired).
+
+        Not a run that started and has yet to take its batch (a cluster's run
+        stores its mark first).
+        """
+        waiting = (TaskState.PENDING, TaskState.RUNNING)
+        for task in [t for t in self._planned if t.retired or t.state not in waiting]:
             del self._planned[task]
 
     async def aclose(self) -> None:

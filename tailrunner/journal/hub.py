@@ -347,9 +347,19 @@ class Hub:
         old = entries.pop(aggregate.id, None)
         if old is not None:
             self._fresh_bytes -= _size(old[2])
-            if old[0] > self._taken:
+            last = old[1].head
+            if last is not None and head < last:
+                # Heard out of commit order (PostgreSQL notifies after the
+                # pool's release; other servers' appends come by NOTIFY): the
+                # entry keeps the newer head, and no events, which would let a
+                # reader at their parent end its run short of that head.
+                head, kept = last, None
+            elif old[0] > self._taken:
                 # Nobody took the old entry: the new one must hold its events too.
                 kept = _joined(old[2], kept)
+            elif kept is not None and last is not None and kept.parent != last.bytes:
+                # Not going on from the head readers were told last: none.
+                kept = None
             # Else a reader that took it has its events; one that did not
             # finds the new events' parent is not its tail, and reads.
         if kept is not None:

@@ -273,3 +273,35 @@ async def test_signalled_events_are_planned_only_when_they_follow_on_from_the_ta
     assert batch is not None and [e.id for e in batch.events] == [second.id, third.id]
     read_ahead.plan([task], iter(()))  # no reader: nothing is read ahead
     assert read_ahead.planned == 0
+
+
+async def test_what_signals_bring_is_bounded_and_a_failed_call_pauses_the_read_ahead() -> None:
+    journal = CountingJournal(read_budget=1000)
+    refs = await _aggregates(journal, 3, 1)
+    seen = Seen()
+    engine = _engine("lazy", journal, seen)
+    tasks = [engine.start_activity(ref, engine.activities["record"], None) for ref in refs]
+    read_ahead = ReadAhead(journal, batch=1)  # holds at most 4 planned tasks
+    events = [journal._aggregates[ref.id].events[0] for ref in refs]
+    for task, event in zip(tasks, events, strict=True):
+        assert read_ahead.give(task, EventBatch(events=(event,), will_block=True))
+    more = await _aggregates(journal, 3, 1)
+    extra = [engine.start_activity(ref, engine.activities["record"], None) for ref in more]
+    given = [
+        read_ahead.give(
+            task, EventBatch(events=(journal._aggregates[r.id].events[0],), will_block=True)
+        )
+        for task, r in zip(extra, more, strict=True)
+    ]
+    assert given == [True, False, False] and read_ahead.planned == 4
+    # A taken batch leaves its call: nothing of it outlives the run.
+    batch = await read_ahead.take(tasks[0])
+    assert batch is not None and read_ahead.planned == 3
+    # A call that fails pauses planning: the runs read for themselves meanwhile.
+    journal.fail_reads = True
+    read_ahead.plan([extra[1]], iter(()))
+    assert await read_ahead.take(extra[1]) is None
+    calls = len(journal.read_calls)
+    read_ahead.plan([extra[2]], iter(()))
+    assert read_ahead.planned == 3 and len(journal.read_calls) == calls
+    await read_ahead.aclose()

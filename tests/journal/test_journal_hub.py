@@ -269,3 +269,38 @@ async def test_a_reader_far_behind_is_told_to_resync_once_not_handed_stale_signa
             assert await slow.take() == SignalBatch(
                 signals=(Signal(aggregate_type="order", aggregate_id=refs[0].id, head=last),)
             )
+
+
+async def test_events_heard_out_of_commit_order_do_not_ride_on_a_later_signal() -> None:
+    # Review finding: a PostgreSQL store notifies after the pool's release, so
+    # the hub may hear e2's append before e1's. A signal carrying [e1] after
+    # readers were told e2 would let a task at e0 end its run at e1, short of e2.
+    import uuid
+
+    from ulid import ULID
+
+    from tailrunner.ids import next_ulid
+    from tailrunner.journal.store import FreshEvents
+
+    hub = Hub(publish_interval_per_subscriber=0)
+    aggregate = AggregateRef(type="t", id=uuid.uuid4())
+    e0 = ULID()
+    e1 = next_ulid(e0)
+    e2 = next_ulid(e1)
+    with hub.subscribe(["t"]) as subscriber:
+        assert (await subscriber.take()) is not None  # the first resync
+        hub.notify(aggregate, e2, FreshEvents(e1.bytes, [b"row-e2"]))
+        taken = await subscriber.take_with_events()
+        assert taken is not None and taken.fresh[0] is not None
+        hub.notify(aggregate, e1, FreshEvents(e0.bytes, [b"row-e1"]))
+        taken = await subscriber.take_with_events()
+        assert taken is not None
+        # The newest head again, and no events: the reader reads, and finds e2.
+        assert [s.head for s in taken.batch.signals] == [e2]
+        assert taken.fresh == (None,)
+        # In order again: the next append goes on from e2, and its events ride along.
+        e3 = next_ulid(e2)
+        hub.notify(aggregate, e3, FreshEvents(e2.bytes, [b"row-e3"]))
+        taken = await subscriber.take_with_events()
+        assert taken is not None and taken.fresh[0] is not None
+        assert taken.fresh[0].rows == [b"row-e3"]
