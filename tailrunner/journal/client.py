@@ -394,11 +394,17 @@ class JournalClient:
 def _signal(message: journal_pb2.Signal) -> Signal:
     """A received ``Signal``; its events (if any) as an ``Events`` batch, parsed lazily."""
     aggregate_id = UUID(bytes=message.aggregate_id)
-    events = message.events
+    batch: EventBatch | None = None
+    if message.events:
+        # Copied out (at most 64 events): a sub-message would keep the whole
+        # parsed response, up to 1,000 signals, alive while a task waits to run.
+        detached = journal_pb2.EventsResponse()
+        detached.events.extend(message.events)
+        # The journal sends them only when they end at head: the reader is caught up.
+        batch = received_events(detached.events, aggregate_id, will_block=True)
     return Signal(
         aggregate_type=message.aggregate_type,
         aggregate_id=aggregate_id,
         head=ulid_from_bytes(message.head, field="head"),
-        # The journal sends them only when they end at head: the reader is caught up.
-        events=received_events(events, aggregate_id, will_block=True) if events else None,
+        events=batch,
     )

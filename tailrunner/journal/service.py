@@ -80,8 +80,11 @@ _MESSAGE_BUDGET = 2 * MiB
 _READ_BUDGET = 256 * 1024
 #: Signals per ``SignalsResponse`` message.
 _SIGNALS_PER_MESSAGE = 1000
-#: Encoded signal batches kept for the subscribers that take the same batch.
+#: Encoded signal batches kept for the subscribers that take the same batch,
+#: at most this many and (but for one batch alone) this many bytes: with the
+#: events signals carry, one batch may encode to megabytes.
 _ENCODED_SIGNALS_KEPT = 64
+_ENCODED_SIGNALS_BYTES = 16 * 1024 * 1024
 _PAGE_TOKEN_VERSION = 1
 
 
@@ -137,6 +140,7 @@ class JournalService:
         self._wire_reader = store if isinstance(store, WireEventReader) else None
         self._hub = hub
         self._encoded_signals: dict[int, tuple[TakenSignals, list[bytes]]] = {}
+        self._encoded_bytes = 0
 
     async def Append(
         self, request: journal_pb2.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -335,9 +339,15 @@ class JournalService:
         if cached is not None and cached[0] is taken:
             return cached[1]
         messages = _signals_responses(taken)
-        if len(self._encoded_signals) >= _ENCODED_SIGNALS_KEPT:
+        size = sum(map(len, messages))
+        if (
+            len(self._encoded_signals) >= _ENCODED_SIGNALS_KEPT
+            or self._encoded_bytes + size > _ENCODED_SIGNALS_BYTES
+        ):
             self._encoded_signals.clear()
+            self._encoded_bytes = 0
         self._encoded_signals[id(taken)] = (taken, messages)
+        self._encoded_bytes += size
         return messages
 
     async def ListAggregates(
