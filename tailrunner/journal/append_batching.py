@@ -123,7 +123,10 @@ class _AppendCoalescer:
         finally:
             for _, future in batch:
                 future.cancel()  # only those still unresolved: this task was cancelled
-            self._send_queued()
+            # After its callers have run a step: those that append again join
+            # the next batch instead of one of them going out alone (an fsync
+            # for one event) while the others queue behind it.
+            asyncio.get_running_loop().call_soon(self._send_queued)
 
     async def _resolve_one(
         self, request: journal_pb2.AppendRequest, future: asyncio.Future[journal_pb2.AppendResponse]

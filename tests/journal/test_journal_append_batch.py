@@ -127,8 +127,9 @@ async def test_many_concurrent_writers_land_every_append_once_in_fewer_calls(
         assert [r.event_ids for r in results[ref]] == [(e.id,) for e in events]
         assert [e.parent for e in events] == [None, *(e.id for e in events[:-1])]
     assert calls["Append"] + calls["batched appends"] == 64 * 20
-    assert calls["AppendBatch"] > 0
-    assert calls["Append"] + calls["AppendBatch"] < 64 * 20
+    # The first append goes out alone, then the writers move in step: those
+    # a returned batch wakes append again into the next one (about a call a round).
+    assert calls["Append"] + calls["AppendBatch"] <= 25, calls
 
 
 async def test_a_lone_writer_sends_plain_appends(client: JournalClient, calls: Calls) -> None:
