@@ -7,15 +7,18 @@ flight: an append made while none is goes out at once as a plain ``Append``
 (a lone writer pays nothing extra, and fails exactly as before); appends
 made while one is in flight queue, and when it returns everything queued
 goes out as one ``AppendBatch`` (a lone queued append as a plain
-``Append``), and so on. The journal runs a batch's appends concurrently, so
-its group commit puts them into one transaction.
+``Append``), and so on: after the callers of a returned call have run a
+step, so that those who append again join the next call. The journal runs a
+batch's appends concurrently, so its group commit shares transactions among
+them.
 
 Each caller gets its own result or its own error, the error that a plain
 ``Append`` failing with that status raises. A caller cancelled while its
 append is queued takes it out (it is never sent); once sent it cannot be
 recalled, as with a plain call (a ``request_id`` makes a retry safe). A
 journal without ``AppendBatch`` (``UNIMPLEMENTED``) gets one ``Append`` per
-append from then on.
+append from then on; a batch over the journal's message limit
+(``RESOURCE_EXHAUSTED``) is sent again one ``Append`` per append.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ MAX_BATCH_APPENDS = 1000
 #: Serialized bytes of appends in one batch, well below the 4 MiB a gRPC
 #: server receives by default; a bigger append goes out alone.
 MAX_BATCH_BYTES = 2 * 1024 * 1024
+
+#: A batch refused with these reached no append: its appends go out one by one.
+_SEND_ALONE = frozenset({grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 _Queued = tuple[journal_pb2.AppendRequest, "asyncio.Future[journal_pb2.AppendResponse]"]
 
@@ -147,9 +153,12 @@ class _AppendCoalescer:
                 request, timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                # An older journal: nothing was appended, so plain calls are safe.
-                self._batches = False
+            code = exc.code()
+            if code in _SEND_ALONE:
+                # Refused before any append ran, so plain calls are safe: an
+                # older journal (remembered), or a batch over the journal's
+                # message limit whose appends each fit.
+                self._batches = self._batches and code != grpc.StatusCode.UNIMPLEMENTED
                 await asyncio.gather(
                     *(self._resolve_one(request, future) for request, future in batch)
                 )

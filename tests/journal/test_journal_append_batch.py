@@ -256,6 +256,26 @@ async def test_a_failed_batch_call_fails_each_of_its_callers(
         assert await store.read(ref.id, after=None, limit=10) == []
 
 
+async def test_a_batch_over_the_journals_message_limit_is_sent_again_append_by_append(
+    store: JournalStore, calls: Calls
+) -> None:
+    big = NewEvent(type="big", data=b"x" * 40_000)
+    refs = [_ref() for _ in range(4)]
+    async with (
+        JournalServer(
+            store, listen="127.0.0.1:0", max_event_size=64_000, max_request_size=100_000
+        ) as server,
+        JournalClient.connect(server.address, timeout=10) as client,
+    ):
+        outcomes = await asyncio.gather(*(client.append(ref, [big]) for ref in refs))
+
+    assert all(isinstance(outcome, AppendResult) for outcome in outcomes)
+    for ref in refs:
+        assert [e.data for e in await store.read(ref.id, after=None, limit=10)] == [big.data]
+    # The three queued ones (120 kB) were refused by gRPC before the journal saw them.
+    assert calls == {"Append": 4}
+
+
 # -- a journal without AppendBatch ------------------------------------------------
 
 
