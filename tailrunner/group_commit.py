@@ -133,6 +133,11 @@ class GroupCommit(Generic[T]):
                 return
             # Not done, so woken to lead (a failed group's writes are re-queued).
         try:
+            if len(self._queue) == 1:
+                # Alone so far: one loop step lets the writes started in the
+                # same turn (a batch of appends) join this group rather than
+                # wait for the next commit. A lone writer pays that step only.
+                await anyio.lowlevel.checkpoint()
             await self._lock.acquire()
         except BaseException:
             await self._abandon(entry)

@@ -387,3 +387,22 @@ async def test_commit_each_alone_on_tries_a_group_of_one_once_and_passes_other_e
     assert (tried, failed) == ([[7]], [7])
     with pytest.raises(LookupError):
         await commit_each_alone_on(KeyError, commit, [1, 2], lambda n, e: failed.append(n))
+
+
+async def test_writes_started_in_the_same_loop_turn_share_one_commit() -> None:
+    # A batch of appends (AppendBatch) starts its writes together: the first
+    # one's leader lets the others join before it commits, not after. (The
+    # stores' lock does not yield when it is free, so neither does this one.)
+    lock = anyio.Lock(fast_acquire=True)
+    groups: list[list[int]] = []
+
+    async def commit(group: list[int]) -> None:
+        groups.append(group)
+        await anyio.lowlevel.checkpoint()
+
+    commits = GroupCommit(lock, commit, _open)
+    await asyncio.gather(*(commits.submit(n) for n in range(8)))
+    assert groups == [list(range(8))]
+    # A lone writer still commits at once, alone.
+    await commits.submit(8)
+    assert groups[-1] == [8]
