@@ -98,8 +98,9 @@ class ReadAhead:
         ``upcoming`` is looked at lazily, only as far as a call has room.
         """
         planned = self._planned
+        reader = self._reader
         needed = [task for task in started if task not in planned]
-        if not needed or self._reader is None:
+        if not needed or reader is None:
             return
         if asyncio.get_running_loop().time() < self._paused_until:
             return
@@ -117,7 +118,7 @@ class ReadAhead:
                     chosen.add(task)
                     want -= 1
         for start in range(0, len(needed), self._batch):
-            self._call(needed[start : start + self._batch])
+            self._call(reader, needed[start : start + self._batch])
 
     def give(self, task: Task, batch: EventBatch) -> bool:
         """Plan ``batch``, the events a signal brought along, for ``task``'s next run.
@@ -126,8 +127,8 @@ class ReadAhead:
         tail): then they are every event up to the signalled head. Whether
         they were planned.
         """
-        first = next(iter(batch.iter_events()), None)
-        if first is None or first.parent != task.tail:
+        # .events, not iter_events(): the run reads the same (at most 64) events.
+        if not batch.event_count() or batch.events[0].parent != task.tail:
             return False
         if len(self._planned) >= self._limit:
             self._drop_stale()
@@ -155,16 +156,13 @@ class ReadAhead:
             return None  # the tail moved (a restart) since the read
         return batch
 
-    def _call(self, tasks: list[Task]) -> None:
+    def _call(self, reader: AggregatesReader, tasks: list[Task]) -> None:
         read = _Read()
         cursors: list[Cursor] = []
         for task in tasks:
             self._planned[task] = (read, task.tail_bytes)
             cursors.append((UUID(int=task.aggregate_key), task.tail))
-        assert self._reader is not None
-        call = asyncio.get_running_loop().create_task(
-            self._read(self._reader, read, tasks, cursors)
-        )
+        call = asyncio.get_running_loop().create_task(self._read(reader, read, tasks, cursors))
         self._calls.add(call)
         call.add_done_callback(self._calls.discard)
         # Also when the call is cancelled before it began: takers must not hang.
