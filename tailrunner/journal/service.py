@@ -44,6 +44,7 @@ from tailrunner.journal.wire_format import (
     encode_event,
     event_id,
     events_messages,
+    read_aggregates_response,
     signal_message,
     signals_response,
 )
@@ -94,8 +95,6 @@ _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 _DESCRIPTOR = journal_pb2.DESCRIPTOR.services_by_name["Journal"]
 SERVICE = _DESCRIPTOR.full_name
 _CAUGHT_UP = journal_pb2.EventsResponse(will_block=True).SerializeToString()
-#: ``ReadAggregatesResponse.batches`` (field 1, length-delimited).
-_BATCHES_TAG = 0x0A
 #: One ``ReadAggregates`` response is one message: never split its batches.
 _UNSPLIT = 1 << 62
 
@@ -472,18 +471,17 @@ def aggregates_response(cursors: Sequence[RawCursor], batches: Sequence[WireBatc
     Each batch is the ``EventsResponse`` that ``Events`` would send (its
     events carry their aggregate's fields), framed as a field of the response.
     """
-    parts: list[bytes] = []
-    append = parts.append
+    messages: list[bytes] = []
+    append = messages.append
     for (key, _), (aggregate_type, rows, complete) in zip(cursors, batches, strict=True):
         if rows:
             (message,) = events_messages(
                 rows, aggregate_type, key, will_block=complete, budget=_UNSPLIT
             )
+            append(message)
         else:
-            message = _CAUGHT_UP if complete else b""
-        append(_length_prefix(len(message)))
-        append(message)
-    return b"".join(parts)
+            append(_CAUGHT_UP if complete else b"")
+    return read_aggregates_response(messages)
 
 
 def _stored_forms(events: Sequence[Event]) -> list[bytes]:
@@ -492,22 +490,6 @@ def _stored_forms(events: Sequence[Event]) -> list[bytes]:
         encode_event(e.id.bytes, ulid_to_bytes(e.parent), e.type, e.data, e.metadata or None)
         for e in events
     ]
-
-
-def _length_prefix(length: int) -> bytes:
-    """The batches tag and ``length`` as a varint: what precedes one batch's bytes."""
-    if length < 0x80:
-        return _SHORT_PREFIXES[length]
-    out = bytearray((_BATCHES_TAG,))
-    while length >= 0x80:
-        out.append((length & 0x7F) | 0x80)
-        length >>= 7
-    out.append(length)
-    return bytes(out)
-
-
-#: The prefixes of batches under 128 bytes (most one-event batches), made once.
-_SHORT_PREFIXES = tuple(bytes((_BATCHES_TAG, n)) for n in range(0x80))
 
 
 def encode_page_token(last_id: UUID, aggregate_type: str) -> str:

@@ -31,6 +31,7 @@ _SIGNAL_HEAD_TAG = b"\x1a"  # Signal.head = 3
 _SIGNAL_EVENTS_TAG = b"\x22"  # Signal.events = 4
 _SIGNALS_TAG = b"\x0a"  # SignalsResponse.signals = 1
 _RESYNC_TRUE = b"\x10\x01"  # SignalsResponse.resync = 2, varint 1
+_BATCHES_TAG = b"\x0a"  # ReadAggregatesResponse.batches = 1
 _ID_SIZE = 16
 
 
@@ -180,4 +181,17 @@ def signals_response(signals: Sequence[bytes], *, resync: bool) -> bytes:
         append(signal)
     if resync:
         append(_RESYNC_TRUE)
+    return b"".join(parts)
+
+
+def read_aggregates_response(batches: Sequence[bytes]) -> bytes:
+    """A serialized ``ReadAggregatesResponse`` of serialized ``EventsResponse`` messages."""
+    varints, limit = _VARINTS, len(_VARINTS)
+    parts: list[bytes] = []
+    append = parts.append
+    for batch in batches:
+        length = len(batch)
+        append(_BATCHES_TAG)
+        append(varints[length] if length < limit else _varint(length))
+        append(batch)
     return b"".join(parts)
