@@ -61,18 +61,37 @@ async def _call(
 ) -> grpc.StatusCode:
     """Call ``method`` with an empty request; its status (OK once a stream gave a message)."""
     metadata = None if token is None else (("authorization", f"Bearer {token}"),)
+    if method.endswith("/ServerReflectionInfo"):
+        # grpc.aio's client reports INTERNAL, not the server's status, when its
+        # request write lands after the server refused the call (grpc/grpc#36066,
+        # a race in the client): such a call is made again; a server's own
+        # INTERNAL would come every time.
+        for _ in range(3):
+            code = await _call_bidi(channel, method, metadata)
+            if code is not grpc.StatusCode.INTERNAL:
+                break
+        return code
     try:
         with anyio.fail_after(10):
-            if method.endswith("/ServerReflectionInfo"):
-                call = channel.stream_stream(method)(iter([b""]), metadata=metadata)
-                await call.read()
-                call.cancel()
-            elif streaming:
+            if streaming:
                 stream = channel.unary_stream(method)(b"", metadata=metadata)
                 await stream.read()
                 stream.cancel()
             else:
                 await channel.unary_unary(method)(b"", metadata=metadata, timeout=5)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def _call_bidi(
+    channel: grpc.aio.Channel, method: str, metadata: tuple[tuple[str, str], ...] | None
+) -> grpc.StatusCode:
+    try:
+        with anyio.fail_after(10):
+            call = channel.stream_stream(method)(iter([b""]), metadata=metadata)
+            await call.read()
+            call.cancel()
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     return grpc.StatusCode.OK
